@@ -1,0 +1,576 @@
+"""Work directory of a sweep: config guard, atomic writes, incremental result tables, resume bookkeeping.
+
+A sweep runs for many minutes and may be killed at any moment. Everything it writes goes through
+:func:`atomic_write` (temporary file in the same directory, ``fsync``, ``os.replace``, directory ``fsync``),
+so every file in the workdir is either its old complete content or its new complete content, never a torn
+mix. Result tables are stored as one parquet *part* per unit of work::
+
+    <workdir>/
+      config.json                      resolved config + fingerprint (the guard)
+      results/<table>/<key>.parquet    one part per unit of work; its existence is the commit point
+      stages/<stage>.done              whole-stage markers
+      artifacts/<name>                 paths handed to checkpointing code (orbax) via path_for
+      timings.json                     wall time per stage, every attempt, merged across resumed runs
+
+Rerunning the same command resumes: ``has(table, key)`` says which units are done, so only missing keys are
+recomputed and no row is lost or duplicated. A workdir made with a config whose result-affecting fields
+differ is refused (``ValueError`` naming the differing fields) unless ``fresh=True``, which moves the old
+directory aside to ``<path>.old-<timestamp>``; user data is never deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import pathlib
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DEFAULT_IGNORE",
+    "Workdir",
+    "atomic_write",
+    "canonical_config",
+    "config_diff",
+    "fingerprint",
+    "make_key",
+    "validate_key",
+]
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+TIMINGS_FILE = "timings.json"
+RESULTS_DIR = "results"
+STAGES_DIR = "stages"
+ARTIFACTS_DIR = "artifacts"
+PART_SUFFIX = ".parquet"
+TMP_SUFFIX = ".tmp"
+
+#: Top-level config keys that never change results (where to write, how chatty), left out of the fingerprint.
+DEFAULT_IGNORE: tuple[str, ...] = ("workdir", "fresh", "progress")
+
+_MAX_DIFFS_SHOWN = 8
+_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]{0,199}")
+_TMP_RE = re.compile(r"\..+\.(\d+)\.[0-9a-f]{12}" + re.escape(TMP_SUFFIX))
+_timings_lock = threading.Lock()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Names
+# ----------------------------------------------------------------------------------------------------------
+
+
+def validate_key(key: str, *, what: str = "key") -> str:
+    """Return ``key`` if it is a safe, portable file name stem, else raise ``ValueError``.
+
+    Allowed: 1-200 characters from ``A-Z a-z 0-9 _ . , = + -``, starting with a letter or digit (so it can never
+    be ``..``, hidden, or clash with a temporary file), and not ending in ``.tmp``. Note that on case-insensitive
+    file systems (macOS, Windows) keys differing only in case collide: keep keys lower-case.
+    """
+    if not isinstance(key, str):
+        raise ValueError(f"{what} must be a str, got {type(key).__name__}: {key!r}")
+    if not _KEY_RE.fullmatch(key) or key.endswith(TMP_SUFFIX):
+        raise ValueError(
+            f"{what} {key!r} is not a safe file name: use 1-200 characters from [A-Za-z0-9_.,=+-], "
+            f"starting with a letter or digit and not ending in {TMP_SUFFIX!r}"
+        )
+    return key
+
+
+def make_key(**fields: Any) -> str:
+    """Build a readable, safe key from named parts, in the order given: ``make_key(seed=0, sparsity=0.9)``
+    gives ``"seed=0,sparsity=0.9"``. Values may be str, int, float, bool or numpy scalars."""
+    if not fields:
+        raise ValueError("make_key needs at least one field")
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float):
+            text = repr(value)
+        elif isinstance(value, (str, int)):  # bool is an int
+            text = str(value)
+        else:
+            raise ValueError(f"make_key field {name!r} has unsupported type {type(value).__name__}: {value!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", text):
+            raise ValueError(f"make_key field {name!r}={text!r} contains characters not allowed in a key")
+        parts.append(f"{name}={text}")
+    return validate_key(",".join(parts))
+
+
+def _validate_relpath(relpath: str | os.PathLike, *, what: str = "path") -> pathlib.PurePosixPath:
+    """A relative path inside the workdir made of safe segments (no absolute paths, no ``..``)."""
+    rel = pathlib.PurePosixPath(os.fspath(relpath))
+    if rel.is_absolute() or not rel.parts:
+        raise ValueError(f"{what} {os.fspath(relpath)!r} must be a non-empty path relative to the workdir")
+    for part in rel.parts:
+        validate_key(part, what=f"{what} segment")
+    return rel
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    """Persist a rename: fsync the directory entry (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> pathlib.Path:
+    """Write ``data`` to ``path`` so that readers (and a later run after a crash) see the old file or the new
+    one, never a partial one: temp file in the same directory, fsync, ``os.replace``, fsync of the directory.
+
+    The temp file is named ``.<name>.<pid>.<hex>.tmp`` and removed if anything fails before the rename.
+    """
+    path = pathlib.Path(path)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"atomic_write({str(path)!r}) needs bytes, got {type(data).__name__}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like open()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs here (always True on Windows, where ``os.kill(pid, 0)`` kills)."""
+    if pid == os.getpid() or os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_stale_temp_files(root: pathlib.Path) -> list[pathlib.Path]:
+    """Delete temp files left by writers killed mid-write (their pid no longer runs). Returns what was removed."""
+    removed = []
+    for tmp in root.rglob(f".*{TMP_SUFFIX}"):
+        m = _TMP_RE.fullmatch(tmp.name)
+        if m and tmp.is_file() and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config canonicalisation and fingerprint
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _to_json_value(value: Any, where: str) -> Any:
+    """Plain JSON value for a config leaf: tuples -> lists, numpy scalars/arrays -> Python, paths -> str."""
+    if hasattr(value, "to_dict") and callable(value.to_dict):  # ConfigDict / FrozenConfigDict
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, np.generic):
+                k = k.item()
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise ValueError(f"config key {k!r} at {where or '<root>'!r} must be a str or int")
+            sk = str(k)
+            if sk in out:
+                raise ValueError(f"config keys at {where or '<root>'!r} collide as strings: {sk!r}")
+            out[sk] = _to_json_value(v, f"{where}.{sk}" if where else sk)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_to_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return _to_json_value(value.tolist(), where)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise ValueError(
+        f"config field {where!r} has a value of type {type(value).__name__} ({value!r}) that cannot be stored "
+        "as JSON; use str/int/float/bool/None, lists/tuples or nested dicts"
+    )
+
+
+def canonical_config(config: Any) -> dict[str, Any]:
+    """The config (``ConfigDict``, ``FrozenConfigDict`` or mapping) as plain JSON data, field references resolved."""
+    out = _to_json_value(config, "")
+    if not isinstance(out, dict):
+        raise ValueError(f"config must be a ConfigDict or a mapping, got {type(config).__name__}")
+    return out
+
+
+def _canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+
+
+def _drop(config: dict[str, Any], ignore: Iterable[str]) -> dict[str, Any]:
+    """Copy of ``config`` without the (possibly dotted) keys in ``ignore``."""
+    config = json.loads(_canonical_json(config))  # deep copy
+    for dotted in ignore:
+        node: Any = config
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config
+
+
+def fingerprint(config: Any, ignore: Iterable[str] = DEFAULT_IGNORE) -> str:
+    """sha256 (hex) of the canonical JSON of the config without the ``ignore``-d keys."""
+    relevant = _drop(canonical_config(config), ignore)
+    return hashlib.sha256(_canonical_json(relevant).encode("ascii")).hexdigest()
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted path -> canonical JSON text of each leaf (lists and empty dicts are leaves)."""
+    if isinstance(data, dict) and data:
+        out: dict[str, str] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+        return out
+    return {prefix: _canonical_json(data)}
+
+
+_ABSENT = "<absent>"
+
+
+def config_diff(old: Any, new: Any, ignore: Iterable[str] = DEFAULT_IGNORE) -> list[tuple[str, str, str]]:
+    """Sorted ``(dotted_path, old_json, new_json)`` for every result-affecting field that differs;
+    a field missing on one side shows as ``<absent>``."""
+    a = _flatten(_drop(canonical_config(old), ignore))
+    b = _flatten(_drop(canonical_config(new), ignore))
+    # A dict that became a leaf (or vice versa) shows up as the leaf plus its former children.
+    return [
+        (k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
+    ]
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Workdir
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    """A sweep's work directory; make one with :meth:`Workdir.open` (or :meth:`Workdir.existing` to read)."""
+
+    path: pathlib.Path
+    fingerprint: str
+
+    # ---- opening -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        config: Any,
+        *,
+        fresh: bool = False,
+        ignore: Iterable[str] = DEFAULT_IGNORE,
+    ) -> Workdir:
+        """Create or reopen the workdir for ``config``.
+
+        * New or empty directory: created, ``config.json`` written.
+        * Same result-affecting config (fingerprint over all keys but ``ignore``; dotted paths allowed): reopened,
+          ``config.json`` refreshed if only ignored keys changed, stale temp files of killed writers removed.
+        * Different config, or a non-empty directory that is not a workdir: ``ValueError`` naming the differing
+          fields, unless ``fresh=True``, which renames the old directory to ``<path>.old-<timestamp>`` first.
+        """
+        path = pathlib.Path(path).expanduser().absolute()
+        ignore = tuple(ignore)
+        new_config = canonical_config(config)
+        fp = fingerprint(new_config, ignore)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"workdir {str(path)!r} exists and is not a directory")
+
+        if fresh and path.is_dir() and any(path.iterdir()):
+            cls._move_aside(path)
+        elif path.is_dir() and any(path.iterdir()):
+            stored = cls._read_config_file(path)
+            old_config = stored["config"]
+            if fingerprint(old_config, ignore) != fp:
+                raise ValueError(cls._mismatch_message(path, old_config, new_config, ignore))
+            wd = cls(path, fp)
+            if _canonical_json(old_config) != _canonical_json(new_config) or stored.get("fingerprint") != fp:
+                wd._write_config(new_config, ignore)
+            _remove_stale_temp_files(path)
+            return wd
+
+        path.mkdir(parents=True, exist_ok=True)
+        wd = cls(path, fp)
+        wd._write_config(new_config, ignore)
+        return wd
+
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> Workdir:
+        """Open a workdir made earlier, without checking a config (for reports and analysis of finished runs)."""
+        path = pathlib.Path(path).expanduser().absolute()
+        stored = cls._read_config_file(path)
+        return cls(path, str(stored.get("fingerprint", "")))
+
+    @staticmethod
+    def _read_config_file(path: pathlib.Path) -> dict[str, Any]:
+        cfg_file = path / CONFIG_FILE
+        if not cfg_file.is_file():
+            raise ValueError(
+                f"{str(path)!r} has no {CONFIG_FILE}, so it is not a workdir of this library; refusing to use "
+                "it. Pick another --workdir, or pass --fresh to move its contents aside."
+            )
+        try:
+            stored = json.loads(cfg_file.read_text(encoding="utf-8"))
+            if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+                raise ValueError("missing 'config' object")
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{str(cfg_file)!r} is unreadable ({e}); pass --fresh to move the workdir aside") from e
+        return stored
+
+    @staticmethod
+    def _mismatch_message(path: pathlib.Path, old: dict, new: dict, ignore: tuple[str, ...]) -> str:
+        diffs = config_diff(old, new, ignore)
+        lines = [
+            f"workdir {str(path)!r} was made with a different config "
+            f"(fingerprint {fingerprint(old, ignore)[:12]} != {fingerprint(new, ignore)[:12]}); "
+            f"{len(diffs)} field(s) differ (stored -> now):"
+        ]
+        lines += [f"  {k}: {_short(o)} -> {_short(n)}" for k, o, n in diffs[:_MAX_DIFFS_SHOWN]]
+        if len(diffs) > _MAX_DIFFS_SHOWN:
+            lines.append(f"  ... and {len(diffs) - _MAX_DIFFS_SHOWN} more")
+        lines.append(
+            f"Pass --fresh (fresh=True) to move the old workdir aside to '{path.name}.old-<timestamp>' and start "
+            "afresh, or choose another --workdir."
+        )
+        return "\n".join(lines)
+
+    @staticmethod
+    def _move_aside(path: pathlib.Path) -> pathlib.Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = path.with_name(f"{path.name}.old-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}.old-{stamp}-{n}")
+        os.rename(path, target)
+        _fsync_dir(path.parent)
+        return target
+
+    def _write_config(self, config: dict[str, Any], ignore: tuple[str, ...]) -> None:
+        doc = {"format": FORMAT_VERSION, "fingerprint": self.fingerprint, "ignore": sorted(ignore), "config": config}
+        text = json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
+        atomic_write(self.path / CONFIG_FILE, text.encode("utf-8"))
+
+    @property
+    def config(self) -> Any:
+        """The stored config as an ``ml_collections.ConfigDict`` (tuples come back as lists)."""
+        import ml_collections
+
+        return ml_collections.ConfigDict(self._read_config_file(self.path)["config"])
+
+    # ---- plain files -------------------------------------------------------------------------------------------
+
+    def file(self, relpath: str | os.PathLike) -> pathlib.Path:
+        """Absolute path of a file inside the workdir (segments validated like keys; no ``..``)."""
+        return self.path.joinpath(*_validate_relpath(relpath).parts)
+
+    def write_bytes(self, relpath: str | os.PathLike, data: bytes) -> pathlib.Path:
+        """Atomically write ``data`` to ``relpath`` inside the workdir."""
+        return atomic_write(self.file(relpath), data)
+
+    def write_text(self, relpath: str | os.PathLike, text: str) -> pathlib.Path:
+        return self.write_bytes(relpath, text.encode("utf-8"))
+
+    def write_json(self, relpath: str | os.PathLike, obj: Any) -> pathlib.Path:
+        """Atomically write ``obj`` (converted like a config: tuples, numpy scalars) as sorted, indented JSON."""
+        text = json.dumps(_to_json_value(obj, str(relpath)), sort_keys=True, indent=2, allow_nan=True) + "\n"
+        return self.write_text(relpath, text)
+
+    def read_json(self, relpath: str | os.PathLike, default: Any = None) -> Any:
+        f = self.file(relpath)
+        return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else default
+
+    def path_for(self, name: str | os.PathLike) -> pathlib.Path:
+        """Path for an array artefact (e.g. an orbax checkpoint directory) at ``artifacts/<name>``; the parent is
+        created, the path itself is not (orbax creates it and renames into place, which commits it)."""
+        p = self.path.joinpath(ARTIFACTS_DIR, *_validate_relpath(name, what="artifact name").parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    # ---- incremental tables ----------------------------------------------------------------------------------
+
+    def part_path(self, name: str, key: str) -> pathlib.Path:
+        """``results/<name>/<key>.parquet``; name and key are validated."""
+        return self.path / RESULTS_DIR / validate_key(name, what="table name") / (validate_key(key) + PART_SUFFIX)
+
+    def append_table(self, name: str, key: str, df: pd.DataFrame, *, overwrite: bool = False) -> pathlib.Path:
+        """Commit the rows of one unit of work as part ``key`` of table ``name`` (atomic: the part exists
+        completely or not at all). An existing part raises ``ValueError`` unless ``overwrite=True``.
+
+        The index is not stored: an unnamed index (positional) is dropped; a named or multi-level index raises,
+        since dropping it would lose data; ``reset_index()`` first. An empty frame is fine (marks the unit done).
+        """
+        path = self.part_path(name, key)
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"append_table({name!r}, {key!r}) needs a pandas DataFrame, got {type(df).__name__}")
+        if df.index.nlevels > 1 or df.index.name is not None:
+            raise ValueError(
+                f"append_table({name!r}, {key!r}): the frame has a named index {list(df.index.names)}, which is "
+                "not stored; call df.reset_index() first"
+            )
+        if not all(isinstance(c, str) for c in df.columns):
+            raise ValueError(f"append_table({name!r}, {key!r}): column names must be str, got {list(df.columns)}")
+        if path.exists() and not overwrite:
+            raise ValueError(f"part {key!r} of table {name!r} already exists at {str(path)!r}; pass overwrite=True")
+        buf = io.BytesIO()
+        df.to_parquet(buf, engine="pyarrow", index=False)
+        return atomic_write(path, buf.getvalue())
+
+    def has(self, name: str, key: str) -> bool:
+        """Whether unit ``key`` of table ``name`` is committed."""
+        return self.part_path(name, key).is_file()
+
+    def keys(self, name: str) -> list[str]:
+        """Sorted keys of the committed parts of table ``name`` (temp files of unfinished writes are ignored)."""
+        table_dir = self.path / RESULTS_DIR / validate_key(name, what="table name")
+        if not table_dir.is_dir():
+            return []
+        return sorted(
+            p.name[: -len(PART_SUFFIX)]
+            for p in table_dir.iterdir()
+            if p.name.endswith(PART_SUFFIX) and not p.name.startswith(".") and p.is_file()
+        )
+
+    def tables(self) -> list[str]:
+        """Sorted names of the tables that have a directory under ``results/``."""
+        root = self.path / RESULTS_DIR
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def read_table(self, name: str, *, key_column: str | None = None) -> pd.DataFrame:
+        """All committed parts of ``name`` concatenated in key order (deterministic) with a fresh RangeIndex;
+        an empty DataFrame when there are none. ``key_column`` adds each row's part key under that name."""
+        frames = []
+        for key in self.keys(name):
+            df = pd.read_parquet(self.part_path(name, key), engine="pyarrow")
+            if key_column is not None:
+                if key_column in df.columns:
+                    raise ValueError(f"key_column {key_column!r} clashes with a column of table {name!r}")
+                df.insert(0, key_column, pd.Series([key] * len(df), dtype=object))
+            frames.append(df)
+        if not frames:
+            return pd.DataFrame()
+        nonempty = [f for f in frames if len(f)]
+        if not nonempty:
+            return frames[0].iloc[:0].reset_index(drop=True)
+        return pd.concat(nonempty, ignore_index=True)
+
+    # ---- stage markers -----------------------------------------------------------------------------------------
+
+    def done_marker(self, stage: str) -> pathlib.Path:
+        """``stages/<stage>.done``."""
+        return self.path / STAGES_DIR / (validate_key(stage, what="stage") + ".done")
+
+    def mark_done(self, stage: str, info: Mapping[str, Any] | None = None) -> pathlib.Path:
+        """Atomically mark a whole stage finished, with optional JSON-able ``info`` (counts, paths)."""
+        doc = {"stage": stage, "finished": _now_iso(), "info": _to_json_value(dict(info or {}), "info")}
+        return atomic_write(self.done_marker(stage), (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode())
+
+    def is_done(self, stage: str) -> bool:
+        return self.done_marker(stage).is_file()
+
+    def done_info(self, stage: str) -> dict[str, Any] | None:
+        """The ``info`` given to :meth:`mark_done`, or None if the stage is not done."""
+        marker = self.done_marker(stage)
+        return json.loads(marker.read_text())["info"] if marker.is_file() else None
+
+    # ---- timings -------------------------------------------------------------------------------------------------
+
+    def stage_timings(self) -> dict[str, list[dict[str, Any]]]:
+        """``timings.json``: per stage, every attempt ``{"started", "seconds", "status", "pid", "attempt"}`` across
+        runs. ``status`` is ``"ok"``, ``"error: <Exception>"``, or ``"running"`` (still running, or killed).
+        Updates are read-merge-write within one process; do not time stages from two processes at once."""
+        return self.read_json(TIMINGS_FILE, default={})
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Total recorded wall seconds per stage, summed over attempts (killed attempts count as 0)."""
+        return {s: float(sum(a.get("seconds") or 0.0 for a in runs)) for s, runs in self.stage_timings().items()}
+
+    def record_timing(self, stage: str, seconds: float, *, status: str = "ok", started: str | None = None) -> None:
+        """Append one finished attempt of ``stage`` to ``timings.json`` (read-merge-write, atomic)."""
+        entry = {"started": started or _now_iso(), "seconds": float(seconds), "status": status, "pid": os.getpid()}
+        self._update_timing(stage, None, entry)
+
+    @contextlib.contextmanager
+    def stage_timer(self, stage: str) -> Iterator[None]:
+        """Time the ``with`` block as an attempt of ``stage``: recorded as ``running`` on entry (so a killed
+        run leaves a trace) and updated with its wall seconds and ``ok``/``error: ...`` status on exit."""
+        validate_key(stage, what="stage")
+        attempt = uuid.uuid4().hex
+        entry = {"started": _now_iso(), "seconds": None, "status": "running", "pid": os.getpid()}
+        self._update_timing(stage, attempt, entry)
+        t0 = time.perf_counter()
+        status = "ok"
+        try:
+            yield
+        except BaseException as e:
+            status = f"error: {type(e).__name__}"
+            raise
+        finally:
+            self._update_timing(stage, attempt, {**entry, "seconds": time.perf_counter() - t0, "status": status})
+
+    def _update_timing(self, stage: str, attempt: str | None, entry: dict[str, Any]) -> None:
+        validate_key(stage, what="stage")
+        with _timings_lock:
+            timings = self.stage_timings()
+            runs = timings.setdefault(stage, [])
+            entry = {**entry, "attempt": attempt or uuid.uuid4().hex}
+            for i, old in enumerate(runs):
+                if attempt is not None and old.get("attempt") == attempt:
+                    runs[i] = entry
+                    break
+            else:
+                runs.append(entry)
+            self.write_json(TIMINGS_FILE, timings)
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
