@@ -1,0 +1,101 @@
+"""The recall-distortion study's config schema, shared by the dataset configs.
+
+Every field can be overridden on the command line, e.g. `--config.num_seeds=11 --config.prune.protocol=iterative`.
+Empty strings mean "use the default" (ml_collections fields keep their type, so `None` is avoided).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# SCIENCE.md §5: iterative levels 0-15 (<= 50% at L1-3, >= 91% from L11), one-shot/GMP grid below.
+ONE_SHOT_GRID = (0.3, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+CRITERIA = ("mp", "gp", "up", "random")
+
+
+def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
+    return ml_collections.ConfigDict(dict(name="sgd", lr=lr, momentum=momentum, nesterov=nesterov,
+                                          weight_decay=weight_decay, b1=0.9, b2=0.999, eps=1e-8))
+
+
+def recall_config(dataset: str) -> ml_collections.ConfigDict:
+    """Defaults of the recall-distortion sweep on a small-image dataset (CPU scale, SCIENCE.md §5)."""
+    c = ml_collections.ConfigDict()
+    c.study = "recall"
+    c.dataset = dataset
+    c.models = ("lenet_300_100",)  # several models answer RQ3 (model complexity) inside one sweep
+    c.exclude_output = False  # library default [D]: the same choice for every criterion
+    c.num_seeds = 5
+    c.seed = 0  # seed s of the population uses jax.random.key(seed + s)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source_dir = ""  # root holding <dataset>/ idx files; "" = $FAIRPRUNE_DATA_DIR or ../shared/data
+    c.data.tfds_dir = ""  # prepared TFDS datasets; "" = $FAIRPRUNE_TFDS_DIR or ~/.cache/fairprune_jax/tfds
+    c.data.route = "auto"  # auto | offline | tfds
+    c.data.download = False  # canonical TFDS builders may download (network) when True
+    c.data.image_size = (0, 0)  # resize (h, w) for the canonical route; (0, 0) keeps the stored size
+    c.data.imbalance = ml_collections.ConfigDict()
+    c.data.imbalance.classes = ()  # underrepresented classes of the training split, e.g. (3, 8)
+    c.data.imbalance.fractions = ()  # kept fraction per listed class, e.g. (0.1, 0.1)
+    c.data.imbalance.seed = 0
+    c.data.max_train_examples = 0  # 0 = the whole training split (a prefix in storage order otherwise)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 8
+    c.train.batch_size = 128
+    c.train.optimizer = sgd(0.1)  # reference: SGD lr .1, no momentum, no weight decay (LeNet on MNIST)
+    c.train.schedule = ml_collections.ConfigDict(dict(name="constant", boundaries=(), factor=0.1, warmup_epochs=0,
+                                                      end_value=0.0))
+    c.train.chunk = 0  # models trained at once; 0 = all
+
+    c.prune = ml_collections.ConfigDict()
+    c.prune.protocol = "one_shot"  # one_shot | iterative | gmp
+    c.prune.criteria = CRITERIA
+    c.prune.sparsities = ONE_SHOT_GRID  # one_shot and gmp targets
+    c.prune.levels = 15  # iterative: levels 1..L, sparsity 1 - (1 - fraction)^L
+    c.prune.fraction = 0.2
+    c.prune.rewind_step = 0  # iterative: rewind survivors to this step (0 = initialisation)
+    c.prune.lambda_up = 5e-4
+    c.prune.grad_batch = 128  # gp/up gradient: the first N training examples in storage order
+    # GMP: prune at epochs range(start, end, every); end=0 means 3/4 of the run. post_training: start from the
+    # dense models and use the fine-tuning optimiser (paper 2's variant), else train from initialisation.
+    c.prune.gmp = ml_collections.ConfigDict(dict(initial=0.05, start=0, end=0, every=1, post_training=True))
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.epochs = 2
+    c.finetune.batch_size = 128
+    c.finetune.optimizer = sgd(0.01)  # one-shot: fine-tune at a reduced learning rate
+    c.finetune.schedule = ml_collections.ConfigDict(dict(name="constant", boundaries=(), factor=0.1,
+                                                         warmup_epochs=0, end_value=0.0))
+    c.finetune.chunk = 0
+
+    c.eval = ml_collections.ConfigDict(dict(chunk=64, batch_size=2500))
+    c.analysis = ml_collections.ConfigDict(dict(chance_factor=1.5, bootstrap=2000, level=0.95, welch_q=0.05))
+    c.save_pruned = True  # orbax checkpoints of pruned params + masks (for notebooks and later analysis)
+    c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
+    c.variant = ""
+    c.progress = True
+    return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Seconds-long variant for tests: 3 seeds, 1 epoch on a 6000-example training subset, 2 sparsities."""
+    c.num_seeds = 3
+    c.train.epochs = 1
+    c.data.max_train_examples = 6000
+    c.finetune.epochs = 1
+    c.prune.sparsities = (0.5, 0.95)
+    c.prune.levels = 2
+    c.eval.chunk = 32
+    return c
+
+
+def paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Paper 1's protocol (SCIENCE.md §5): iterative pruning with rewinding to init, levels 1–15 (20% per level),
+    full retraining (40 epochs, SGD lr .1) at every level, 11 seeds, MP/GP/UP/random. Hours on a CPU."""
+    c.num_seeds = 11
+    c.train.epochs = 40
+    c.prune.protocol = "iterative"
+    c.prune.levels = 15
+    c.prune.fraction = 0.2
+    c.prune.rewind_step = 0
+    c.train.chunk = 0
+    return c

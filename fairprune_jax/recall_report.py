@@ -1,0 +1,269 @@
+"""The recall-distortion report: statistics of stored results → `report.md` + PNG plots.
+
+Everything here reads only the tidy recall table, so a report can be rebuilt at any time
+(`python -m experiments.report --workdir=...`), and several workdirs (e.g. MNIST and Fashion-MNIST) can be pooled
+so the pooled regression can answer RQ2 (task difficulty) as well.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+RECALL_TABLE = "recall"
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """All tables of the report."""
+
+    recall: pd.DataFrame  # tidy rows, one per model × class
+    long: pd.DataFrame  # §3 long table
+    alpha: pd.DataFrame  # one row per pruned network: α_t and variants
+    tier_a: pd.DataFrame  # E[α_t] per cell, t-interval, verdict (all networks, and without flagged ones)
+    tier_b: pd.DataFrame  # mixed model per cell
+    bootstrap: pd.DataFrame  # seed-bootstrap intervals per cell
+    pooled: Any  # stats.PooledOLS
+    welch: pd.DataFrame  # per-class Welch tests with BH
+    accuracy: pd.DataFrame  # accuracy per cell
+
+
+def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000, chance: float = 1.5,
+            welch_q: float = 0.05, seed: int = 0) -> Analysis:
+    """Run every tier of SCIENCE.md §3 on a tidy recall table (`evaluate.recall_table`, concatenated)."""
+    from fairprune_jax.analysis import intensification, stats
+
+    long = intensification.long_table(recall, chance=chance)
+    alpha = intensification.alpha(long)
+    tier_a = stats.summarize(alpha, level=level)
+    tier_b = stats.mixed_model(long, level=level)
+    boot = stats.bootstrap_alpha(alpha, n_resamples=bootstrap, level=level, seed=seed) if bootstrap else pd.DataFrame()
+    moderators = [m for m in ("level", "criterion", "dataset", "model") if long[m].nunique() > 1]
+    clusters = long["traj"].nunique() if "traj" in long else 0
+    reference = {"level": long["level"].min()}
+    if "mp" in set(long["criterion"]):
+        reference["criterion"] = "mp"  # SCIENCE.md §3: C(algo, Treatment('MP'))
+    pooled = stats.pooled_ols(long, moderators=moderators or ("level",), reference=reference, level=level,
+                              bootstrap=bootstrap if clusters < 30 else 0, seed=seed)
+    welch = stats.welch_per_class(long, q=welch_q)
+    acc = accuracy_table(recall, level=level)
+    return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, welch, acc)
+
+
+def accuracy_table(recall: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
+    """Mean test accuracy (and realised sparsity) per (dataset, model, criterion, level) with a t-interval."""
+    from scipy import stats as sps
+
+    nets = recall.groupby(["dataset", "model", "criterion", "level", "seed"], as_index=False).agg(
+        accuracy=("accuracy", "first"), t=("actual_sparsity", "first"), requested=("requested_sparsity", "first"))
+    rows = []
+    for keys, g in nets.groupby(["dataset", "model", "criterion", "level"]):
+        n = len(g)
+        sd = g["accuracy"].std(ddof=1) if n > 1 else np.nan
+        half = sps.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n) if n > 1 else np.nan
+        rows.append(dict(zip(["dataset", "model", "criterion", "level"], keys), requested=g["requested"].iloc[0],
+                         t=g["t"].mean(), n_seeds=n, accuracy=g["accuracy"].mean(), sd=sd,
+                         ci_low=g["accuracy"].mean() - half, ci_high=g["accuracy"].mean() + half))
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if x < 0.99 or x >= 0.9995 else f"{100 * x:.2f}%"
+
+
+def reading(an: Analysis) -> list[str]:
+    """Plain-language findings generated from the numbers (no claim is written by hand)."""
+    from scipy import stats as sps
+
+    out = []
+    a = an.tier_a[an.tier_a["subset"] == "all"] if "subset" in an.tier_a else an.tier_a
+    for (ds, model, crit), g in a.groupby(["dataset", "model", "criterion"]):
+        g = g.sort_values("t_mean")
+        parts = [f"{_pct(r.t_mean)}: {r.mean:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] → {r.verdict}"
+                 for r in g.itertuples()]
+        trend = ""
+        if len(g) >= 3 and g["mean"].notna().sum() >= 3:
+            rho, p = sps.spearmanr(g["t_mean"], g["mean"], nan_policy="omit")
+            trend = f" Spearman ρ(t, E[α_t]) = {rho:.2f} (p = {p:.3f})."
+        out.append(f"- **{ds} / {model} / {crit}**: E[α_t] by sparsity: " + "; ".join(parts) + "." + trend)
+    tab = an.pooled.table
+    for rq, moderator in (("RQ1", "level"), ("RQ2", "dataset"), ("RQ3", "model"), ("RQ4", "criterion")):
+        rows = tab[tab["moderator"] == moderator]
+        if rows.empty:
+            reason = "only one value in these results" if moderator in an.pooled.dropped_moderators or \
+                an.long[moderator].nunique() < 2 else "not estimated"
+            out.append(f"- **{rq}** (`d0:C({moderator})`): {reason}.")
+            continue
+        bits = []
+        for r in rows.itertuples():
+            level_name = r.term.split("[T.")[-1].rstrip("]") if "[T." in r.term else r.term
+            sign = ("more intensification" if r.ci_low > 0 else "less intensification" if r.ci_high < 0
+                    else "no clear difference")
+            bits.append(f"{level_name}: {r.coef:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] ({sign})")
+        levels = sorted(an.long[moderator].unique(), key=str)
+        named = {r.term.split("[T.")[-1].rstrip("]") for r in rows.itertuples() if "[T." in r.term}
+        ref = [str(v) for v in levels if str(v) not in named]
+        ref_s = f" vs reference {ref[0]}" if len(ref) == 1 else ""
+        out.append(f"- **{rq}** (`d0:C({moderator})`{ref_s}): " + "; ".join(bits) + ".")
+    w = an.welch
+    if not w.empty:
+        sig = w[w["reject_bh"].fillna(False).astype(bool)]
+        lost = sig[sig["t_stat"] > 0]
+        out.append(f"- **Per-class Welch tests** (BH q=.05): {len(sig)} of {len(w)} class × cell tests reject; "
+                   f"{len(lost)} of them are classes losing relative recall (t > 0).")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ render
+
+def _md(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    if df.empty:
+        return "_(none)_"
+    cols = list(df.columns)
+    fmt = lambda v: (format(v, floatfmt) if isinstance(v, (float, np.floating)) and np.isfinite(v)  # noqa: E731
+                     else "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def plots(an: Analysis, folder: Path) -> list[str]:
+    """Save the report's PNGs into `folder`; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fairprune_jax.analysis import plots as P
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for name, make in (("alpha.png", lambda p: P.plot_alpha(an.tier_a, path=p, title="E[α_t] (Tier A, 95% CI)")),
+                       ("accuracy.png", lambda p: P.plot_accuracy(an.recall, path=p, title="Test accuracy")),
+                       ("class_deviation.png", lambda p: P.plot_class_deviation(
+                           an.long, path=p, title="Per-class recall − accuracy, dense vs most-pruned"))):
+        fig = make(folder / name)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[str], timings: pd.DataFrame | None,
+           image_prefix: str = "") -> str:
+    """The report as markdown."""
+    a = an.tier_a
+    cols_a = ["dataset", "model", "criterion", "level", "requested_sparsity", "t_mean", "n_seeds", "mean", "ci_low",
+              "ci_high", "p", "p_holm", "verdict", "reason"]
+    all_a = a[a["subset"] == "all"][cols_a] if "subset" in a else a[cols_a]
+    clean_a = a[a["subset"] != "all"][cols_a] if "subset" in a else pd.DataFrame()
+    cols_b = ["dataset", "model", "criterion", "level", "alpha", "ci_low", "ci_high", "p", "tau2", "method",
+              "verdict", "reason"]
+    b = an.tier_b[[c for c in cols_b if c in an.tier_b]]
+    acc = an.accuracy[["dataset", "model", "criterion", "level", "requested", "t", "n_seeds", "accuracy", "ci_low",
+                       "ci_high"]]
+    dropped = int(an.alpha["dropped"].sum()) if "dropped" in an.alpha else 0
+    flagged = int(an.alpha["flagged"].sum()) if "flagged" in an.alpha else 0
+    pooled_tab = an.pooled.table.drop(columns=[c for c in ("null",) if c in an.pooled.table])
+    welch = an.welch
+    welch_sum = (welch.assign(reject=welch["reject_bh"].fillna(False).astype(bool), lost=welch["t_stat"] > 0)
+                 .groupby(["dataset", "model", "criterion", "level"], as_index=False)
+                 .agg(classes=("class", "count"), rejected=("reject", "sum"),
+                      rejected_losing=("reject", lambda s: int((s & welch.loc[s.index, "t_stat"].gt(0)).sum())))
+                 if not welch.empty else pd.DataFrame())
+    lines = [f"# {title}", "", *header, "",
+             "## Reading (generated from the numbers below)", "", *reading(an), "",
+             "## E[α_t] per cell (Tier A: mean over seeds, 95% t-interval, t-test vs 1, Holm across cells)", "",
+             "α_t is the through-origin slope of δ_t on δ_0 over the classes of one network (SCIENCE.md §2). "
+             "Verdict: intensification if the 95% CI lies above 1, de-intensification if below, else inconclusive.",
+             "", _md(all_a),
+             "", f"Networks dropped (Σδ0² ≈ 0): {dropped}; flagged (near chance or one-class predictors): {flagged}.",
+             ""]
+    if not clean_a.empty:
+        lines += ["Without flagged networks:", "", _md(clean_a), ""]
+    lines += ["## E[α_t] per cell (Tier B: mixed model, random slope per seed)", "", _md(b), ""]
+    if not an.bootstrap.empty:
+        lines += ["## Seed-bootstrap intervals of E[α_t]", "", _md(an.bootstrap), ""]
+    lines += ["## Pooled moderated slope (Tier C: OLS clustered by trajectory)", "",
+              f"Formula: `{an.pooled.formula}`; {an.pooled.n_clusters} clusters. "
+              "A positive `d0:X` coefficient means more intensification than the reference level.", "",
+              _md(pooled_tab), ""]
+    for note in an.pooled.notes:
+        lines.append(f"- {note}")
+    lines += ["", "## Accuracy", "", _md(acc), "",
+              "## Per-class Welch tests of (recall − accuracy), dense vs pruned (BH within each model × criterion)", "",
+              _md(welch_sum), ""]
+    if images:
+        lines += ["## Plots", ""] + [f"![{n}]({image_prefix}{n})" for n in images] + [""]
+    if timings is not None and not timings.empty:
+        lines += ["## Time per stage (this machine, all runs of this workdir)", "", _md(timings, ".1f"), ""]
+    return "\n".join(lines)
+
+
+def timings_table(stage_seconds: dict[str, float]) -> pd.DataFrame:
+    df = pd.DataFrame(sorted(stage_seconds.items()), columns=["stage", "seconds"])
+    return pd.concat([df, pd.DataFrame([{"stage": "total", "seconds": df["seconds"].sum()}])], ignore_index=True)
+
+
+def header_lines(cfg: Any) -> list[str]:
+    """What was run, from the stored config."""
+    p = cfg.prune
+    grid = (f"sparsities {tuple(p.sparsities)}" if p.protocol != "iterative"
+            else f"levels 1–{p.levels} (s_L = 1 − {1 - p.fraction:g}^L, rewind to step {p.rewind_step})")
+    imb = cfg.data.imbalance
+    imb_s = (f"; underrepresented classes {tuple(imb.classes)} kept at {tuple(imb.fractions)}" if imb.classes else "")
+    return [f"- dataset **{cfg.dataset}**{imb_s}; models {', '.join(cfg.models)}; "
+            f"{cfg.num_seeds} seeds (base seed {cfg.seed}); dense shared across criteria (paired design)",
+            f"- protocol **{p.protocol}**; criteria {', '.join(p.criteria)}; {grid}; λ_UP = {p.lambda_up:g}; "
+            f"output layer {'excluded' if cfg.exclude_output else 'pruned'} for every criterion",
+            f"- dense training: {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, {cfg.train.optimizer.name} "
+            f"lr {cfg.train.optimizer.lr:g} momentum {cfg.train.optimizer.momentum:g} wd "
+            f"{cfg.train.optimizer.weight_decay:g}; fine-tuning: {cfg.finetune.epochs} epochs, "
+            f"{cfg.finetune.optimizer.name} lr {cfg.finetune.optimizer.lr:g}"]
+
+
+def build_report(wd, *, out: Path | None = None) -> str:
+    """Analyse a workdir's stored results and write `report.md` + PNGs; returns a terminal summary."""
+    recall = wd.read_table(RECALL_TABLE)
+    if recall.empty:
+        raise ValueError(f"{wd.path}: no results yet (table {RECALL_TABLE!r} is empty); run the sweep first")
+    cfg = wd.config
+    an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
+                 chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
+    return write(an, out or wd.path, title=f"Recall distortion under pruning: {cfg.dataset}", header=header_lines(cfg),
+                 timings=timings_table(wd.stage_seconds()))
+
+
+def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings: pd.DataFrame | None) -> str:
+    """Write report.md, PNGs and CSV tables into `out` (atomically per file); returns a terminal summary."""
+    from fairprune_jax.results import atomic_write
+
+    out = Path(out)
+    images = plots(an, out / "plots")
+    text = render(an, title=title, header=header, images=images, timings=timings, image_prefix="plots/")
+    atomic_write(out / "report.md", text.encode())
+    for name, df in (("alpha_networks.csv", an.alpha), ("alpha_tier_a.csv", an.tier_a), ("alpha_tier_b.csv", an.tier_b),
+                     ("pooled_ols.csv", an.pooled.table), ("welch.csv", an.welch), ("accuracy.csv", an.accuracy)):
+        atomic_write(out / "tables" / name, df.to_csv(index=False).encode())
+    a = an.tier_a[an.tier_a["subset"] == "all"] if "subset" in an.tier_a else an.tier_a
+    counts = a["verdict"].value_counts().to_dict()
+    return (f"report: {out / 'report.md'}\n"
+            f"cells: {len(a)}; verdicts: {json.dumps(counts)}\n" + "\n".join(reading(an)))
+
+
+def pooled_report(workdirs: Sequence[Any], out: Path) -> str:
+    """One report over several workdirs (e.g. MNIST + Fashion-MNIST) so RQ2/RQ3 have several levels."""
+    frames = [wd.read_table(RECALL_TABLE) for wd in workdirs]
+    recall = pd.concat(frames, ignore_index=True)
+    cfg = workdirs[0].config
+    an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
+                 chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
+    header = [f"Pooled over {len(workdirs)} workdirs:"] + [f"- `{wd.path}`" for wd in workdirs]
+    for wd in workdirs:
+        header += header_lines(wd.config)
+    return write(an, out, title="Recall distortion under pruning (pooled)", header=header, timings=None)
