@@ -1,0 +1,24 @@
+"""Analysis of evaluated populations: recall distortion (SCIENCE.md §2–3) and bias (§6).
+
+Submodules are imported lazily (``from fairprune_jax.analysis import stats`` or ``analysis.stats``), so importing
+the package pulls in neither statsmodels nor matplotlib:
+
+- ``intensification``: δ, α_{t,c}, the per-network α_t and its variants V1–V4, the long table of §3.
+- ``stats``: Tier A (t-intervals, t-test vs 1), Tier B (MixedLM), Tier C (cluster-robust pooled OLS), per-class
+  Welch tests with BH/Holm, seed bootstrap.
+- ``plots``: matplotlib (Agg) figures of E[α_t], class deviations and accuracy against sparsity.
+- ``bias``: paper-2 metrics.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SUBMODULES = ("intensification", "stats", "plots", "bias")
+__all__ = list(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

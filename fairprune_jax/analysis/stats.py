@@ -1,0 +1,487 @@
+"""Statistics of recall distortion across seeds (SCIENCE.md §3); statsmodels and scipy do the work.
+
+Tiers (all [R] in the spec):
+- Tier A `summarize`: per cell (dataset, model, criterion, level), E[α_t] as the mean over seeds with a
+  t-interval and a one-sample t-test against 1; Holm across cells.
+- Tier B `mixed_model`: per cell, MixedLM `dt ~ 0 + d0` with a random d0 slope per seed (REML); Wald CI and
+  z = (α − 1)/se. τ² ≈ 0 is flagged (the fit then equals pooled OLS); failed fits fall back to pooled OLS with
+  seed-clustered errors and say so.
+- Tier C `pooled_ols`: OLS `dt ~ 0 + d0 + d0:C(level) + d0:C(criterion) + d0:C(dataset) + d0:C(model)` with
+  errors clustered by trajectory; moderators with one level are dropped; optional cluster bootstrap over seeds.
+- `welch_per_class`: Welch t-tests of (recall − accuracy), dense vs pruned, per class and sparsity, with
+  Benjamini–Hochberg across classes × sparsities.
+- `bootstrap_alpha`: seed-bootstrap intervals of E[α_t] (scipy.stats.bootstrap, seeded Generator).
+
+Every summary row has a `verdict`: "intensification" (95% CI entirely above 1), "de-intensification" (entirely
+below 1) or "inconclusive", and a `reason` saying why a number is missing or a fallback was used.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+CELL_KEYS = ("dataset", "model", "criterion", "level")
+INTENSIFICATION, DE_INTENSIFICATION, INCONCLUSIVE = "intensification", "de-intensification", "inconclusive"
+RQ_OF_MODERATOR = {"level": "RQ1", "dataset": "RQ2", "model": "RQ3", "criterion": "RQ4"}
+
+
+def verdict(ci_low: float, ci_high: float, null: float = 1.0) -> str:
+    """Decision rule of §2: CI entirely above `null` → intensification, entirely below → de-intensification."""
+    if np.isfinite(ci_low) and ci_low > null:
+        return INTENSIFICATION
+    if np.isfinite(ci_high) and ci_high < null:
+        return DE_INTENSIFICATION
+    return INCONCLUSIVE
+
+
+def _verdict_p(estimate: float, p: float, alpha: float = 0.05, null: float = 1.0) -> str:
+    if not np.isfinite(p) or p >= alpha:
+        return INCONCLUSIVE
+    return INTENSIFICATION if estimate > null else DE_INTENSIFICATION
+
+
+def _holm(p: pd.Series) -> pd.Series:
+    """Holm-adjusted p over the finite entries (NaN stays NaN)."""
+    from statsmodels.stats.multitest import multipletests
+
+    out = pd.Series(np.nan, index=p.index)
+    ok = np.isfinite(p.to_numpy(float))
+    if ok.any():
+        out[ok] = multipletests(p.to_numpy(float)[ok], method="holm")[1]
+    return out
+
+
+def _groups(df: pd.DataFrame, by: Sequence[str]):
+    by = list(by)
+    missing = [c for c in by if c not in df.columns]
+    if missing:
+        raise ValueError(f"by: column(s) {missing} not in the table")
+    if not by:
+        yield (), df
+        return
+    for key, frame in df.groupby(by, sort=True, dropna=False):
+        yield (key if isinstance(key, tuple) else (key,)), frame
+
+
+# -------------------------------------------------------------------------------------------- Tier A
+
+
+def tier_a(values: Sequence[float], *, level: float = 0.95, null: float = 1.0) -> dict[str, Any]:
+    """Mean ± t_{(1+level)/2, n−1}·sd/√n and a one-sample t-test against `null`; NaN + reason below 2 values."""
+    x = np.asarray(values, float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    res: dict[str, Any] = {"n": n, "mean": float(np.mean(x)) if n else np.nan, "sd": np.nan, "se": np.nan,
+                           "ci_low": np.nan, "ci_high": np.nan, "t_stat": np.nan, "df": np.nan, "p": np.nan,
+                           "verdict": INCONCLUSIVE, "reason": ""}
+    if n < 2:
+        res["reason"] = f"fewer than two seeds (n={n}): interval and test undefined"
+        return res
+    sd = float(np.std(x, ddof=1))
+    se = sd / np.sqrt(n)
+    res.update(sd=sd, se=se, df=n - 1)
+    if sd == 0:
+        res.update(ci_low=res["mean"], ci_high=res["mean"], reason="zero variance across seeds: test undefined")
+        return res
+    q = sps.t.ppf(0.5 + level / 2, n - 1)
+    tt = sps.ttest_1samp(x, null)
+    res.update(ci_low=res["mean"] - q * se, ci_high=res["mean"] + q * se, t_stat=float(tt.statistic),
+               p=float(tt.pvalue))
+    res["verdict"] = verdict(res["ci_low"], res["ci_high"], null)
+    return res
+
+
+def _seed_means(frame: pd.DataFrame, value: str) -> pd.Series:
+    """One value per seed (mean over that seed's networks in the cell), NaNs ignored."""
+    return frame.groupby("seed", sort=True)[value].mean().dropna()
+
+
+def summarize(alpha_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS, value: str = "alpha", level: float = 0.95,
+              flagged: str = "both") -> pd.DataFrame:
+    """Tier A per cell: E[α_t] over seeds, t-interval, t-test vs 1, Holm across cells, verdict, reason.
+
+    `flagged`: "both" (rows with subset "all" and "unflagged"), "include" or "exclude" near-chance / one-class
+    networks. Dropped networks (α NaN) are excluded and counted. When a cell has several networks per seed,
+    they are averaged within the seed first. Holm is applied within each subset across all cells of the call.
+    """
+    if flagged not in ("both", "include", "exclude"):
+        raise ValueError(f"flagged: expected 'both', 'include' or 'exclude', got {flagged!r}")
+    need = [*by, value, "seed"]
+    missing = [c for c in need if c not in alpha_df.columns]
+    if missing:
+        raise ValueError(f"alpha_df: missing column(s) {missing}")
+    df = alpha_df.copy()
+    df["flagged"] = df["flagged"].fillna(False).astype(bool) if "flagged" in df.columns else False
+    subsets = {"both": [("all", False), ("unflagged", True)], "include": [("all", False)],
+               "exclude": [("unflagged", True)]}[flagged]
+    rows = []
+    for name, drop_flagged in subsets:
+        for key, frame in _groups(df, by):
+            n_flag = int(frame["flagged"].sum())
+            n_drop = int((~np.isfinite(frame[value].to_numpy(float))).sum())
+            use = frame[~frame["flagged"]] if drop_flagged else frame
+            res = tier_a(_seed_means(use, value).to_numpy(), level=level)
+            reasons = [res.pop("reason")]
+            if n_drop:
+                reasons.append(f"{n_drop} network(s) with undefined {value} dropped")
+            if n_flag:
+                reasons.append(f"{n_flag} flagged network(s) {'excluded' if drop_flagged else 'included'}")
+            row = dict(zip(by, key))
+            row.update(subset=name, t_mean=float(frame["t"].mean()) if "t" in frame else np.nan,
+                       requested_sparsity=frame["requested_sparsity"].iloc[0] if "requested_sparsity" in frame
+                       else np.nan, n_networks=len(frame), n_dropped=n_drop, n_flagged=n_flag,
+                       n_seeds=res.pop("n"), **res, reason="; ".join(r for r in reasons if r))
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    out["p_holm"] = np.nan
+    for name in out["subset"].unique():
+        sel = out["subset"] == name
+        out.loc[sel, "p_holm"] = _holm(out.loc[sel, "p"])
+    out["verdict_holm"] = [_verdict_p(m, p) for m, p in zip(out["mean"], out["p_holm"])]
+    return out
+
+
+# -------------------------------------------------------------------------------------------- Tier B
+
+
+def _ols_origin(cell: pd.DataFrame, cluster: bool) -> Any:
+    import statsmodels.formula.api as smf
+
+    model = smf.ols("dt ~ 0 + d0", cell)
+    if cluster:
+        groups = pd.factorize(cell["seed"])[0]
+        return model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+    return model.fit()
+
+
+def _fit_mixed(cell: pd.DataFrame) -> tuple[Any, list[str]]:
+    import statsmodels.formula.api as smf
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = smf.mixedlm("dt ~ 0 + d0", cell, groups=cell["seed"], re_formula="0 + d0").fit(reml=True)
+    msgs = sorted({str(w.message).split("\n")[0] for w in caught})
+    return res, msgs
+
+
+def mixed_model(long_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS, level: float = 0.95,
+                exclude_flagged: bool = False, tau2_tol: float = 1e-6) -> pd.DataFrame:
+    """Tier B per cell: δ_t = (α + u_s)·δ_0 + ε, u_s ~ N(0, τ²), REML; α = E[α_t] with Wald CI and z = (α−1)/se.
+
+    Columns: by..., n_seeds, n_obs, alpha, se, ci_low, ci_high, z, p, p_holm, tau2, converged, tau2_zero,
+    method ("mixedlm", or the fallback "pooled_ols_cluster_seed" / "pooled_ols"), verdict, reason.
+    """
+    need = [*by, "seed", "d0", "dt"]
+    missing = [c for c in need if c not in long_df.columns]
+    if missing:
+        raise ValueError(f"long_df: missing column(s) {missing}")
+    df = long_df
+    if exclude_flagged:
+        flag = np.zeros(len(df), bool)
+        for c in ("near_chance", "one_class"):
+            if c in df.columns:
+                flag |= df[c].to_numpy(bool)
+        df = df[~flag]
+    zq = sps.norm.ppf(0.5 + level / 2)
+    rows = []
+    for key, frame in _groups(df, by):
+        cell = frame[np.isfinite(frame["d0"].to_numpy(float)) & np.isfinite(frame["dt"].to_numpy(float))]
+        cell = cell[["seed", "d0", "dt"]].reset_index(drop=True)
+        n_seeds = int(cell["seed"].nunique())
+        row: dict[str, Any] = dict(zip(by, key))
+        row.update(n_seeds=n_seeds, n_obs=len(cell), alpha=np.nan, se=np.nan, ci_low=np.nan, ci_high=np.nan,
+                   z=np.nan, p=np.nan, tau2=np.nan, converged=False, tau2_zero=False, method="", reason="")
+        reasons = []
+        if len(cell) == 0 or float((cell["d0"] ** 2).sum()) < 1e-12:
+            row.update(method="none", reason="no usable classes (Σδ0² < 1e-12)", verdict=INCONCLUSIVE)
+            rows.append(row)
+            continue
+        if n_seeds < 2:
+            res = _ols_origin(cell, cluster=False)
+            row.update(alpha=float(res.params["d0"]), method="pooled_ols",
+                       reason=f"fewer than two seeds (n={n_seeds}): mixed model and interval undefined; "
+                              "estimate is the pooled OLS slope", verdict=INCONCLUSIVE)
+            rows.append(row)
+            continue
+        res, fallback = None, ""
+        try:
+            res, msgs = _fit_mixed(cell)
+            se = float(res.bse["d0"])
+            tau2 = float(np.asarray(res.cov_re)[0, 0])
+            if not (res.converged and np.isfinite(se) and se > 0 and np.isfinite(res.params["d0"])):
+                fallback = "mixedlm did not converge" + (f" ({'; '.join(msgs)})" if msgs else "")
+        except Exception as exc:  # singular designs, linear-algebra failures: report and fall back
+            fallback = f"mixedlm failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if fallback:
+            ols = _ols_origin(cell, cluster=True)
+            est, se = float(ols.params["d0"]), float(ols.bse["d0"])
+            row.update(method="pooled_ols_cluster_seed", converged=False)
+            reasons.append(fallback + "; fallback: pooled OLS through the origin, errors clustered by seed")
+        else:
+            est = float(res.params["d0"])
+            row.update(method="mixedlm", converged=True, tau2=tau2)
+            if tau2 <= tau2_tol:
+                row["tau2_zero"] = True
+                reasons.append("τ²≈0 (random-slope variance at the boundary): the fit equals pooled OLS")
+            if msgs:
+                reasons.append("statsmodels: " + "; ".join(msgs))
+        row.update(alpha=est, se=se, ci_low=est - zq * se, ci_high=est + zq * se, z=(est - 1.0) / se,
+                   p=float(2 * sps.norm.sf(abs((est - 1.0) / se))))
+        row["verdict"] = verdict(row["ci_low"], row["ci_high"])
+        row["reason"] = "; ".join(reasons)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = _holm(out["p"])
+    return out
+
+
+# -------------------------------------------------------------------------------------------- Tier C
+
+
+class PooledOLS(NamedTuple):
+    """Tier C fit: the tidy coefficient table, the statsmodels result, and what was dropped or noted."""
+
+    table: pd.DataFrame  # term, moderator, rq, coef, se, z, p, ci_low, ci_high, null, verdict[, boot_low, boot_high]
+    result: Any
+    formula: str
+    n_clusters: int
+    dropped_moderators: list[str]
+    notes: list[str]
+
+
+def pooled_ols(long_df: pd.DataFrame, *, moderators: Sequence[str] = ("level", "criterion", "dataset", "model"),
+               reference: dict[str, Any] | None = None, criterion_by_level: bool = False, cluster: str = "traj",
+               exclude_flagged: bool = False, level: float = 0.95, bootstrap: int = 0, seed: int = 0
+               ) -> PooledOLS:
+    """Tier C: `dt ~ 0 + d0 + Σ d0:C(moderator)` with errors clustered on `cluster` (RQ1–RQ4).
+
+    A moderator with one level is dropped (named in `dropped_moderators`). `reference` gives treatment
+    references (default {"criterion": "MP"} when that level exists). `criterion_by_level` adds
+    `d0:C(criterion):C(level)` (RQ4 by ratio). `bootstrap` > 0 adds a cluster bootstrap over seeds (percentile
+    intervals, numpy Generator seeded by `seed`), advisable with fewer than about 30 clusters.
+    A positive d0:X coefficient means more intensification than the reference; the `d0` row is α of the reference
+    cell (null 1), moderator rows have null 0.
+    """
+    import statsmodels.formula.api as smf
+
+    need = ["d0", "dt", cluster, "seed", *moderators]
+    missing = [c for c in need if c not in long_df.columns]
+    if missing:
+        raise ValueError(f"long_df: missing column(s) {missing}")
+    ref = {"criterion": "MP"} if reference is None else dict(reference)
+    df = long_df
+    if exclude_flagged:
+        flag = np.zeros(len(df), bool)
+        for c in ("near_chance", "one_class"):
+            if c in df.columns:
+                flag |= df[c].to_numpy(bool)
+        df = df[~flag]
+    df = df[np.isfinite(df["d0"].to_numpy(float)) & np.isfinite(df["dt"].to_numpy(float))].reset_index(drop=True)
+    if df.empty:
+        raise ValueError("long_df: no row with finite d0 and dt")
+    terms, dropped, notes, factor = ["d0"], [], [], {}
+    for m in moderators:
+        levels = sorted(df[m].dropna().unique().tolist(), key=str)
+        if len(levels) < 2:
+            dropped.append(m)
+            notes.append(f"moderator {m!r} dropped: one level only ({levels[0] if levels else 'none'})")
+            continue
+        if m in ref and ref[m] in levels:
+            factor[m] = f"C({m}, Treatment({ref[m]!r}))"
+        else:
+            factor[m] = f"C({m})"
+            if m in ref:
+                notes.append(f"reference {ref[m]!r} not among {m} levels; using {levels[0]!r}")
+        terms.append(f"d0:{factor[m]}")
+    if criterion_by_level:
+        if "criterion" in factor and "level" in factor:
+            # the same factor spellings as the main terms, so patsy codes the interaction with reduced rank
+            terms.append(f"d0:{factor['criterion']}:{factor['level']}")
+        else:
+            notes.append("criterion_by_level ignored: criterion or level is not a moderator with several levels")
+    formula = "dt ~ 0 + " + " + ".join(terms)
+    groups = pd.factorize(df[cluster])[0]
+    n_clusters = int(groups.max() + 1)
+    model = smf.ols(formula, df)
+    if n_clusters >= 2:
+        res = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+        if n_clusters < 30:
+            notes.append(f"only {n_clusters} clusters: cluster-robust errors are optimistic; see the bootstrap")
+    else:
+        res = model.fit()
+        notes.append("one cluster: errors not clustered")
+    ci = res.conf_int(alpha=1 - level)
+    names = list(res.params.index)
+    tab = pd.DataFrame({"term": names, "coef": res.params.to_numpy(), "se": res.bse.to_numpy(),
+                        "z": res.tvalues.to_numpy(), "ci_low": ci[0].to_numpy(), "ci_high": ci[1].to_numpy()})
+    tab["null"] = [1.0 if t == "d0" else 0.0 for t in names]
+    tab["z"] = (tab["coef"] - tab["null"]) / tab["se"]
+    tab["p"] = 2 * sps.norm.sf(np.abs(tab["z"]))
+
+    def moderator(term: str) -> str:
+        if term == "d0":
+            return ""
+        if "C(criterion" in term and "C(level" in term:
+            return "criterion:level"
+        for m in moderators:
+            if f"C({m}" in term:
+                return m
+        return ""
+
+    tab["moderator"] = [moderator(t) for t in names]
+    tab["rq"] = [RQ_OF_MODERATOR.get(m, "RQ4" if m == "criterion:level" else "") for m in tab["moderator"]]
+    tab["verdict"] = [verdict(lo, hi, nu) for lo, hi, nu in zip(tab["ci_low"], tab["ci_high"], tab["null"])]
+    if bootstrap > 0:
+        tab["boot_low"], tab["boot_high"], n_bad = _cluster_bootstrap(res, df, bootstrap, seed, level)
+        if n_bad:
+            notes.append(f"{n_bad} of {bootstrap} bootstrap draws rank-deficient and skipped")
+    cols = ["term", "moderator", "rq", "coef", "se", "z", "p", "ci_low", "ci_high", "null", "verdict"]
+    cols += [c for c in ("boot_low", "boot_high") if c in tab]
+    return PooledOLS(tab[cols], res, formula, n_clusters, dropped, notes)
+
+
+def _cluster_bootstrap(res: Any, df: pd.DataFrame, n_boot: int, seed: int, level: float):
+    """Percentile intervals from resampling seeds with replacement and refitting by least squares."""
+    exog, endog = np.asarray(res.model.exog), np.asarray(res.model.endog)
+    rows = np.asarray(res.model.data.row_labels)
+    seeds = df.loc[rows, "seed"].to_numpy()
+    uniq = np.unique(seeds)
+    by_seed = [np.flatnonzero(seeds == s) for s in uniq]
+    rng = np.random.default_rng(seed)
+    p = exog.shape[1]
+    draws, bad = [], 0
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniq), len(uniq))
+        idx = np.concatenate([by_seed[i] for i in pick])
+        x, y = exog[idx], endog[idx]
+        coef, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+        if rank < p:
+            bad += 1
+            continue
+        draws.append(coef)
+    if not draws:
+        nan = np.full(p, np.nan)
+        return nan, nan, bad
+    d = np.asarray(draws)
+    lo, hi = np.percentile(d, [50 * (1 - level), 50 * (1 + level)], axis=0)
+    return lo, hi, bad
+
+
+# ------------------------------------------------------------------------------------ per-class Welch
+
+
+def welch_per_class(long_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS,
+                    family: Sequence[str] = ("dataset", "model", "criterion"), accuracy: str = "population",
+                    q: float = 0.05) -> pd.DataFrame:
+    """Per class and sparsity: Welch t-test of {r_{0,c,s} − ā_0} vs {r_{t,c,s} − ā_t} over seeds.
+
+    ā is the population-mean accuracy of the cell (`accuracy="population"`) or each model's own
+    (`accuracy="own"`). t > 0 means class c lost relative recall. BH (q) across classes × sparsities within each
+    `family`; raw and adjusted p. Fewer than two values on a side, or zero variance on both: NaN + reason.
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    if accuracy not in ("population", "own"):
+        raise ValueError(f"accuracy: expected 'population' or 'own', got {accuracy!r}")
+    need = [*by, "class", "seed", "r0", "a0", "rt", "at"]
+    missing = [c for c in need if c not in long_df.columns]
+    if missing:
+        raise ValueError(f"long_df: missing column(s) {missing}")
+    rows = []
+    for key, frame in _groups(long_df, by):
+        if accuracy == "own":
+            dev0, devt = frame["r0"] - frame["a0"], frame["rt"] - frame["at"]
+        else:  # population-mean accuracy of the cell: one accuracy per network, averaged over seeds
+            nets = frame.drop_duplicates("seed")
+            dev0, devt = frame["r0"] - nets["a0"].mean(), frame["rt"] - nets["at"].mean()
+        wide = frame[["seed", "class"]].assign(x=dev0, y=devt).pivot_table(
+            index="seed", columns="class", values=["x", "y"], aggfunc="mean", dropna=False)
+        classes = sorted(frame["class"].unique())
+        x = wide["x"].reindex(columns=classes).to_numpy(float)  # [seeds, classes]
+        y = wide["y"].reindex(columns=classes).to_numpy(float)
+        nx, ny = np.isfinite(x).sum(0), np.isfinite(y).sum(0)
+        t = np.full(len(classes), np.nan)
+        df = np.full(len(classes), np.nan)
+        p = np.full(len(classes), np.nan)
+        reason = np.full(len(classes), "", dtype=object)
+        with warnings.catch_warnings():  # all-NaN columns (absent classes) give NaN, handled below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            vx, vy = np.nanvar(x, 0), np.nanvar(y, 0)
+            mx, my = np.nanmean(x, 0), np.nanmean(y, 0)
+        few = (nx < 2) | (ny < 2)
+        flat = ~few & (vx == 0) & (vy == 0)
+        reason[few] = "fewer than two seeds on a side: test undefined"
+        reason[flat] = "zero variance in both groups: test undefined"
+        ok = ~few & ~flat
+        full = ok & (nx == x.shape[0]) & (ny == y.shape[0])
+        if full.any():  # one vectorised scipy call for the classes without missing values
+            tt = sps.ttest_ind(x[:, full], y[:, full], equal_var=False, axis=0)
+            t[full], df[full], p[full] = tt.statistic, tt.df, tt.pvalue
+        for j in np.flatnonzero(ok & ~full):  # classes absent for some seeds
+            tt = sps.ttest_ind(x[:, j][np.isfinite(x[:, j])], y[:, j][np.isfinite(y[:, j])], equal_var=False)
+            t[j], df[j], p[j] = tt.statistic, tt.df, tt.pvalue
+        cell = pd.DataFrame({"class": classes, "n_dense": nx, "n_pruned": ny, "dense_dev": mx, "pruned_dev": my,
+                             "t_stat": t, "df": df, "p": p, "reason": reason})
+        for name, val in zip(by, key):
+            cell.insert(list(by).index(name), name, val)
+        rows.append(cell)
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    out["p_bh"] = np.nan
+    out["reject_bh"] = False
+    fam = [f for f in family if f in out.columns]
+    groups = out.groupby(fam, sort=False, dropna=False).groups.values() if fam else [out.index]
+    for idx in groups:
+        p = out.loc[idx, "p"].to_numpy(float)
+        ok = np.isfinite(p)
+        if ok.any():
+            rej, padj, _, _ = multipletests(p[ok], alpha=q, method="fdr_bh")
+            sel = np.asarray(idx)[ok]
+            out.loc[sel, "p_bh"] = padj
+            out.loc[sel, "reject_bh"] = rej
+    return out
+
+
+# ------------------------------------------------------------------------------------------ bootstrap
+
+
+def bootstrap_alpha(alpha_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS, value: str = "alpha",
+                    n_resamples: int = 9999, level: float = 0.95, seed: int = 0, method: str = "BCa",
+                    exclude_flagged: bool = False) -> pd.DataFrame:
+    """Seed-bootstrap intervals of E[α_t] per cell (scipy.stats.bootstrap; Generator seeded by (seed, cell)).
+
+    Columns: by..., n_seeds, mean, boot_low, boot_high, verdict, reason. Fewer than two seeds: NaN + reason;
+    zero variance: the degenerate interval [mean, mean] + reason.
+    """
+    df = alpha_df
+    if exclude_flagged and "flagged" in df.columns:
+        df = df[~df["flagged"].to_numpy(bool)]
+    rows = []
+    for i, (key, frame) in enumerate(_groups(df, by)):
+        x = _seed_means(frame, value).to_numpy()
+        row = dict(zip(by, key))
+        row.update(n_seeds=len(x), mean=float(np.mean(x)) if len(x) else np.nan, boot_low=np.nan,
+                   boot_high=np.nan, reason="")
+        if len(x) < 2:
+            row["reason"] = f"fewer than two seeds (n={len(x)}): interval undefined"
+        elif np.all(x == x[0]):
+            row.update(boot_low=x[0], boot_high=x[0], reason="zero variance across seeds: degenerate interval")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = sps.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=level, method=method,
+                                    rng=np.random.default_rng([seed, i]))
+            lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+            if not (np.isfinite(lo) and np.isfinite(hi)) and method != "percentile":
+                res = sps.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=level,
+                                    method="percentile", rng=np.random.default_rng([seed, i]))
+                lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+                row["reason"] = f"{method} undefined; percentile interval"
+            row.update(boot_low=lo, boot_high=hi)
+        row["verdict"] = verdict(row["boot_low"], row["boot_high"])
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,323 @@
+"""Per-class evaluation of whole model populations: confusion counts for [seed, criterion, sparsity, ...] at once.
+
+Why: recall distortion (SCIENCE.md §2) needs per-class recall of every pruned network and of its dense
+counterpart, on the full test split, in eval mode. A sweep has hundreds of networks; evaluating them one by one
+is dominated by Python dispatch on accelerators, so the population is evaluated by one compiled function.
+
+Shapes and broadcasting
+-----------------------
+- ``variables``: the model's variables with any number of leading axes ``V`` on every leaf, e.g. ``[S]``.
+- ``masks`` (optional): a tree with the structure of ``variables["params"]``, bool leaves, leading axes
+  ``L`` with ``V`` a prefix of ``L`` (equal, or more axes: dense ``[S]`` variables with ``[S, M, P]`` masks are
+  broadcast over ``M, P`` without being copied). Pruned weights are zeroed, ``jnp.where(mask, w, 0)``.
+- Leading axes are flattened to one model axis; ``chunk`` models are evaluated at a time by one compiled
+  function (the last chunk is padded by repeating a model, so nothing recompiles), and the test examples are
+  scanned in batches of ``batch_size``, so memory is O(chunk * (params + batch_size * width)).
+
+Counts are exact integers (one-hot matmuls in float32 are exact per batch, < 2**24, then accumulated in int32).
+The softmax summaries (mean max-softmax and the fraction with max-softmax < ``uncertain_below``, SCIENCE.md §7)
+come from the same forward pass.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from fairprune_jax.models import ModelSpec, path_str
+
+PyTree = Any
+
+TABLE_COLUMNS = ("dataset", "model", "criterion", "seed", "level", "sparsity_index", "requested_sparsity",
+                 "actual_sparsity", "class", "n", "correct", "recall", "accuracy")
+
+
+class EvalResult(NamedTuple):
+    """Population evaluation: counts [..., K, K] (rows true, cols predicted) and softmax summaries [...]."""
+
+    counts: np.ndarray  # int64 [..., K, K]
+    mean_confidence: np.ndarray  # float64 [...]: mean over examples of max softmax
+    frac_uncertain: np.ndarray  # float64 [...]: fraction of examples with max softmax < uncertain_below
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:
+    """Zero pruned weights (the masks.apply convention), mask leaves first so the structures must agree."""
+    return jax.tree.map(lambda m, p: jnp.where(m, p, jnp.zeros((), p.dtype)), mask, params)
+
+
+def _leading_shape(tree: PyTree, base: PyTree, what: str) -> tuple[int, ...]:
+    """Leading axes shared by every leaf of `tree` on top of the single-model shapes in `base`."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    base_leaves = jax.tree_util.tree_flatten_with_path(base)[0]
+    paths, base_paths = [path_str(p) for p, _ in leaves], [path_str(p) for p, _ in base_leaves]
+    if paths != base_paths:
+        extra, missing = sorted(set(paths) - set(base_paths)), sorted(set(base_paths) - set(paths))
+        raise ValueError(f"{what}: leaves differ from the model's: unexpected {extra}, missing {missing}")
+    lead: tuple[int, ...] | None = None
+    for (path, leaf), (_, ref) in zip(leaves, base_leaves):
+        shape, ref_shape = tuple(np.shape(leaf)), tuple(ref.shape)
+        k = len(shape) - len(ref_shape)
+        if k < 0 or shape[k:] != ref_shape:
+            raise ValueError(f"{what}/{path_str(path)}: shape {shape} does not end with the model's {ref_shape}")
+        if lead is None:
+            lead = shape[:k]
+        elif shape[:k] != lead:
+            raise ValueError(f"{what}/{path_str(path)}: leading axes {shape[:k]} differ from {lead} of other leaves")
+    return lead if lead is not None else ()
+
+
+def _check_masks_dtype(masks: PyTree) -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(masks)[0]:
+        if np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)) != np.bool_:
+            raise ValueError(f"masks/{path_str(path)}: dtype {leaf.dtype} is not bool")
+
+
+# ----------------------------------------------------------------------------------------- compiled core
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "num_classes", "ratio", "uncertain_below", "var_lead",
+                                             "mask_lead"))
+def _eval_chunk(variables: PyTree, masks: PyTree | None, idx: jax.Array, xb: jax.Array, yb: jax.Array,
+                valid: jax.Array, *, spec: ModelSpec, num_classes: int, ratio: int, uncertain_below: float,
+                var_lead: tuple[int, ...], mask_lead: tuple[int, ...]):
+    """Counts [C, K, K], confidence sums [C] and uncertain counts [C] for the models `idx` of the population.
+
+    `variables` and `masks` are the whole population (leading axes `var_lead` / `mask_lead`); the chunk is
+    gathered inside the compiled function so nothing population-sized is copied per call.
+    """
+    def gather(leaf: jax.Array, lead: tuple[int, ...], rows: jax.Array) -> jax.Array:
+        flat = leaf.reshape((math.prod(lead),) + leaf.shape[len(lead):])
+        return flat[rows]
+
+    var_rows = idx // ratio
+    chunk_vars = jax.tree.map(lambda v: gather(v, var_lead, var_rows), variables)
+    if masks is not None:
+        chunk_masks = jax.tree.map(lambda m: gather(m, mask_lead, idx), masks)
+        chunk_vars = dict(chunk_vars)
+        chunk_vars["params"] = _apply_mask(chunk_vars["params"], chunk_masks)
+    c = idx.shape[0]
+    k = num_classes
+
+    def forward(v: PyTree, x: jax.Array) -> jax.Array:
+        logits, _ = spec.apply(v, x, train=False)
+        return logits
+
+    def step(carry, batch):
+        counts, conf_sum, n_unc = carry
+        x, y, w = batch
+        logits = jax.vmap(forward, in_axes=(0, None))(chunk_vars, x).astype(jnp.float32)  # [C, B, K']
+        pred = jnp.argmax(logits, axis=-1)
+        conf = jnp.exp(jnp.max(logits, axis=-1) - jax.nn.logsumexp(logits, axis=-1))  # max softmax [C, B]
+        wf = w.astype(jnp.float32)
+        y_oh = jax.nn.one_hot(y, k, dtype=jnp.float32) * wf[:, None]  # [B, K]
+        p_oh = jax.nn.one_hot(pred, k, dtype=jnp.float32)  # [C, B, K]
+        cm = jnp.einsum("bk,cbj->ckj", y_oh, p_oh, precision=jax.lax.Precision.HIGHEST)
+        counts = counts + jnp.round(cm).astype(jnp.int32)
+        conf_sum = conf_sum + jnp.sum(conf * wf, axis=-1)
+        n_unc = n_unc + jnp.sum((conf < uncertain_below) & w, axis=-1).astype(jnp.int32)
+        return (counts, conf_sum, n_unc), None
+
+    init = (jnp.zeros((c, k, k), jnp.int32), jnp.zeros((c,), jnp.float32), jnp.zeros((c,), jnp.int32))
+    (counts, conf_sum, n_unc), _ = jax.lax.scan(step, init, (xb, yb, valid))
+    return counts, conf_sum, n_unc
+
+
+@functools.partial(jax.jit, static_argnames=("pad", "nb"))
+def _batch_examples(images: jax.Array, labels: jax.Array, pad: int, nb: int):
+    """Pad the split to nb * B examples and reshape to [nb, B, ...] with a validity flag."""
+    n = images.shape[0]
+    valid = jnp.arange(n + pad) < n
+    images = jnp.pad(images, [(0, pad)] + [(0, 0)] * (images.ndim - 1))
+    labels = jnp.pad(labels, (0, pad))
+    rs = lambda a: a.reshape((nb, -1) + a.shape[1:])
+    return rs(images), rs(labels), rs(valid)
+
+
+# ------------------------------------------------------------------------------------------------ public
+
+
+def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels: Any, *, masks: PyTree | None = None,
+                        num_classes: int | None = None, chunk: int = 64, batch_size: int = 2000,
+                        uncertain_below: float = 0.9) -> EvalResult:
+    """Confusion counts and softmax summaries for every model of a population, in one call.
+
+    Args:
+      spec: the model (softmax head); `spec.apply(variables, x, train=False)` gives logits.
+      variables: `{"params": ..., ...}` with leading axes V on every leaf (V may be empty: one model).
+      images: float32 [N, ...] (already normalised); labels: int [N] in [0, num_classes).
+      masks: bool tree like `variables["params"]` with leading axes L, V a prefix of L; None = dense.
+      num_classes: K (default `spec.num_outputs`; must be >= it).
+      chunk: models per compiled call; batch_size: examples per scan step.
+    Returns:
+      EvalResult with counts [*L, K, K] (L = V without masks).
+    """
+    if spec.multilabel:
+        raise ValueError(f"spec: model {spec.name!r} has a multi-label head; confusion counts need a softmax head")
+    k = int(spec.num_outputs if num_classes is None else num_classes)
+    if k < spec.num_outputs:
+        raise ValueError(f"num_classes: {k} is smaller than the model's {spec.num_outputs} outputs")
+    if chunk < 1 or batch_size < 1:
+        raise ValueError(f"chunk/batch_size: must be >= 1, got chunk={chunk}, batch_size={batch_size}")
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise ValueError("variables: expected a dict with a 'params' collection")
+
+    images = jnp.asarray(images)
+    labels_np = np.asarray(labels)
+    if images.ndim < 1 or images.shape[1:] != tuple(spec.input_shape):
+        raise ValueError(f"images: shape {images.shape} is not [N, *{tuple(spec.input_shape)}]")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"images: dtype {images.dtype} is not floating (normalise the uint8 images first)")
+    if labels_np.shape != (images.shape[0],) or not np.issubdtype(labels_np.dtype, np.integer):
+        raise ValueError(f"labels: expected int [{images.shape[0]}], got {labels_np.dtype} {labels_np.shape}")
+    if labels_np.size and (labels_np.min() < 0 or labels_np.max() >= k):
+        raise ValueError(f"labels: values must lie in [0, {k}), got [{labels_np.min()}, {labels_np.max()}]")
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("images: the test split is empty")
+
+    base = jax.eval_shape(spec.init, jax.random.key(0))
+    missing = sorted(set(base) - set(variables))
+    if missing:
+        raise ValueError(f"variables: missing collection(s) {missing} of model {spec.name!r}")
+    variables = {col: variables[col] for col in base}  # extra collections are not used by apply
+    var_lead = _leading_shape(variables, base, "variables")
+    if masks is None:
+        mask_lead = var_lead
+    else:
+        _check_masks_dtype(masks)
+        mask_lead = _leading_shape(masks, base["params"], "masks")
+        # same key paths; adopt the params' container types (dict vs FrozenDict) so tree maps line up
+        masks = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(variables["params"]), jax.tree.leaves(masks))
+        if mask_lead[:len(var_lead)] != var_lead:
+            raise ValueError(f"masks: leading axes {mask_lead} do not start with the variables' {var_lead}")
+    n_models = math.prod(mask_lead)
+    if n_models == 0:
+        return EvalResult(np.zeros(mask_lead + (k, k), np.int64), np.zeros(mask_lead), np.zeros(mask_lead))
+    ratio = n_models // math.prod(var_lead)
+
+    bs = min(batch_size, n)
+    nb = -(-n // bs)
+    xb, yb, valid = _batch_examples(images, jnp.asarray(labels_np, jnp.int32), pad=nb * bs - n, nb=nb)
+
+    c = min(chunk, n_models)
+    counts, conf, unc = [], [], []
+    for start in range(0, n_models, c):
+        idx = np.minimum(np.arange(start, start + c), n_models - 1).astype(np.int32)
+        out = _eval_chunk(variables, masks, jnp.asarray(idx), xb, yb, valid, spec=spec, num_classes=k, ratio=ratio,
+                          uncertain_below=float(uncertain_below), var_lead=var_lead, mask_lead=mask_lead)
+        keep = min(c, n_models - start)
+        counts.append(np.asarray(out[0])[:keep])
+        conf.append(np.asarray(out[1])[:keep])
+        unc.append(np.asarray(out[2])[:keep])
+    counts_a = np.concatenate(counts).astype(np.int64).reshape(mask_lead + (k, k))
+    mean_conf = (np.concatenate(conf).astype(np.float64) / n).reshape(mask_lead)
+    frac_unc = (np.concatenate(unc).astype(np.float64) / n).reshape(mask_lead)
+    return EvalResult(counts_a, mean_conf, frac_unc)
+
+
+def confusion_counts(spec: ModelSpec, variables: PyTree, images: Any, labels: Any, *, masks: PyTree | None = None,
+                     num_classes: int | None = None, chunk: int = 64, batch_size: int = 2000) -> np.ndarray:
+    """Confusion counts [..., K, K] (rows true class, cols predicted) for every model; see `evaluate_population`."""
+    return evaluate_population(spec, variables, images, labels, masks=masks, num_classes=num_classes, chunk=chunk,
+                               batch_size=batch_size).counts
+
+
+def class_counts(counts: np.ndarray) -> np.ndarray:
+    """n_c [..., K]: test examples per true class."""
+    return np.asarray(counts).sum(axis=-1)
+
+
+def recall(counts: np.ndarray) -> np.ndarray:
+    """r_c = correct_c / n_c [..., K]; NaN for a class absent from the split (n_c = 0)."""
+    counts = np.asarray(counts)
+    n = counts.sum(axis=-1)
+    correct = np.diagonal(counts, axis1=-2, axis2=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, correct / np.where(n > 0, n, 1), np.nan)
+
+
+def accuracy(counts: np.ndarray) -> np.ndarray:
+    """a = Σ_c correct_c / N [...]."""
+    counts = np.asarray(counts)
+    total = counts.sum(axis=(-2, -1))
+    correct = np.trace(counts, axis1=-2, axis2=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.where(total > 0, total, 1), np.nan)
+
+
+def balanced_accuracy(counts: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes present in the split [...]."""
+    r = recall(counts)
+    with np.errstate(invalid="ignore"):
+        present = np.isfinite(r)
+        return np.where(present.any(-1), np.nansum(r, -1) / np.maximum(present.sum(-1), 1), np.nan)
+
+
+def _broadcast(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(value)
+    # Broadcast trailing-aligned ([P] -> [S, M, P]); a scalar goes everywhere.
+    try:
+        return np.broadcast_to(a, shape)
+    except ValueError:
+        raise ValueError(f"{name}: shape {a.shape} does not broadcast to the population's {shape}") from None
+
+
+def recall_table(counts: np.ndarray, *, dataset: str, model: str, criteria: Sequence[str], seeds: Sequence[int],
+                 requested_sparsity: Any, actual_sparsity: Any, levels: Sequence[int] | None = None,
+                 mean_confidence: np.ndarray | None = None, frac_uncertain: np.ndarray | None = None
+                 ) -> pd.DataFrame:
+    """Tidy table, one row per model x class, from counts [S, M, P, K, K] (or dense [S, K, K]).
+
+    Columns: dataset, model, criterion, seed, level, sparsity_index, requested_sparsity, actual_sparsity
+    (realised t, read from the mask), class, n, correct, recall (NaN when n = 0), accuracy (and
+    mean_confidence / frac_uncertain when given). `requested_sparsity`, `actual_sparsity` broadcast to
+    [S, M, P] (e.g. [P] or [S, M, P]); `levels` [P] defaults to the sparsity index.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim == 3:
+        counts = counts[:, None, None]
+    if counts.ndim != 5 or counts.shape[-1] != counts.shape[-2]:
+        raise ValueError(f"counts: expected [S, M, P, K, K] or [S, K, K], got {counts.shape}")
+    s, m, p, k, _ = counts.shape
+    if len(seeds) != s:
+        raise ValueError(f"seeds: {len(seeds)} given for {s} seeds in counts")
+    if len(criteria) != m:
+        raise ValueError(f"criteria: {len(criteria)} given for {m} criteria in counts")
+    lead = (s, m, p)
+    req = _broadcast("requested_sparsity", requested_sparsity, lead).astype(float)
+    act = _broadcast("actual_sparsity", actual_sparsity, lead).astype(float)
+    lv = np.arange(p) if levels is None else np.asarray(levels)
+    if lv.shape != (p,):
+        raise ValueError(f"levels: expected {p} values, got shape {lv.shape}")
+
+    n = counts.sum(-1)  # [S, M, P, K]
+    correct = np.diagonal(counts, axis1=-2, axis2=-1)
+    si, mi, pi, ci = np.meshgrid(np.arange(s), np.arange(m), np.arange(p), np.arange(k), indexing="ij")
+    cols: dict[str, Any] = {
+        "dataset": dataset,
+        "model": model,
+        "criterion": np.asarray(list(criteria), dtype=object)[mi.ravel()],
+        "seed": np.asarray(list(seeds))[si.ravel()],
+        "level": lv[pi.ravel()],
+        "sparsity_index": pi.ravel(),
+        "requested_sparsity": req[si, mi, pi].ravel(),
+        "actual_sparsity": act[si, mi, pi].ravel(),
+        "class": ci.ravel(),
+        "n": n.ravel().astype(np.int64),
+        "correct": correct.ravel().astype(np.int64),
+        "recall": recall(counts).ravel(),
+        "accuracy": np.repeat(accuracy(counts).ravel(), k),
+    }
+    if mean_confidence is not None:
+        cols["mean_confidence"] = np.repeat(_broadcast("mean_confidence", mean_confidence, lead).ravel(), k)
+    if frac_uncertain is not None:
+        cols["frac_uncertain"] = np.repeat(_broadcast("frac_uncertain", frac_uncertain, lead).ravel(), k)
+    return pd.DataFrame(cols)
