@@ -1,0 +1,504 @@
+"""Pruning masks as pure functions over pytrees.
+
+Mask convention (everyone relies on it)
+---------------------------------------
+- A mask has exactly the tree structure of a Flax ``params`` tree (the "params" collection only); every leaf is
+  a ``bool`` array of that param's shape. ``True`` = kept, ``False`` = pruned.
+- Leaves that are never pruned (biases, normalisation params, an excluded output layer) are all-True.
+- Which leaves are prunable is a static predicate ``prunable(path, leaf) -> bool`` on ``jax.tree_util`` key paths
+  (``ModelSpec.prunable(exclude_output)``); the same predicate is used by every criterion.
+- Every function here works on ONE model. Populations (params ``[S, ...]``, masks ``[S, M, P, ...]``) are handled
+  with ``jax.vmap``; the predicates look at leaf ``ndim``, so do not pass stacked trees without vmapping.
+
+Threshold rule (SCIENCE.md §4, "Library threshold rule")
+-------------------------------------------------------
+``threshold`` zeroes exactly ``n_zero = round(s * N)`` weights (N = number of prunable weights for
+``scope="global"``; per layer ``round(s_l * N_l)`` for ``scope="layerwise"``). Prior-pruned weights go first, then
+the rest in ascending score order (scores compared as float32), ties broken by flat index in tree-flatten
+order (dict keys sorted, i.e. sorted-path order, then row-major within a leaf). The result is always
+intersected with ``prior``, so a pruned weight is never revived (if the prior already has more than ``n_zero``
+zeros, it is returned as is).
+
+``round`` is round-half-to-even of ``s * N`` evaluated in the default float dtype (float32 unless x64 is enabled):
+``n_zero(s, N)``. This equals the exact ``round(s * N)`` except when ``s * N`` lies within ~``N * 6e-8`` of a
+half-integer; one definition serves traced and concrete inputs, so a vmapped grid equals a per-value loop.
+
+Implementation: scores become int32 keys (monotone float bits; prior-pruned = INT32_MIN) and are sorted once per
+model. For ``n = n_zero(s)`` the n-th smallest key v is read from the sorted keys; keys < v are pruned, and among
+keys == v the first ``n - #(key < v)`` in index order (found block-wise). Only this last step depends on ``s``,
+and under ``jax.vmap`` over the sparsity the sort stays unbatched, so a whole grid of sparsities costs one sort
+per seed. ``method="rank"`` is the textbook alternative (stable argsort -> rank, mask = rank >= n), same masks,
+several times slower on CPU; tests check that both agree. ``sparsity`` may be a traced scalar; its range is then not
+checked (only concrete Python/numpy/JAX values are, by ``check_sparsity``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fairprune_jax.models import path_str
+
+Mask = Any  # pytree of bool arrays with the structure of params
+PyTree = Any
+PathPredicate = Callable[[tuple, Any], bool]
+
+SCOPES = ("global", "layerwise")
+_FORMAT_KEY = "__fairprune_mask_format__"
+_FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _is_tracer(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _flatten(tree: PyTree) -> tuple[list[tuple[tuple, Any]], Any]:
+    return jax.tree_util.tree_flatten_with_path(tree)
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+
+
+def _dtype(x: Any) -> np.dtype:
+    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
+def _eligible(leaves: list[tuple[tuple, Any]], prunable: PathPredicate) -> list[bool]:
+    return [bool(prunable(p, x)) for p, x in leaves]
+
+
+def n_zero(sparsity: Any, n: int) -> jax.Array:
+    """Number of weights to zero: round-half-to-even of ``sparsity * n`` (int32; traced-friendly)."""
+    s = jnp.asarray(sparsity, dtype=jnp.result_type(float))
+    return jnp.round(s * n).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def check_sparsity(s: Any, *, name: str = "sparsity") -> None:
+    """ValueError unless every value of a concrete ``s`` is finite and in [0, 1). Traced values are not checked."""
+    if _is_tracer(s):
+        return
+    try:
+        arr = np.asarray(s, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {s!r}") from e
+    if arr.size == 0:
+        raise ValueError(f"{name}: empty")
+    bad = ~np.isfinite(arr) | (arr < 0) | (arr >= 1)
+    if np.any(bad):
+        raise ValueError(f"{name}: must be in [0, 1), got {arr[bad].ravel()[0]!r}")
+
+
+def check_scores(scores: PyTree, prunable: PathPredicate | None = None) -> None:
+    """ValueError naming the first leaf (in flatten order) with a NaN or infinite score.
+
+    Only concrete leaves are checked (traced ones cannot be); with ``prunable`` only prunable leaves are checked,
+    so non-prunable leaves may hold +inf.
+    """
+    for path, leaf in _flatten(scores)[0]:
+        if _is_tracer(leaf) or (prunable is not None and not prunable(path, leaf)):
+            continue
+        arr = np.asarray(leaf)
+        if not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"scores: leaf {path_str(path)!r} has non-numeric dtype {arr.dtype}")
+        finite = np.isfinite(arr)
+        if not np.all(finite):
+            n_nan = int(np.isnan(arr).sum())
+            n_inf = int(arr.size - finite.sum() - n_nan)
+            raise ValueError(f"scores: leaf {path_str(path)!r} has {n_nan} NaN and {n_inf} infinite values")
+
+
+def validate(params: PyTree, mask: Mask, *, name: str = "mask") -> None:
+    """ValueError unless ``mask`` has the tree structure and leaf shapes of ``params`` and bool leaves.
+
+    The message names the first differing key path (in flatten order). Works on tracers (only static shapes and
+    dtypes are inspected), so it is cheap inside jit.
+    """
+    p_leaves, p_def = _flatten(params)
+    m_leaves, m_def = _flatten(mask)
+    for i in range(max(len(p_leaves), len(m_leaves))):
+        if i >= len(p_leaves):
+            raise ValueError(f"{name}: has extra leaf {path_str(m_leaves[i][0])!r} not in params")
+        if i >= len(m_leaves):
+            raise ValueError(f"{name}: missing leaf {path_str(p_leaves[i][0])!r} of params")
+        (pp, px), (mp, mx) = p_leaves[i], m_leaves[i]
+        if pp != mp:
+            ps, ms = path_str(pp), path_str(mp)
+            if ps == ms:
+                raise ValueError(f"{name}: key path {ps!r} differs in key type from params ({pp} vs {mp})")
+            first = min(ps, ms)
+            raise ValueError(
+                f"{name}: tree structure differs from params at key path {first!r} "
+                f"(params has {ps!r}, {name} has {ms!r})")
+        if _shape(px) != _shape(mx):
+            raise ValueError(
+                f"{name}: leaf {path_str(pp)!r} has shape {_shape(mx)}, params has {_shape(px)}")
+        if _dtype(mx) != np.bool_:
+            raise ValueError(f"{name}: leaf {path_str(pp)!r} has dtype {_dtype(mx)}, expected bool")
+    if p_def != m_def:
+        raise ValueError(f"{name}: same key paths as params but different container types: {m_def} vs {p_def}")
+
+
+# ----------------------------------------------------------------------------------------------- basic algebra
+
+
+def ones_like(params: PyTree) -> Mask:
+    """The dense mask: all-True bool leaves of each param's shape."""
+    return jax.tree.map(lambda p: jnp.ones(_shape(p), jnp.bool_), params)
+
+
+def apply(params: PyTree, mask: Mask) -> PyTree:
+    """Zero the pruned weights: ``where(mask, p, 0)`` leaf by leaf, dtype preserved."""
+    validate(params, mask)
+    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros((), jnp.asarray(p).dtype)), params, mask)
+
+
+def complement(mask: Mask, prunable: PathPredicate) -> Mask:
+    """Swap kept and pruned weights on prunable leaves; non-prunable leaves stay all-True."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, m: jnp.logical_not(m) if prunable(p, m) else jnp.ones(_shape(m), jnp.bool_), mask)
+
+
+def intersect(a: Mask, b: Mask) -> Mask:
+    """Kept where both keep (pruned by either)."""
+    validate(a, b, name="b")
+    validate(a, a, name="a")
+    return jax.tree.map(jnp.logical_and, a, b)
+
+
+def union(a: Mask, b: Mask) -> Mask:
+    """Kept where either keeps."""
+    validate(a, b, name="b")
+    validate(a, a, name="a")
+    return jax.tree.map(jnp.logical_or, a, b)
+
+
+# ----------------------------------------------------------------------------------------------- counting
+
+
+def _prunable_leaves(mask: Mask, prunable: PathPredicate) -> list[tuple[tuple, Any]]:
+    leaves = [(p, m) for p, m in _flatten(mask)[0] if prunable(p, m)]
+    if not leaves:
+        raise ValueError("prunable: selects no leaf of the tree")
+    return leaves
+
+
+def _zero_fraction(leaves: list[Any]) -> jax.Array:
+    total = sum(int(np.prod(_shape(m))) for m in leaves)
+    zeros = sum(jnp.sum(jnp.logical_not(m), dtype=jnp.int32) for m in leaves)
+    return zeros / jnp.asarray(total, jnp.result_type(float))
+
+
+def sparsity(mask: Mask, prunable: PathPredicate) -> jax.Array:
+    """Fraction of prunable weights that are pruned (the realised t of SCIENCE.md §2)."""
+    return _zero_fraction([m for _, m in _prunable_leaves(mask, prunable)])
+
+
+def kernel_sparsity(mask: Mask) -> jax.Array:
+    """Fraction of pruned weights over all leaves named ``kernel`` (eligible or not), the second figure of §4."""
+    leaves = [m for p, m in _flatten(mask)[0] if path_str(p).split("/")[-1] == "kernel"]
+    if not leaves:
+        raise ValueError("mask: has no leaf named 'kernel'")
+    return _zero_fraction(leaves)
+
+
+def layer_sparsity(mask: Mask, prunable: PathPredicate) -> dict[str, jax.Array]:
+    """Path string -> fraction pruned, for each prunable leaf."""
+    return {path_str(p): _zero_fraction([m]) for p, m in _prunable_leaves(mask, prunable)}
+
+
+def count_zeros(mask: Mask, prunable: PathPredicate) -> jax.Array:
+    """Number of pruned prunable weights (int32)."""
+    return sum(jnp.sum(jnp.logical_not(m), dtype=jnp.int32) for _, m in _prunable_leaves(mask, prunable))
+
+
+def num_prunable(tree: PyTree, prunable: PathPredicate) -> int:
+    """Number of prunable weights (static)."""
+    return sum(int(np.prod(_shape(m))) for _, m in _prunable_leaves(tree, prunable))
+
+
+# ----------------------------------------------------------------------------------------------- thresholding
+
+
+_INT_MIN = np.iinfo(np.int32).min
+_INT_MAX = np.iinfo(np.int32).max
+_SUB = 32
+_BLOCK = 4 * _SUB  # block length for locating the boundary tie in index order; per-block counts fit in uint8
+_SEARCH = "scan"  # searchsorted method: a small loop, compiles much faster than "scan_unrolled"
+
+
+def sort_keys(scores: jax.Array, prior: jax.Array | None = None) -> jax.Array:
+    """int32 keys whose order is the pruning order of a flat score vector (ties then go by index).
+
+    Scores are cast to float32 and their bits mapped monotonically to int32 (-0.0 == 0.0, NaN last);
+    prior-pruned weights get INT32_MIN, below every score. Integer keys sort several times faster than floats
+    (or than argsort) in XLA on CPU.
+    """
+    x = jnp.asarray(scores, jnp.float32)
+    x = jnp.where(x == 0, jnp.float32(0), x)
+    b = jax.lax.bitcast_convert_type(x, jnp.int32)
+    key = jnp.where(b >= 0, b, b ^ jnp.int32(_INT_MAX))
+    key = jnp.where(jnp.isnan(x), jnp.int32(_INT_MAX), key)
+    if prior is not None:
+        key = jnp.where(prior, key, jnp.int32(_INT_MIN))
+    return key
+
+
+def _prepare(keys: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-model work shared by every sparsity: sorted keys and the keys cut into blocks (padded with INT_MAX)."""
+    n = keys.shape[0]
+    n_blocks = -(-n // _BLOCK)
+    blocks = jnp.pad(keys, (0, n_blocks * _BLOCK - n), constant_values=_INT_MAX).reshape(n_blocks, _BLOCK)
+    return keys, jnp.sort(keys), blocks
+
+
+def _inclusive_prefix(x: jax.Array) -> jax.Array:
+    """Prefix sums of a short vector as a masked row sum (cheaper to compile than cumsum)."""
+    iota = jnp.arange(x.shape[0])
+    return jnp.sum(jnp.where(iota[:, None] >= iota[None, :], x[None, :], 0), axis=1)
+
+
+def _nth_true(row: jax.Array, r: jax.Array) -> jax.Array:
+    """Index of the r-th (1-based) True of a bool vector of length ``_BLOCK``, in two levels."""
+    x = row.reshape(_BLOCK // _SUB, _SUB).astype(jnp.int32)
+    sub = jnp.sum(x, axis=1)
+    pre = _inclusive_prefix(sub)
+    t = jnp.argmax(pre >= r)
+    inner = _inclusive_prefix(x[t])
+    return t * _SUB + jnp.argmax(inner >= r - (pre[t] - sub[t]))
+
+
+def _keep_lowest(keys: jax.Array, sorted_keys: jax.Array, blocks: jax.Array, n: jax.Array) -> jax.Array:
+    """Keep-vector removing the ``n`` smallest keys, ties by index: exactly the first ``n`` of a stable argsort.
+
+    With v the n-th smallest key, every key < v goes, and among keys == v the first ``n - #(key < v)`` in index
+    order go; that index is found block-wise (counts per block, then one block), so no cumsum over N is needed.
+    Only this part depends on ``n``: under vmap over sparsities the sort is done once.
+    """
+    size = keys.shape[0]
+    n = jnp.clip(n, 0, size)
+    v = sorted_keys[jnp.maximum(n - 1, 0)]
+    m = n - jnp.searchsorted(sorted_keys, v, side="left", method=_SEARCH).astype(jnp.int32)
+    # uint8 block counts vectorise several times better than int32 on CPU (a block holds at most 128)
+    counts = jnp.cumsum(jnp.sum(blocks == v, axis=1, dtype=jnp.uint8).astype(jnp.int32))
+    b = jnp.minimum(jnp.searchsorted(counts, m, side="left", method=_SEARCH), counts.shape[0] - 1)
+    before = jnp.where(b > 0, counts[jnp.maximum(b - 1, 0)], 0)
+    j_in = _nth_true(blocks[b] == v, m - before)
+    last = jnp.where(m > 0, b * _BLOCK + j_in, -1)
+    idx = jnp.arange(size, dtype=jnp.int32)
+    return ~((keys < v) | ((keys == v) & (idx <= last)))
+
+
+def _keep_by_rank(keys: jax.Array, n: jax.Array) -> jax.Array:
+    """Reference method: rank of every weight from a stable argsort (2-operand sort, slower on CPU)."""
+    size = keys.shape[0]
+    iota = jnp.arange(size, dtype=jnp.int32)
+    _, order = jax.lax.sort((keys, iota), num_keys=1, is_stable=True)
+    rank = jnp.zeros(size, jnp.int32).at[order].set(iota, unique_indices=True)
+    return rank >= n
+
+
+METHODS = ("select", "rank")
+
+
+def keep_lowest(scores: jax.Array, n: Any, prior: jax.Array | None = None, *, method: str = "select") -> jax.Array:
+    """Flat keep-vector pruning exactly ``max(n, #prior-pruned)`` entries of a flat score vector (library rule).
+
+    method: "select" (sort int keys, then locate the boundary; default, fastest) or "rank" (stable argsort, then
+    ``rank >= n``); both give identical masks.
+    """
+    keys = sort_keys(scores, prior)
+    n = jnp.asarray(n, jnp.int32)
+    if method == "select":
+        keep = _keep_lowest(*_prepare(keys), n)
+    elif method == "rank":
+        keep = _keep_by_rank(keys, n)
+    else:
+        raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
+    return keep if prior is None else keep & prior
+
+
+def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, scope: str = "global",
+              prior: Mask | None = None, layer_sparsities: Mapping[str, Any] | None = None,
+              method: str = "select") -> Mask:
+    """Mask zeroing exactly ``round(s·N)`` prunable weights with the lowest scores (library rule, module doc).
+
+    sparsity: target fraction of prunable weights zeroed, prior-pruned ones included; a Python/numpy scalar or a
+        (possibly traced) 0-d array. vmap over it to get a grid of masks from one sort.
+    scope: "global" (one ranking over all prunable weights) or "layerwise" (the same rule inside each leaf).
+    prior: a mask; its pruned weights are pruned first and never revived.
+    layer_sparsities: only with scope="layerwise": path string -> per-layer target (e.g. from
+        ``schedules.erk_distribution``); must name exactly the prunable leaves; ``sparsity`` is then ignored.
+    method: "select" (default) or "rank": two implementations of the same rule (see ``keep_lowest``).
+    Non-prunable leaves come out all-True whatever their scores.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope: must be one of {SCOPES}, got {scope!r}")
+    if method not in METHODS:
+        raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
+    if layer_sparsities is not None and scope != "layerwise":
+        raise ValueError("layer_sparsities: only valid with scope='layerwise'")
+    leaves, treedef = _flatten(scores)
+    elig = _eligible(leaves, prunable)
+    if not any(elig):
+        raise ValueError("prunable: selects no leaf of the scores tree")
+    names = [path_str(p) for p, _ in leaves]
+    if layer_sparsities is None:
+        if sparsity is None:
+            raise ValueError("sparsity: required unless layer_sparsities is given")
+        check_sparsity(sparsity)
+        if jnp.ndim(sparsity) != 0:
+            raise ValueError(f"sparsity: must be a scalar (vmap over a grid), got shape {jnp.shape(sparsity)}")
+    else:
+        wanted = {n for n, e in zip(names, elig) if e}
+        missing, extra = sorted(wanted - set(layer_sparsities)), sorted(set(layer_sparsities) - wanted)
+        if missing or extra:
+            raise ValueError(f"layer_sparsities: missing prunable leaves {missing}, unknown keys {extra}")
+        for k in sorted(layer_sparsities):
+            check_sparsity(layer_sparsities[k], name=f"layer_sparsities[{k!r}]")
+    check_scores(scores, prunable)
+    prior_leaves = None
+    if prior is not None:
+        validate(scores, prior, name="prior")
+        prior_leaves = [m for _, m in _flatten(prior)[0]]
+
+    out = [jnp.ones(_shape(x), jnp.bool_) for _, x in leaves]
+    idx = [i for i, e in enumerate(elig) if e]
+    if scope == "global":
+        flat = [jnp.ravel(leaves[i][1]) for i in idx]
+        dtype = jnp.result_type(*flat)
+        s_all = jnp.concatenate([f.astype(dtype) for f in flat])
+        p_all = None if prior_leaves is None else jnp.concatenate([jnp.ravel(prior_leaves[i]) for i in idx])
+        keep = keep_lowest(s_all, n_zero(sparsity, s_all.shape[0]), p_all, method=method)
+        offset = 0
+        for i, f in zip(idx, flat):
+            out[i] = keep[offset:offset + f.shape[0]].reshape(_shape(leaves[i][1]))
+            offset += f.shape[0]
+    else:
+        for i in idx:
+            x = jnp.ravel(leaves[i][1])
+            p = None if prior_leaves is None else jnp.ravel(prior_leaves[i])
+            s_l = sparsity if layer_sparsities is None else layer_sparsities[names[i]]
+            keep = keep_lowest(x, n_zero(s_l, x.shape[0]), p, method=method)
+            out[i] = keep.reshape(_shape(leaves[i][1]))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# ----------------------------------------------------------------------------------------------- interop
+
+
+def save(path: str | os.PathLike, mask: Mask) -> None:
+    """Write a mask as ``.npz`` keyed by path strings (atomically: temp file + rename)."""
+    arrays: dict[str, np.ndarray] = {}
+    for p, m in _flatten(mask)[0]:
+        key = path_str(p)
+        if _dtype(m) != np.bool_:
+            raise ValueError(f"mask: leaf {key!r} has dtype {_dtype(m)}, expected bool")
+        if key in arrays or key == _FORMAT_KEY:
+            raise ValueError(f"mask: key path {key!r} is not unique as a string")
+        arrays[key] = np.asarray(m)
+    arrays[_FORMAT_KEY] = np.asarray(_FORMAT_VERSION)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path: str | os.PathLike, like_params: PyTree | None = None) -> Mask:
+    """Read a mask written by ``save``.
+
+    With ``like_params`` the result has its tree structure and is validated against it (keys, shapes, bool);
+    without it the result is a nested dict built from the path strings.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: mask file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, OSError, ValueError ...
+        raise ValueError(f"{path}: not a readable mask .npz ({e})") from e
+    if _FORMAT_KEY not in arrays:
+        raise ValueError(f"{path}: not a fairprune_jax mask file (no {_FORMAT_KEY})")
+    arrays.pop(_FORMAT_KEY)
+    for k in sorted(arrays):
+        if arrays[k].dtype != np.bool_:
+            raise ValueError(f"{path}: leaf {k!r} has dtype {arrays[k].dtype}, expected bool")
+    if like_params is None:
+        tree: dict = {}
+        for k in sorted(arrays):
+            *parents, leaf = k.split("/")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ValueError(f"{path}: key {k!r} conflicts with a leaf")
+            node[leaf] = jnp.asarray(arrays[k])
+        return tree
+    p_leaves, treedef = _flatten(like_params)
+    keys = [path_str(p) for p, _ in p_leaves]
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing leaf {missing[0]!r} of params")
+    extra = sorted(set(arrays) - set(keys))
+    if extra:
+        raise ValueError(f"{path}: has leaf {extra[0]!r} not in params")
+    mask = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(arrays[k]) for k in keys])
+    try:
+        validate(like_params, mask)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return mask
+
+
+def to_jaxpruner(mask: Mask, prunable: PathPredicate) -> dict:
+    """jaxpruner-style masks: the params structure, uint8 arrays on prunable leaves, ``None`` on dense leaves."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, m: jnp.asarray(m, jnp.uint8) if prunable(p, m) else None, mask)
+
+
+def from_jaxpruner(jp_mask: Any, params: PyTree) -> Mask:
+    """Inverse of ``to_jaxpruner``: ``None`` -> all-True, 0/1 arrays -> bool; validated against ``params``."""
+    j_leaves = jax.tree_util.tree_flatten_with_path(jp_mask, is_leaf=lambda x: x is None)[0]
+    p_leaves, treedef = _flatten(params)
+    j_map = {path_str(p): x for p, x in j_leaves}
+    if len(j_map) != len(j_leaves):
+        raise ValueError("jp_mask: key paths are not unique as strings")
+    keys = [path_str(p) for p, _ in p_leaves]
+    missing = [k for k in keys if k not in j_map]
+    if missing:
+        raise ValueError(f"jp_mask: missing leaf {missing[0]!r} of params")
+    extra = [path_str(p) for p, _ in j_leaves if path_str(p) not in set(keys)]
+    if extra:
+        raise ValueError(f"jp_mask: has leaf {extra[0]!r} not in params")
+    out = []
+    for k, (_, px) in zip(keys, p_leaves):
+        x = j_map[k]
+        if x is None:
+            out.append(jnp.ones(_shape(px), jnp.bool_))
+            continue
+        if _shape(x) != _shape(px):
+            raise ValueError(f"jp_mask: leaf {k!r} has shape {_shape(x)}, params has {_shape(px)}")
+        if not _is_tracer(x):
+            arr = np.asarray(x)
+            if not np.all((arr == 0) | (arr == 1)):
+                raise ValueError(f"jp_mask: leaf {k!r} has values other than 0 and 1")
+        out.append(jnp.asarray(x) != 0)
+    return jax.tree_util.tree_unflatten(treedef, out)

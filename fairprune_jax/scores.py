@@ -1,0 +1,153 @@
+"""Pruning scores (higher = keep), one tree per model with the structure of ``params`` (SCIENCE.md §4).
+
+Criteria (``CRITERIA``), every one applied with the same prunable-leaf predicate:
+- ``mp``: raw magnitude |w|, one global threshold (open_lth).
+- ``mp_norm``: |w| / (‖W_ℓ‖_F + 1e-8) with the norm of the *masked* kernel, one global threshold.
+- ``mp_layer``: raw magnitude, the same fraction removed in every layer (layerwise scope).
+- ``random``: U(0, 1) scores from a key (fold the key by seed and level upstream).
+- ``gp``: |w ⊙ g|.
+- ``up``: |−w ⊙ g + λ w²| (absolute value after the sum, so the terms can cancel; λ default 5e-4).
+
+``g`` is ``batch_gradient``: the gradient of the mean cross-entropy only (no decay term) of the masked network
+on one fixed batch (``fixed_batch``: the first 128 training examples in storage order), BatchNorm in train mode
+with its updated state discarded. It is the gradient with respect to the effective (masked) weights, so it is
+generally non-zero at pruned positions, as in the PyTorch reference; the threshold prunes those first anyway.
+Scores are computed for every leaf; ``masks.threshold`` ignores non-prunable leaves.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fairprune_jax import masks as masks_lib
+
+PyTree = Any
+LAMBDA_UP = 5e-4
+NORM_EPS = 1e-8
+
+
+class Criterion(NamedTuple):
+    """What a criterion needs and how its scores are thresholded."""
+
+    name: str
+    scope: str  # "global" or "layerwise"
+    needs_gradient: bool
+    needs_key: bool
+    description: str
+
+
+CRITERIA: dict[str, Criterion] = {
+    c.name: c
+    for c in (
+        Criterion("mp", "global", False, False, "raw |w|, global threshold (open_lth)"),
+        Criterion("mp_norm", "global", False, False, "|w| / (||W_l||_F + 1e-8) of the masked kernel, global"),
+        Criterion("mp_layer", "layerwise", False, False, "raw |w|, same fraction per layer"),
+        Criterion("random", "global", False, True, "U(0,1) scores"),
+        Criterion("gp", "global", True, False, "|w * g|"),
+        Criterion("up", "global", True, False, "|-w * g + lam * w^2| (undecayed pruning)"),
+    )
+}
+
+
+def _criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise ValueError(f"criterion: unknown {name!r}; known: {', '.join(CRITERIA)}")
+    return CRITERIA[name]
+
+
+def scope(criterion: str) -> str:
+    """'global' or 'layerwise': the ``scope`` to pass to ``masks.threshold``."""
+    return _criterion(criterion).scope
+
+
+def needs_gradient(criterion: str) -> bool:
+    """Whether ``compute`` needs ``grads`` (from ``batch_gradient``)."""
+    return _criterion(criterion).needs_gradient
+
+
+def needs_key(criterion: str) -> bool:
+    """Whether ``compute`` needs a PRNG ``key``."""
+    return _criterion(criterion).needs_key
+
+
+def _masked(params: PyTree, mask: Any) -> PyTree:
+    return params if mask is None else masks_lib.apply(params, mask)
+
+
+def magnitude(params: PyTree, *, normalize: bool = False, mask: Any = None) -> PyTree:
+    """|w| (of the masked params); with ``normalize`` divided by the Frobenius norm of each masked leaf + 1e-8."""
+    w = _masked(params, mask)
+    if not normalize:
+        return jax.tree.map(jnp.abs, w)
+    return jax.tree.map(lambda x: jnp.abs(x) / (jnp.sqrt(jnp.sum(jnp.square(x))) + NORM_EPS), w)
+
+
+def random(key: jax.Array, params: PyTree) -> PyTree:
+    """Independent U(0, 1) scores per leaf; leaf i uses ``fold_in(key, i)`` (flatten order)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    out = [jax.random.uniform(jax.random.fold_in(key, i), jnp.shape(x), jnp.float32) for i, x in enumerate(leaves)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def gradient(params: PyTree, grads: PyTree) -> PyTree:
+    """GP: |w ⊙ g|."""
+    return jax.tree.map(lambda w, g: jnp.abs(w * g), params, grads)
+
+
+def undecayed(params: PyTree, grads: PyTree, *, lam: float = LAMBDA_UP) -> PyTree:
+    """UP: |−w ⊙ g + λ w²| (NOT |w g| + λ w²); λ → 0 gives GP, and at g = −λw it is 2λw² (ranks like MP)."""
+    return jax.tree.map(lambda w, g: jnp.abs(-w * g + lam * jnp.square(w)), params, grads)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, *, multilabel: bool = False) -> jax.Array:
+    """Mean softmax CE with integer labels, or mean sigmoid BCE over all (example, attribute) pairs."""
+    if multilabel:
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def fixed_batch(images: Any, labels: Any, *, size: int = 128, start: int = 0) -> tuple[Any, Any]:
+    """The fixed scoring batch: examples ``start .. start+size`` in storage order (default the first 128)."""
+    n = len(images)
+    if len(labels) != n:
+        raise ValueError(f"labels: {len(labels)} labels for {n} images")
+    if size < 1 or start < 0 or start + size > n:
+        raise ValueError(f"size/start: batch [{start}, {start + size}) outside the {n} examples")
+    return images[start:start + size], labels[start:start + size]
+
+
+def batch_gradient(spec: Any, variables: dict, mask: Any, images: jax.Array, labels: jax.Array) -> PyTree:
+    """∂(mean CE)/∂params of the masked network on one batch (BN in train mode, its new state discarded).
+
+    ``images`` are model inputs (already normalised); ``mask`` may be None (dense). Returns a params-shaped tree.
+    """
+    params = _masked(variables["params"], mask)
+
+    def loss(p: PyTree) -> jax.Array:
+        logits, _ = spec.apply({**variables, "params": p}, images, train=True)
+        return cross_entropy(logits, labels, multilabel=spec.multilabel)
+
+    return jax.grad(loss)(params)
+
+
+def compute(criterion: str, params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None,
+            lam: float = LAMBDA_UP, mask: Any = None) -> PyTree:
+    """Scores of ``criterion`` for (the masked) ``params``; GP/UP need ``grads``, random needs ``key``."""
+    c = _criterion(criterion)
+    if c.needs_gradient and grads is None:
+        raise ValueError(f"grads: criterion {criterion!r} needs gradients (scores.batch_gradient)")
+    if c.needs_key and key is None:
+        raise ValueError(f"key: criterion {criterion!r} needs a PRNG key")
+    if criterion in ("mp", "mp_layer"):
+        return magnitude(params, mask=mask)
+    if criterion == "mp_norm":
+        return magnitude(params, normalize=True, mask=mask)
+    if criterion == "random":
+        return random(key, params)
+    w = _masked(params, mask)
+    if criterion == "gp":
+        return gradient(w, grads)
+    return undecayed(w, grads, lam=lam)
