@@ -1,0 +1,333 @@
+"""The bias-study pipeline (fairprune_jax.bias_study): config validation, pure evaluation pieces against independent
+numpy computations, the smoke run end to end on the shipped MNIST, resume without recomputation, and the CelebA
+code path on TFDS mock data."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pandas as pd
+import pytest
+
+from fairprune_jax import bias_study as BS
+from fairprune_jax import checkpoints, models
+from fairprune_jax import bias_study_report as BR
+from fairprune_jax.analysis import bias as B
+from fairprune_jax.results import Workdir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path: str, variant: str = ""):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cfgmod", os.path.join(REPO, path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(variant)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# config validation
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value,match", [
+    ("prune.sparsities", (0.5, 1.2), r"config\.prune\.sparsities: 1\.2 outside \[0, 1\)"),
+    ("prune.sparsities", (-0.1,), r"config\.prune\.sparsities: -0\.1 outside"),
+    ("prune.sparsities", (), r"config\.prune\.sparsities: empty"),
+    ("prune.sparsities", (0.5, 0.5), r"config\.prune\.sparsities: repeated"),
+    ("num_seeds", 0, r"config\.num_seeds"),
+    ("model", "resnet999", r"config\.model: unknown model 'resnet999'"),
+    ("prune.criterion", "magnitude", r"config\.prune\.criterion: unknown criterion 'magnitude'"),
+    ("prune.protocol", "lottery", r"config\.prune\.protocol"),
+    ("dataset", "cifar10", r"config\.dataset: unknown dataset 'cifar10'"),
+    ("data.source_dir", "/nonexistent/folder/xyz", r"config\.data\.source_dir: folder '/nonexistent/folder/xyz'"),
+    ("data.planted.p1", 1.5, r"config\.data\.planted\.p1"),
+    ("data.planted.target", "odd", r"config\.data\.planted\.target"),
+    ("eval.band", 0.6, r"config\.eval\.band"),
+    ("train.epochs", 0, r"config\.train\.epochs"),
+    ("finetune.optimizer.name", "rmsprop", r"config\.finetune\.optimizer\.name"),
+])
+def test_bad_config_is_refused_naming_the_field(field, value, match, tmp_path):
+    cfg = _load("configs/planted_mnist.py", "smoke")
+    node = cfg
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node[p]
+    with node.ignore_type():
+        node[leaf] = value
+    with pytest.raises(ValueError, match=match):
+        BS.validate_config(cfg)
+    with pytest.raises(ValueError, match=match):  # run refuses before touching the workdir
+        BS.run(cfg, workdir=tmp_path / "wd", report=False)
+    assert not (tmp_path / "wd").exists()
+
+
+def test_celeba_config_fields_are_checked():
+    cfg = _load("configs/celeba.py", "smoke")
+    BS.validate_config(cfg)
+    bad = ml_collections.ConfigDict(cfg.to_dict())
+    bad.data.protected = ("Male", "Gender")
+    with pytest.raises(ValueError, match=r"config\.data\.protected: 'Gender'"):
+        BS.validate_config(bad)
+    bad = ml_collections.ConfigDict(cfg.to_dict())
+    bad.data.image_size = (0, 16)
+    with pytest.raises(ValueError, match=r"config\.data\.image_size"):
+        BS.validate_config(bad)
+    for variant in ("", "paper"):
+        BS.validate_config(_load("configs/celeba.py", variant))
+    for path in ("configs/planted_mnist.py", "configs/planted_fashion_mnist.py"):
+        for variant in ("", "smoke", "weak"):
+            BS.validate_config(_load(path, variant))
+    with pytest.raises(ValueError, match="variant"):
+        _load("configs/planted_mnist.py", "huge")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pure pieces
+# --------------------------------------------------------------------------------------------------------------
+def test_interdependence_r2_matches_statsmodels_and_science_vectors():
+    rng = np.random.default_rng(0)
+    m = rng.integers(0, 2, (5, 400, 6))
+    m[0, :, 3] = m[0, :, 1]  # duplicated column → R² 1 for both
+    m[1, :, 5] = 1  # constant column → NaN; as a predictor it is absorbed by the intercept
+    m[2, :, 4] = m[2, :, 0] & m[2, :, 2]
+    m[3, :, 1:] = 0  # one live column: R² 0 on the constants
+    m[4, :, 2] = 1 - m[4, :, 0]  # complementary columns (exact linear relation with the intercept)
+    np.testing.assert_allclose(BS.interdependence_r2(m), B.interdependence(m).r2, atol=1e-10, equal_nan=True)
+    rows = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    abc = np.concatenate([rows, rows[:, :1] & rows[:, 1:]], axis=1)
+    np.testing.assert_allclose(BS.interdependence_r2(abc), [0.5, 0.5, 2 / 3], atol=1e-9)
+    fact = np.array([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])
+    np.testing.assert_allclose(BS.interdependence_r2(fact), 0.0, atol=1e-12)
+
+
+def test_gmp_plan_follows_the_cubic_schedule():
+    cfg = _load("configs/planted_mnist.py")
+    assert cfg.finetune.epochs == 4
+    plan = BS.gmp_plan(cfg, 0.9)
+    assert sorted(plan) == [0, 1, 2]
+    np.testing.assert_allclose([plan[0], plan[1], plan[2]], [0.05, 0.9 - 0.85 * (2 / 3) ** 3, 0.9], rtol=1e-6)
+    assert BS.gmp_plan(cfg, 0.02)[0] == pytest.approx(0.02)  # initial capped at the target
+
+
+def test_random_baseline_flags_as_many_as_asked():
+    flags, score = BS.random_baseline(jax.random.key(3), 37, (50, 4))
+    assert flags.sum() == 37 and flags.shape == score.shape == (50, 4)
+    assert score[flags].min() >= score[~flags].max()
+
+
+def _toy_data(n=400, nv=300, a=3, seed=0) -> BS.StudyData:
+    rng = np.random.default_rng(seed)
+    y, yv = rng.integers(0, 2, (n, a)), rng.integers(0, 2, (nv, a))
+    g, gv = rng.integers(0, 2, n), rng.integers(0, 2, nv)
+    z = np.zeros((1, 1, 1, 1), np.float32)
+    return BS.StudyData(z, z, z, yv.astype(np.int32), z, y.astype(np.int32), ("a0", "a1", "a2")[:a], ("g",),
+                        gv[None], g[None], np.full((1, a), 0.6), np.full((1, a), 0.3), np.full(a, 0.5), g,
+                        np.zeros((1, a), bool), {})
+
+
+def test_population_metrics_against_numpy():
+    d = _toy_data()
+    rng = np.random.default_rng(1)
+    zt = rng.normal(size=(3, 400, 3)) + 1.5 * (d.y_test - 0.5)
+    zv = rng.normal(size=(3, 300, 3)) + 1.5 * (d.y_val - 0.5)
+    f = BS.population_metrics(zv, zt, d)
+    yhat = (zt > 0).astype(int)
+    # accuracy and predicted-positive rate at τ = 0
+    np.testing.assert_allclose(BS.metric_array(f, "acc", d.names), (yhat == d.y_test).mean(1))
+    np.testing.assert_allclose(BS.metric_array(f, "predpos", d.names), yhat.mean(1))
+    # BA written out: S = {G = 1} since pf > nf
+    g = d.g_test[0].astype(bool)[:, None]
+    ba = (yhat * g).sum(1) / yhat.sum(1) - (d.y_test * g).sum(0) / d.y_test.sum(0)
+    np.testing.assert_allclose(BS.metric_array(f, "ba", d.names, protected="g"), ba)
+    # global calibration: τ_a = k_a-th largest validation logit
+    k = d.y_val.sum(0)
+    tau = -np.sort(-zv, axis=1)[:, k - 1, np.arange(3)]
+    np.testing.assert_allclose(BS.metric_array(f, "acc", d.names, scheme="global"),
+                               ((zt > tau[:, None, :]) == d.y_test).mean(1))
+    # per-group calibration rows carry the protected attribute; threshold-free metrics appear once
+    assert set(f.loc[f["scheme"] == "group", "protected"]) == {"g"}
+    assert set(f.loc[f["metric"] == "uncertainty", "scheme"]) == {"default"}
+    np.testing.assert_allclose(BS.metric_array(f, "uncertainty", d.names),
+                               (np.abs(1 / (1 + np.exp(-zt)) - 0.5) < 0.4).mean(1))
+    assert (f["metric"] == "bba").any()  # the toy data carries a trigger
+
+
+def test_identification_tables_against_numpy():
+    d = _toy_data(n=600)
+    rng = np.random.default_rng(2)
+    zd = rng.normal(size=(3, 600, 3)) * 2
+    zs = zd + rng.normal(size=zd.shape) * 1.5
+    cies, ident, flags = BS.identification_tables(zd, zs, d, key=jax.random.key(0))
+    mode = lambda z: ((z > 0).sum(0) * 2 >= z.shape[0])  # noqa: E731
+    cie = mode(zd) != mode(zs)
+    assert cies.loc[cies["attribute"] == "all", "cie_rate"].item() == pytest.approx(cie.mean())
+    pbar = (1 / (1 + np.exp(-zd))).mean(0)
+    u = np.abs(pbar - 0.5) < 0.4
+    np.testing.assert_array_equal(flags, u)
+    row = ident[(ident["criterion"] == "uncertainty") & (ident["subset"] == "all") & (ident["protected"] == "")]
+    assert row["precision"].item() == pytest.approx((u & cie).sum() / u.sum())
+    assert row["recall"].item() == pytest.approx((u & cie).sum() / cie.sum())
+    rnd = ident[(ident["criterion"] == "random") & (ident["subset"] == "all")]
+    assert rnd["n_flagged"].item() == u.sum()
+    assert set(ident["subset"]) == {"all", "g=0", "g=1"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# end to end on the shipped MNIST (smoke variant), resume, report CLI
+# --------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    cfg = _load("configs/planted_mnist.py", "smoke")
+    cfg.progress = False
+    wd = tmp_path_factory.mktemp("bias") / "planted_mnist-smoke"
+    summary = BS.run(cfg, workdir=wd, echo=lambda s: None)
+    return cfg, wd, summary
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(smoke_run):
+    cfg, wd, summary = smoke_run
+    assert summary.computed == {"dense": 1, "prune": 2, "predict": 3, "evaluate": 3}
+    assert summary.skipped == {}
+    for f in ("report.md", "metrics_vs_sparsity.png", "identification.png", "calibration.png", "meta.json"):
+        assert (wd / f).is_file(), f
+    text = (wd / "report.md").read_text()
+    for needle in ("## Set-up", "seeds: 3", "sparsity grid: 50%, 95%", "## Reading", "## Identification",
+                   "## Calibration", "## Attribute-level regression", "random"):
+        assert needle in text, needle
+    w = Workdir.existing(wd)
+    for t in BS.TABLES:
+        assert w.keys(t), t
+    assert w.keys("metrics") == ["population=dense", "sparsity=0.5", "sparsity=0.95"]
+    # realised sparsity is exact (round(s·N) of the prunable weights)
+    prune = w.read_table("prune")
+    n = 784 * 300 + 300 * 100 + 100 * 13
+    for s, r in zip(prune["target"], prune["realised"]):
+        assert r == pytest.approx(round(s * n) / n, abs=1e-6)
+    # the stored masks hold: pruned weights are exactly zero
+    spec = models.get_model(cfg.model, num_outputs=13, multilabel=True)
+    ck = checkpoints.restore(w.path_for("ckpt"), "sparse-sparsity=0.95", like=BS.sparse_like(spec, 3))
+    assert checkpoints.names(w.path_for("ckpt")) == ["dense", "sparse-sparsity=0.5", "sparse-sparsity=0.95"]
+    for wt, m in zip(jax.tree.leaves(ck["variables"]["params"]), jax.tree.leaves(ck["masks"])):
+        assert np.all(np.asarray(wt)[~np.asarray(m)] == 0)
+    # metrics against an independent computation from the stored logits and the data
+    data = BS.load_study_data(cfg)
+    lg = np.load(w.path_for("logits/dense.npz"))
+    yhat = (lg["test"] > 0).astype(int)
+    m = w.read_table("metrics")
+    dense = m[m["population"] == "dense"]
+    np.testing.assert_allclose(BS.metric_array(dense, "acc", data.names), (yhat == data.y_test).mean(1), atol=1e-12)
+    g = data.g_test[0].astype(bool)
+    pf, nf = data.pf[0], data.nf[0]
+    s = np.where(pf > nf, g[:, None], ~g[:, None])
+    ba = (yhat * s).sum(1) / yhat.sum(1) - (data.y_test * s).sum(0) / data.y_test.sum(0)
+    got = BS.metric_array(dense, "ba", data.names, protected="trigger")
+    ok = ~np.isnan(got)
+    assert ok.sum() >= 30
+    np.testing.assert_allclose(got[ok], ba[ok], atol=1e-12)
+    # identification: the random baseline is near chance, the dense criterion flags as many pairs
+    ident = w.read_table("identification")
+    base = ident[(ident["protected"] == "") & (ident["subset"] == "all")]
+    rnd = base[base["criterion"] == "random"]
+    assert np.all(np.abs(rnd["auroc"] - 0.5) < 0.03)
+    np.testing.assert_array_equal(rnd["n_flagged"].to_numpy(),
+                                  base[base["criterion"] == "uncertainty"]["n_flagged"].to_numpy())
+
+
+@pytest.mark.slow
+def test_second_run_recomputes_nothing_and_tables_are_identical(smoke_run):
+    cfg, wd, _ = smoke_run
+    w = Workdir.existing(wd)
+    before = {t: w.read_table(t) for t in BS.TABLES}
+    parts = {p: p.stat().st_mtime_ns for p in (wd / "results").rglob("*.parquet")}
+    attempts = {k: len(v) for k, v in w.stage_timings().items()}
+    summary = BS.run(cfg, workdir=wd, echo=lambda s: None)
+    assert summary.computed == {}
+    assert summary.skipped == {"dense": 1, "prune": 2, "predict": 3, "evaluate": 3}
+    assert set(summary.seconds) == {"report"}  # the data were not even loaded
+    after_attempts = {k: len(v) for k, v in w.stage_timings().items()}
+    assert {k: after_attempts[k] - attempts.get(k, 0) for k in after_attempts} == {
+        **{k: 0 for k in attempts}, "report": 1}
+    assert {p: p.stat().st_mtime_ns for p in (wd / "results").rglob("*.parquet")} == parts
+    for t in BS.TABLES:
+        pd.testing.assert_frame_equal(w.read_table(t), before[t])
+
+
+@pytest.mark.slow
+def test_interrupted_unit_resumes_from_its_checkpoint(smoke_run):
+    """A run killed after pruning 95% but before predicting/evaluating it: the rerun predicts and evaluates that
+    unit from its checkpoint (no retraining) and reproduces the tables."""
+    cfg, wd, _ = smoke_run
+    w = Workdir.existing(wd)
+    before = {t: w.read_table(t) for t in BS.EVAL_TABLES}
+    key = "sparsity=0.95"
+    w.path_for(f"logits/{key}.npz").unlink()
+    for t in BS.EVAL_TABLES:
+        w.part_path(t, key).unlink()
+    summary = BS.run(cfg, workdir=wd, echo=lambda s: None)
+    assert summary.computed == {"predict": 1, "evaluate": 1}
+    assert summary.skipped == {"dense": 1, "prune": 2, "predict": 2, "evaluate": 2}
+    for t in BS.EVAL_TABLES:
+        pd.testing.assert_frame_equal(w.read_table(t), before[t], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_report_cli_rebuilds_from_stored_results(smoke_run):
+    _, wd, _ = smoke_run
+    (wd / "report.md").unlink()
+    (wd / "calibration.png").unlink()
+    r = subprocess.run([sys.executable, "-m", "experiments.bias_report", f"--workdir={wd}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "AUROC u/r" in r.stdout and "95%" in r.stdout
+    assert (wd / "report.md").is_file() and (wd / "calibration.png").is_file()
+    # the reading is computed, not hard-coded: its accuracy sentence quotes the dense mean of the table
+    summ = BR.summarize_metrics(Workdir.existing(wd).read_table("metrics"))
+    acc = BR.metric_series(summ, "acc").iloc[0]
+    assert f"{acc['mean']:.4f} ± {acc['sd']:.4f} (dense)" in (wd / "report.md").read_text()
+
+
+def test_changed_config_is_refused_on_resume(tmp_path):
+    cfg = _load("configs/planted_mnist.py", "smoke")
+    Workdir.open(tmp_path / "wd", cfg)
+    other = ml_collections.ConfigDict(cfg.to_dict())
+    other.prune.sparsities = (0.5, 0.9)
+    with pytest.raises(ValueError, match="prune.sparsities"):
+        BS.run(other, workdir=tmp_path / "wd", report=False, echo=lambda s: None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CelebA through TFDS, on mock data
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_celeba_path_on_tfds_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    cfg = _load("configs/celeba.py", "smoke")
+    cfg.progress = False
+    cfg.prune.protocol = "one_shot"  # also covers the one-shot path; no fine-tuning keeps it short
+    cfg.finetune.epochs = 0
+    with tfds.testing.mock_data(num_examples=160):
+        summary = BS.run(cfg, workdir=tmp_path / "celeba", echo=lambda s: None)
+    assert summary.computed == {"dense": 1, "prune": 2, "predict": 3, "evaluate": 3}
+    meta = json.loads((tmp_path / "celeba" / "meta.json").read_text())
+    assert meta["names"] == list(BS.CELEB_A_ATTRIBUTES) and meta["protected"] == ["Male", "Young", "Chubby",
+                                                                                  "Pale_Skin"]
+    assert meta["input_shape"] == [16, 16, 3] and meta["n_train"] == 160
+    w = Workdir.existing(tmp_path / "celeba")
+    m = w.read_table("metrics")
+    ba = m[(m["metric"] == "ba") & (m["scheme"] == "default")]
+    assert set(ba["protected"]) == {"Male", "Young", "Chubby", "Pale_Skin"}
+    own = ba[ba["attribute"] == ba["protected"]]  # BA of a protected attribute against itself is undefined
+    assert own["value"].isna().all() and set(own["note"]) == {"protected_attribute_itself"}
+    assert "bba" not in set(m["metric"])  # no trigger on CelebA
+    assert set(m.loc[m["scheme"] == "group", "protected"]) == {"Male", "Young", "Chubby", "Pale_Skin"}
+    assert (tmp_path / "celeba" / "report.md").is_file()
+    reg = w.read_table("regression")
+    assert set(reg["protected"]) == {"Male", "Young", "Chubby", "Pale_Skin"}
