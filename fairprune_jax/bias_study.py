@@ -491,50 +491,6 @@ def predict_logits(spec: models_lib.ModelSpec, variables: PyTree, images: jax.Ar
 # ================================================================================================================
 # evaluation (pure functions of logits and labels)
 # ================================================================================================================
-def interdependence_r2(columns) -> np.ndarray:
-    """Same numbers as `bias.interdependence(columns).r2` (in-sample R² of OLS with intercept of each column on the
-    other A − 1; NaN for a constant target or A = 1), orders of magnitude faster, from the A × A covariance C of
-    each model's columns (one pass over the samples):
-
-    * full rank: R²_j = 1 − 1/(C_jj (C⁻¹)_jj), all attributes from one inverse;
-    * otherwise (duplicated columns, exact linear relations): R²_j = c_j' C_{−j,−j}⁺ c_j / C_jj with a
-      pseudo-inverse, which is the same projection statsmodels' pinv of the design gives.
-
-    Constant columns get NaN and are dropped as predictors (the intercept absorbs them). The rank cut-off is 1e-9
-    of the largest eigenvalue (binary columns keep the Gram matrix exact in float64).
-    """
-    c = np.asarray(columns, dtype=float)
-    if c.ndim < 2:
-        raise ValueError(f"columns: expected [..., N, A], got shape {c.shape}")
-    lead, (n, a) = c.shape[:-2], c.shape[-2:]
-    flat = c.reshape((-1, n, a))
-    out = np.full((flat.shape[0], a), np.nan)
-    if a < 2 or n == 0:
-        return out.reshape(lead + (a,))
-    for i, m in enumerate(flat):
-        s = m.sum(axis=0)
-        cov = m.T @ m - np.outer(s, s) / n
-        diag = np.diag(cov)
-        live = np.flatnonzero(diag > 1e-12 * max(float(np.max(np.abs(diag))), 1.0))
-        if live.size == 1:
-            out[i, live] = 0.0  # the only non-constant column: predictors collapse into the intercept
-            continue
-        if live.size == 0:
-            continue
-        cl = cov[np.ix_(live, live)]
-        ev = np.linalg.eigvalsh(cl)
-        if ev[0] > 1e-9 * ev[-1]:
-            inv = np.linalg.inv(cl)
-            out[i, live] = 1.0 - 1.0 / (np.diag(cl) * np.diag(inv))
-            continue
-        for jj, j in enumerate(live):
-            rest = np.delete(np.arange(live.size), jj)
-            cj = cl[rest, jj]
-            explained = cj @ np.linalg.pinv(cl[np.ix_(rest, rest)], rcond=1e-9, hermitian=True) @ cj
-            out[i, j] = explained / cl[jj, jj]
-    return out.reshape(lead + (a,))
-
-
 def _frame(metrics: dict[str, np.ndarray], names: Sequence[str], *, scheme: str, protected: str,
            notes: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     f = B.metrics_frame(metrics, names)
@@ -585,7 +541,7 @@ def population_metrics(val_logits, test_logits, data: StudyData) -> pd.DataFrame
         schemes.append(("group", name, B.predict_by_group(zt, tau, data.g_test[p])))
     for scheme, prot, yhat in schemes:
         free = {"acc": B.accuracy(yhat, y), "predpos": B.positive_rate(yhat),
-                "r2": interdependence_r2(yhat)}
+                "r2": B.interdependence(yhat).r2}
         frames.append(_frame(free, names, scheme=scheme, protected=prot))
         for p, name in enumerate(data.protected):
             if scheme == "group" and name != prot:

@@ -48,7 +48,7 @@ class PlantedConfig:
     corner: str = "top_left"
     val_size: int = 5000
     key_seed: int = 0  # fixed across training seeds
-    data_dir: str | None = None
+    data_dir: str | None = None  # root holding <dataset>/ idx folders (data.load_split source_dir)
 
     @classmethod
     def from_strength(cls, strength: str, **kw) -> "PlantedConfig":
@@ -206,6 +206,6 @@ def build_planted(cfg: PlantedConfig, train_images, train_labels, test_images, t
 def load_planted(cfg: PlantedConfig = PlantedConfig()) -> PlantedSplits:
     """Planted train / validation (5,000 stratified) / test splits of ``cfg.dataset`` via `data.load_split`."""
     _check_dataset(cfg.dataset)
-    kw = {} if cfg.data_dir is None else {"data_dir": os.fspath(cfg.data_dir)}
+    kw = {} if cfg.data_dir is None else {"source_dir": os.fspath(cfg.data_dir)}
     tr, te = load_split(cfg.dataset, "train", **kw), load_split(cfg.dataset, "test", **kw)
     return build_planted(cfg, tr.images, tr.labels, te.images, te.labels)

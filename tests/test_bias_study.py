@@ -90,22 +90,6 @@ def test_celeba_config_fields_are_checked():
 # --------------------------------------------------------------------------------------------------------------
 # pure pieces
 # --------------------------------------------------------------------------------------------------------------
-def test_interdependence_r2_matches_statsmodels_and_science_vectors():
-    rng = np.random.default_rng(0)
-    m = rng.integers(0, 2, (5, 400, 6))
-    m[0, :, 3] = m[0, :, 1]  # duplicated column → R² 1 for both
-    m[1, :, 5] = 1  # constant column → NaN; as a predictor it is absorbed by the intercept
-    m[2, :, 4] = m[2, :, 0] & m[2, :, 2]
-    m[3, :, 1:] = 0  # one live column: R² 0 on the constants
-    m[4, :, 2] = 1 - m[4, :, 0]  # complementary columns (exact linear relation with the intercept)
-    np.testing.assert_allclose(BS.interdependence_r2(m), B.interdependence(m).r2, atol=1e-10, equal_nan=True)
-    rows = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
-    abc = np.concatenate([rows, rows[:, :1] & rows[:, 1:]], axis=1)
-    np.testing.assert_allclose(BS.interdependence_r2(abc), [0.5, 0.5, 2 / 3], atol=1e-9)
-    fact = np.array([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])
-    np.testing.assert_allclose(BS.interdependence_r2(fact), 0.0, atol=1e-12)
-
-
 def test_gmp_plan_follows_the_cubic_schedule():
     cfg = _load("configs/planted_mnist.py")
     assert cfg.finetune.epochs == 4

@@ -148,3 +148,15 @@ def test_fashion_mnist_dim_trigger_weak():
     assert _within_binomial(sp.train.protected[a].mean(), 0.65, a.sum())
     with pytest.raises(ValueError, match="strength"):
         P.PlantedConfig.from_strength("medium")
+
+
+def test_load_planted_reads_an_explicit_data_folder(tmp_path):
+    """`PlantedConfig.data_dir` is a root holding <dataset>/ idx folders, passed to `data.load_split`."""
+    import shutil
+
+    from fairprune_jax import data, planted
+
+    shutil.copytree(data.source_folder("mnist"), tmp_path / "mnist")
+    splits = planted.load_planted(planted.PlantedConfig(dataset="mnist", data_dir=str(tmp_path)))
+    assert splits.train.images.shape[0] + splits.val.images.shape[0] == 60000
+    assert splits.test.images.shape[0] == 10000
