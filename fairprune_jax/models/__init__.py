@@ -16,7 +16,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from fairprune_jax.models import mlp
+from fairprune_jax.models import conv, mlp, mobilenet, resnet, vgg
 
 Variables = dict[str, Any]
 PathPredicate = Callable[[tuple, Any], bool]
@@ -109,3 +109,55 @@ def _lenet_300_100(num_outputs: int, input_shape: tuple[int, ...], multilabel: b
 @register("mlp_100_30")
 def _mlp_100_30(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool) -> ModelSpec:
     return ModelSpec("mlp_100_30", mlp.MLP((100, 30), num_outputs), input_shape, num_outputs, multilabel)
+
+
+@register("lenet5")
+def _lenet5(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool) -> ModelSpec:
+    return ModelSpec("lenet5", conv.LeNet5(num_outputs), input_shape, num_outputs, multilabel)
+
+
+def _register_conv_n(n: int, stages: tuple[int, ...]) -> None:
+    @register(f"conv{n}")
+    def _conv(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool) -> ModelSpec:
+        return ModelSpec(f"conv{n}", conv.ConvNet(stages, num_outputs=num_outputs), input_shape, num_outputs,
+                         multilabel)
+
+
+for _n, _stages in ((2, (64,)), (4, (64, 128)), (6, (64, 128, 256))):
+    _register_conv_n(_n, _stages)
+
+
+def _register_cifar_resnet(depth: int) -> None:
+    @register(f"resnet{depth}")
+    def _resnet(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool) -> ModelSpec:
+        return ModelSpec(f"resnet{depth}", resnet.CifarResNet(depth, num_outputs=num_outputs), input_shape,
+                         num_outputs, multilabel, has_batch_stats=True)
+
+
+for _depth in (20, 32, 56):
+    _register_cifar_resnet(_depth)
+
+
+def _register_vgg(depth: int) -> None:
+    @register(f"vgg{depth}")
+    def _vgg(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool) -> ModelSpec:
+        return ModelSpec(f"vgg{depth}", vgg.VGG(vgg.PLANS[depth], num_outputs), input_shape, num_outputs,
+                         multilabel, has_batch_stats=True)
+
+
+for _depth in (11, 16):
+    _register_vgg(_depth)
+
+
+@register("resnet18")
+def _resnet18(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool) -> ModelSpec:
+    """Paper 2's CelebA model; pass `multilabel=True` (sigmoid/BCE head) for attribute prediction."""
+    return ModelSpec("resnet18", resnet.ResNet((2, 2, 2, 2), num_outputs=num_outputs), input_shape, num_outputs,
+                     multilabel, has_batch_stats=True)
+
+
+@register("mobilenet_v1")
+def _mobilenet_v1(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool) -> ModelSpec:
+    """Paper 2's second CelebA model; pass `multilabel=True` (sigmoid/BCE head) for attribute prediction."""
+    return ModelSpec("mobilenet_v1", mobilenet.MobileNetV1(num_outputs=num_outputs), input_shape, num_outputs,
+                     multilabel, has_batch_stats=True)

@@ -63,3 +63,20 @@ class Conv(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", _uniform_bias(fan_in), (self.features,))
         return y
+
+
+def uniform_scale(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    """BatchNorm γ ~ U[0, 1), as the reference code (open_lth) initialises it."""
+    return jax.random.uniform(key, shape, dtype)
+
+
+def BatchNorm(train: bool, name: str | None = None, *, uniform_scale_init: bool = True) -> nn.BatchNorm:
+    """BatchNorm with the reference settings: Flax momentum 0.9 (= PyTorch 0.1), ε 1e-5, γ ~ U[0,1), β = 0.
+
+    `uniform_scale_init=False` gives γ = 1 (torchvision's init, used by paper 2's ResNet-18/MobileNet code).
+    Batch statistics in train mode, running averages otherwise. Under `jax.vmap` over models every model
+    normalises with its own batch statistics (no `axis_name`), so BN state is per seed. Flax updates the
+    running variance with the biased batch variance (PyTorch uses the unbiased one; a ≤ 1/B difference).
+    """
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        scale_init=uniform_scale if uniform_scale_init else nn.initializers.ones, name=name)

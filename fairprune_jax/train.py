@@ -1,0 +1,435 @@
+"""Training many models as one compiled program: a pure `train_step`, vmapped over models, scanned over batches.
+
+Layout. A population of models carries a leading axis on every tree (variables `[S, ...]`, masks `[S, ...]`,
+optimizer state `[S, ...]`). One jitted function trains the population for ONE epoch: it `vmap`s the per-model
+epoch, which is a `lax.scan` over the batches of that model's own permutation of the (on-device, unbatched)
+training set. The epoch loop is a Python loop over calls of that one compiled function (so progress and
+per-epoch losses can be reported); large populations are trained in chunks of `chunk` models, every chunk the
+same shape (the last one padded by repeating its final model and the padding discarded), so one compile serves
+all chunks.
+
+Keys. Each model has one key; `purpose_key(key, "init")` initialises it and `purpose_key(key, "data")` orders
+its data (epoch e uses `fold_in(data_key, e)`). A model trained alone, in a vmapped group or in a different
+chunk therefore sees the same init and the same batches. Batches: the last incomplete batch of every epoch
+is DROPPED (each epoch is `N // batch_size` steps over a fresh permutation).
+
+Masks. With a mask (bool tree shaped like `params`, leading axes like the params), the gradient is masked
+before the optimizer (so momentum/Adam moments of pruned weights are never fed), the optimizer's parameter-
+shaped state is masked when a state is created or re-masked, the update is masked and the new weights are
+re-masked after every step: pruned weights stay EXACTLY zero and their optimizer state exactly zero.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fairprune_jax import optim
+from fairprune_jax.models import ModelSpec, path_str
+
+PyTree = Any
+Variables = dict[str, Any]
+
+# fold_in constants per purpose: the same seed key gives independent streams for each use.
+KEY_PURPOSES: dict[str, int] = {"init": 0, "data": 1, "random_scores": 2, "finetune_data": 3}
+
+
+class TrainState(NamedTuple):
+    """State of one model (or, with leading axes, of a population)."""
+
+    params: PyTree
+    batch_stats: PyTree  # {} for models without BatchNorm
+    opt_state: PyTree
+    step: jax.Array  # int32 number of optimizer steps taken
+
+
+# ----------------------------------------------------------------------------------------------- keys
+
+
+def seed_keys(seeds: Any) -> jax.Array:
+    """Typed PRNG keys [S] from integer seeds: `jax.random.key(seed)` each."""
+    seeds = np.asarray(seeds, dtype=np.int64).reshape(-1)
+    return jnp.stack([jax.random.key(int(s)) for s in seeds])
+
+
+def as_keys(keys: Any) -> jax.Array:
+    """Typed key array [S] from typed keys, raw uint32 keys [S, 2] or integer seeds [S]."""
+    if isinstance(keys, jax.Array) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        if keys.ndim != 1:
+            raise ValueError(f"seed_keys: expected a 1-d array of keys, got shape {keys.shape}")
+        return keys
+    arr = np.asarray(keys)
+    if arr.dtype == np.uint32 and arr.ndim == 2:
+        return jax.random.wrap_key_data(jnp.asarray(arr))
+    if np.issubdtype(arr.dtype, np.integer) and arr.ndim == 1:
+        return seed_keys(arr)
+    raise ValueError(f"seed_keys: expected typed keys [S], raw uint32 keys [S, 2] or int seeds [S]; got "
+                     f"{arr.dtype} {arr.shape}")
+
+
+def purpose_key(key: jax.Array, purpose: str) -> jax.Array:
+    """`fold_in(key, KEY_PURPOSES[purpose])`; works on one key or (vmapped) on many."""
+    if purpose not in KEY_PURPOSES:
+        raise ValueError(f"purpose: unknown {purpose!r}; known: {', '.join(KEY_PURPOSES)}")
+    return jax.random.fold_in(key, KEY_PURPOSES[purpose])
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+class TrainConfig(NamedTuple):
+    """The fields `fit` reads from an ml_collections ConfigDict (see `fit`)."""
+
+    epochs: int
+    batch_size: int
+    optimizer: Any
+    schedule: Any
+
+
+def read_config(tcfg: Any) -> TrainConfig:
+    """Validate and extract `epochs`, `batch_size`, `optimizer`, `schedule` from a ConfigDict/dict."""
+    get = lambda n, d=None: optim._get(tcfg, n, d)  # noqa: E731
+    epochs, batch = get("epochs"), get("batch_size", 128)
+    if epochs is None or int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"tcfg.epochs: need a non-negative integer, got {epochs!r}")
+    if int(batch) != batch or batch < 1:
+        raise ValueError(f"tcfg.batch_size: need a positive integer, got {batch!r}")
+    opt = get("optimizer")
+    if opt is None:
+        raise ValueError("tcfg.optimizer: missing (fields name, lr, momentum, nesterov, weight_decay)")
+    return TrainConfig(int(epochs), int(batch), opt, get("schedule", None))
+
+
+def freeze(cfg: Any) -> Any:
+    """A hashable, order-independent copy of a (nested) ConfigDict/dict/list config."""
+    if cfg is None or isinstance(cfg, (str, int, float, bool)):
+        return cfg
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if isinstance(cfg, dict) or hasattr(cfg, "items"):
+        return tuple(sorted((str(k), freeze(v)) for k, v in cfg.items()))
+    if isinstance(cfg, (list, tuple)):
+        return tuple(freeze(v) for v in cfg)
+    if isinstance(cfg, np.ndarray):
+        return tuple(cfg.tolist())
+    return cfg
+
+
+def _thaw(frozen: Any) -> Any:
+    if isinstance(frozen, tuple) and all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str)
+                                         for i in frozen) and frozen:
+        return {k: _thaw(v) for k, v in frozen}
+    return frozen
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_tx(opt: Any, sched: Any, steps: int, epochs: int) -> optax.GradientTransformation:
+    return optim.make_optimizer(_thaw(opt), _thaw(sched), steps_per_epoch=steps, epochs=epochs)
+
+
+def make_tx(tcfg: Any, n_train: int) -> tuple[optax.GradientTransformation, int]:
+    """(optimizer, steps per epoch) for a training set of `n_train` examples (last partial batch dropped).
+
+    The same configuration returns the same (cached) transformation object, so compiled training functions
+    are reused across calls.
+    """
+    cfg = read_config(tcfg)
+    steps = n_train // cfg.batch_size
+    if steps < 1:
+        raise ValueError(f"tcfg.batch_size: {cfg.batch_size} exceeds the {n_train} training examples")
+    sched = freeze(cfg.schedule)
+    constant = optim._get(cfg.schedule, "name", "constant") == "constant"
+    # a constant schedule does not depend on the number of epochs: share one transformation (and compile)
+    return _cached_tx(freeze(cfg.optimizer), sched, steps, 1 if constant else cfg.epochs), steps
+
+
+# ----------------------------------------------------------------------------------------------- one model
+
+
+def mask_tree(tree: PyTree, mask: PyTree | None) -> PyTree:
+    """`where(mask, x, 0)` leaf by leaf (the identity without a mask)."""
+    if mask is None:
+        return tree
+    return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros((), x.dtype)), tree, mask)
+
+
+def mask_opt_state(tx: optax.GradientTransformation, opt_state: PyTree, mask: PyTree | None) -> PyTree:
+    """Zero the entries of every params-shaped part of the optimizer state (momentum, Adam moments) at pruned
+    positions, so a newly pruned weight carries no momentum."""
+    if mask is None:
+        return opt_state
+    return optax.tree_utils.tree_map_params(
+        tx, lambda v, m: jnp.where(m, v, jnp.zeros((), v.dtype)), opt_state, mask)
+
+
+def init_state(tx: optax.GradientTransformation, variables: Variables, mask: PyTree | None = None) -> TrainState:
+    """A fresh optimizer state for (masked) variables of one model."""
+    params = mask_tree(variables["params"], mask)
+    return TrainState(params, variables.get("batch_stats", {}), tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def state_variables(state: TrainState) -> Variables:
+    """The Flax variables dict of a state (`batch_stats` only when the model has it)."""
+    out = {"params": state.params}
+    if jax.tree.leaves(state.batch_stats):
+        out["batch_stats"] = state.batch_stats
+    return out
+
+
+def train_step(spec: ModelSpec, tx: optax.GradientTransformation, state: TrainState, mask: PyTree | None,
+               images: jax.Array, labels: jax.Array) -> tuple[TrainState, jax.Array]:
+    """One optimizer step of one model on one batch; returns the new state and the batch's mean loss.
+
+    The loss is softmax CE (or sigmoid BCE for multi-label heads), with no decay term (weight decay is in the
+    optimizer, coupled). Masked: gradient, update and new weights are zeroed at pruned positions.
+    """
+    loss_fn = optim.loss_fn(spec.multilabel)
+
+    def objective(params: PyTree) -> tuple[jax.Array, PyTree]:
+        variables = {"params": params}
+        if spec.has_batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        logits, new_state = spec.apply(variables, images, train=True)
+        return loss_fn(logits, labels), new_state
+
+    (loss, new_model_state), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    grads = mask_tree(grads, mask)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = mask_tree(updates, mask)
+    params = mask_tree(optax.apply_updates(state.params, updates), mask)
+    batch_stats = new_model_state.get("batch_stats", state.batch_stats)
+    return TrainState(params, batch_stats, opt_state, state.step + 1), loss
+
+
+def epoch_permutation(data_key: jax.Array, epoch: jax.Array, n: int, batch_size: int) -> jax.Array:
+    """Indices [N // B, B] of one epoch: a permutation keyed by (data key, epoch), last partial batch dropped."""
+    steps = n // batch_size
+    perm = jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+    return perm[: steps * batch_size].reshape(steps, batch_size)
+
+
+def train_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: int, state: TrainState,
+                mask: PyTree | None, data_key: jax.Array, epoch: jax.Array, images: jax.Array, labels: jax.Array,
+                capture_step: int | None = None, snapshot: Variables | None = None,
+                ) -> tuple[TrainState, jax.Array, Variables | None]:
+    """One epoch of one model: `lax.scan` of `train_step` over its batches. Returns (state, mean loss,
+    snapshot), where the snapshot holds the variables right after global step `capture_step` (rewinding)."""
+    idx = epoch_permutation(data_key, epoch, images.shape[0], batch_size)
+
+    def body(carry, batch_idx):
+        st, snap = carry
+        st, loss = train_step(spec, tx, st, mask, images[batch_idx], labels[batch_idx])
+        if capture_step is not None:
+            hit = st.step == capture_step
+            snap = jax.tree.map(lambda s, v: jnp.where(hit, v, s), snap, state_variables(st))
+        return (st, snap), loss
+
+    (state, snapshot), losses = jax.lax.scan(body, (state, snapshot), idx)
+    return state, jnp.mean(losses), snapshot
+
+
+# ----------------------------------------------------------------------------------------------- populations
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: int, masked: bool,
+                    capture_step: int | None) -> Callable:
+    """jit(vmap(train_epoch)) over the model axis; the dataset is shared (unbatched). Cached per setting."""
+
+    def run(state, mask, data_keys, epoch, images, labels, snapshot):
+        fn = lambda st, m, k, snap: train_epoch(  # noqa: E731
+            spec, tx, batch_size, st, m if masked else None, k, epoch, images, labels, capture_step, snap)
+        return jax.vmap(fn)(state, mask, data_keys, snapshot)
+
+    return jax.jit(run, donate_argnums=(0, 6))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_init(spec: ModelSpec, tx: optax.GradientTransformation, masked: bool) -> Callable:
+    def run(variables, mask):
+        return jax.vmap(lambda v, m: init_state(tx, v, m if masked else None))(variables, mask)
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_model_init(spec: ModelSpec) -> Callable:
+    return jax.jit(lambda k: spec.init(purpose_key(k, "init")))
+
+
+def init_population(spec: ModelSpec, keys: Any) -> Variables:
+    """Variables [S, ...] of a population, model s initialised from `purpose_key(keys[s], "init")`.
+
+    One compiled single-model init called per key (compiling the random initialisers is the slow part, and
+    this way it happens once per model whatever S is), stacked on the host.
+    """
+    if isinstance(keys, jax.core.Tracer):  # traced (jit, eval_shape): the vmapped init, same values
+        return jax.vmap(lambda k: spec.init(purpose_key(k, "init")))(keys)
+    fn = _compiled_model_init(spec)
+    parts = [jax.device_get(fn(k)) for k in as_keys(keys)]
+    return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *parts)
+
+
+def _check_population(name: str, tree: PyTree, like: PyTree, n: int) -> None:
+    """ValueError unless `tree` has the structure of `like` (one model) with a leading axis of size n."""
+    t_leaves, t_def = jax.tree_util.tree_flatten_with_path(tree)
+    l_leaves, l_def = jax.tree_util.tree_flatten_with_path(like)
+    if t_def != l_def:
+        t_paths = {path_str(p) for p, _ in t_leaves}
+        l_paths = {path_str(p) for p, _ in l_leaves}
+        diff = sorted(t_paths ^ l_paths)
+        raise ValueError(f"{name}: tree structure differs from the model's params"
+                         + (f" at {diff[0]!r}" if diff else f" ({t_def} vs {l_def})"))
+    for (p, x), (_, y) in zip(t_leaves, l_leaves):
+        if tuple(x.shape) != (n, *y.shape):
+            raise ValueError(f"{name}: leaf {path_str(p)!r} has shape {tuple(x.shape)}, expected {(n, *y.shape)}")
+
+
+def _take(tree: PyTree, idx: np.ndarray) -> PyTree:
+    return jax.tree.map(lambda x: x[idx], tree)
+
+
+def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Array, labels: jax.Array, *,
+                   variables: Variables, masks: PyTree | None = None, chunk: int | None = None,
+                   capture_step: int | None = None,
+                   between_epochs: Callable[[int, TrainState, PyTree, np.ndarray], tuple[TrainState, PyTree]]
+                   | None = None,
+                   progress: Callable[[dict], None] | None = None,
+                   ) -> tuple[Variables, np.ndarray, PyTree | None, Variables | None]:
+    """Train a population (all trees with leading axis S) and return (variables, losses [S, E], masks, snapshot).
+
+    `between_epochs(epoch, state, mask, idx) -> (state, mask)` runs (on one chunk, from Python) before every
+    epoch; GMP uses it to prune. `state` and `mask` are the chunk's (leading axis = chunk size), `idx` [chunk]
+    the population index of each of its models (padding repeats the last index). When the mask changes, apply
+    it to the state with `remask` (weights and optimizer state).
+    """
+    cfg = read_config(tcfg)
+    tx, _ = make_tx(tcfg, int(images.shape[0]))
+    n = int(keys.shape[0])
+    chunk = n if chunk is None else int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk: need a positive integer, got {chunk}")
+    chunk = min(chunk, n)
+    n_chunks = -(-n // chunk)
+    masked = masks is not None or between_epochs is not None
+    data_keys = jax.vmap(lambda k: purpose_key(k, "data"))(keys)
+    init_fn = _compiled_init(spec, tx, masked)
+    epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step)
+
+    outs, losses, out_masks, snaps = [], [], [], []
+    for c in range(n_chunks):
+        idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)  # pad by repeating the last model
+        v_c = variables if n_chunks == 1 else _take(variables, idx)
+        m_c = (masks if n_chunks == 1 else _take(masks, idx)) if masks is not None else (
+            jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_), v_c["params"]) if masked else None)
+        state = init_fn(v_c, m_c)
+        snap = state_variables(state) if capture_step is not None else None
+        if snap is not None:
+            snap = jax.tree.map(jnp.copy, snap)
+        k_c = data_keys[idx]
+        chunk_losses = []
+        for e in range(cfg.epochs):
+            if between_epochs is not None:
+                state, m_c = between_epochs(e, state, m_c, idx)
+            state, loss, snap = epoch_fn(state, m_c, k_c, jnp.int32(e), images, labels, snap)
+            chunk_losses.append(loss)
+            if progress is not None:
+                progress({"chunk": c, "chunks": n_chunks, "epoch": e, "epochs": cfg.epochs,
+                          "loss": np.asarray(loss)[: n - c * chunk]})
+        keep = slice(0, min(chunk, n - c * chunk))
+        outs.append(jax.tree.map(lambda x: x[keep], state_variables(state)))
+        losses.append(np.stack([np.asarray(x) for x in chunk_losses], axis=-1)[keep] if chunk_losses
+                      else np.zeros((keep.stop, 0), np.float32))
+        if masked:
+            out_masks.append(jax.tree.map(lambda x: x[keep], m_c))
+        if snap is not None:
+            snaps.append(jax.tree.map(lambda x: x[keep], snap))
+
+    cat = lambda parts: jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)  # noqa: E731
+    out_vars = outs[0] if n_chunks == 1 else cat(outs)
+    out_mask = None if not masked else (out_masks[0] if n_chunks == 1 else cat(out_masks))
+    snapshot = None if not snaps else (snaps[0] if n_chunks == 1 else cat(snaps))
+    return out_vars, np.concatenate(losses, axis=0), out_mask, snapshot
+
+
+def remask(tx: optax.GradientTransformation, state: TrainState, mask: PyTree) -> TrainState:
+    """Apply a new mask to the state of ONE model: zero pruned weights and their optimizer state."""
+    return state._replace(params=mask_tree(state.params, mask), opt_state=mask_opt_state(tx, state.opt_state, mask))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_remask(tx: optax.GradientTransformation) -> Callable:
+    return jax.jit(jax.vmap(lambda st, m: remask(tx, st, m)))
+
+
+def remask_population(tx: optax.GradientTransformation, state: TrainState, mask: PyTree) -> TrainState:
+    """`remask` over a population (leading model axis on state and mask), jitted."""
+    return _compiled_remask(tx)(state, mask)
+
+
+def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, *, masks: PyTree | None = None,
+        init_variables: Variables | None = None, chunk: int | None = None,
+        progress: Callable[[dict], None] | None = None, capture_step: int | None = None,
+        ) -> tuple[Variables, dict[str, Any]]:
+    """Train S models (one per key) as one compiled program; returns (variables [S, ...], history).
+
+    Config fields read from `tcfg` (ml_collections ConfigDict or dict):
+      tcfg.epochs (int), tcfg.batch_size (int, default 128; the last partial batch of an epoch is dropped),
+      tcfg.optimizer: name ("sgd" | "adam"), lr, momentum, nesterov, weight_decay (coupled L2), b1, b2, eps,
+      tcfg.schedule (optional): name ("constant" | "step" | "cosine"), boundaries (epochs), factor,
+                                warmup_epochs, end_value.
+    seed_keys: typed keys [S] (or raw uint32 [S, 2], or int seeds [S]); init from `purpose_key(k, "init")`
+        unless `init_variables` [S, ...] is given, data order from `purpose_key(k, "data")`.
+    x_train, y_train: the whole training set (float32 [N, ...] normalised; int labels [N] or {0,1} [N, A]),
+        put on the device once and shared by all models.
+    masks: bool trees [S, ...] shaped like params; pruned weights stay exactly zero.
+    chunk: train at most this many models at a time (one compiled function for all chunks).
+    progress: called after every epoch of every chunk with {"chunk", "chunks", "epoch", "epochs", "loss"}.
+    capture_step: also return, as history["snapshot"], the variables right after this global step (lottery
+        rewinding to step k; 0 = the initial variables).
+    history: {"loss": float32 [S, epochs] per-epoch mean training loss, "snapshot": variables or None}.
+    """
+    keys = as_keys(seed_keys)
+    n = int(keys.shape[0])
+    images, labels = jnp.asarray(x_train), jnp.asarray(y_train)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"y_train: {labels.shape[0]} labels for {images.shape[0]} images")
+    if tuple(images.shape[1:]) != tuple(spec.input_shape):
+        raise ValueError(f"x_train: example shape {tuple(images.shape[1:])} != model input {spec.input_shape}")
+    if images.dtype != jnp.float32:
+        raise ValueError(f"x_train: dtype {images.dtype}; expected normalised float32")
+    make_tx(tcfg, int(images.shape[0]))  # validates the config
+    one = jax.eval_shape(spec.init, jax.random.key(0))
+    if masks is not None:
+        _check_population("masks", masks, one["params"], n)
+        bad = [leaf.dtype for leaf in jax.tree.leaves(masks) if leaf.dtype != jnp.bool_]
+        if bad:
+            raise ValueError(f"masks: leaves must be bool, got {bad[0]}")
+    if capture_step is not None and capture_step < 0:
+        raise ValueError(f"capture_step: need a non-negative step, got {capture_step}")
+    if init_variables is None:
+        variables = init_population(spec, keys)
+    else:
+        _check_population("init_variables", init_variables, one, n)
+        variables = init_variables
+    out, losses, _, snapshot = run_population(spec, tcfg, keys, images, labels, variables=variables, masks=masks,
+                                              chunk=chunk, capture_step=capture_step, progress=progress)
+    return out, {"loss": losses, "snapshot": snapshot}
+
+
+
+def predict(spec: ModelSpec, variables: Variables, images: Any, *, batch_size: int = 10000) -> jax.Array:
+    """Eval-mode logits [S, N, K] of a population on `images` (in batches of `batch_size` examples)."""
+    fn = _compiled_predict(spec)
+    images = jnp.asarray(images)
+    parts = [fn(variables, images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+    return jnp.concatenate(parts, axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_predict(spec: ModelSpec) -> Callable:
+    return jax.jit(jax.vmap(lambda v, x: spec.apply(v, x, train=False)[0], in_axes=(0, None)))
