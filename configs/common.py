@@ -69,6 +69,12 @@ def recall_config(dataset: str) -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict(dict(chunk=64, batch_size=2500))
     c.analysis = ml_collections.ConfigDict(dict(chance_factor=1.5, bootstrap=2000, level=0.95, welch_q=0.05))
+    # Scale-out (results are identical with or without; excluded from the workdir fingerprint):
+    # mesh.enabled spreads each chunk of models over every device on a `seed` mesh axis; distributed starts
+    # multi-host JAX (TPU pods: leave the addresses empty, JAX discovers the slice).
+    c.mesh = ml_collections.ConfigDict(dict(enabled=False))
+    c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0,
+                                                   process_id=-1))
     c.save_pruned = True  # orbax checkpoints of pruned params + masks (for notebooks and later analysis)
     c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
     c.variant = ""

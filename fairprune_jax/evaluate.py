@@ -29,6 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from jax.sharding import Mesh
+
+from fairprune_jax import sharding
 from fairprune_jax.models import ModelSpec, path_str
 
 PyTree = Any
@@ -84,10 +87,10 @@ def _check_masks_dtype(masks: PyTree) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_classes", "ratio", "uncertain_below", "var_lead",
-                                             "mask_lead"))
+                                             "mask_lead", "mesh"))
 def _eval_chunk(variables: PyTree, masks: PyTree | None, idx: jax.Array, xb: jax.Array, yb: jax.Array,
                 valid: jax.Array, *, spec: ModelSpec, num_classes: int, ratio: int, uncertain_below: float,
-                var_lead: tuple[int, ...], mask_lead: tuple[int, ...]):
+                var_lead: tuple[int, ...], mask_lead: tuple[int, ...], mesh: Mesh | None = None):
     """Counts [C, K, K], confidence sums [C] and uncertain counts [C] for the models `idx` of the population.
 
     `variables` and `masks` are the whole population (leading axes `var_lead` / `mask_lead`); the chunk is
@@ -103,6 +106,8 @@ def _eval_chunk(variables: PyTree, masks: PyTree | None, idx: jax.Array, xb: jax
         chunk_masks = jax.tree.map(lambda m: gather(m, mask_lead, idx), masks)
         chunk_vars = dict(chunk_vars)
         chunk_vars["params"] = _apply_mask(chunk_vars["params"], chunk_masks)
+    if mesh is not None:  # the chunk's models spread over the mesh's seed axis; everything after follows
+        chunk_vars = jax.lax.with_sharding_constraint(chunk_vars, sharding.model_sharding(mesh))
     c = idx.shape[0]
     k = num_classes
 
@@ -146,7 +151,7 @@ def _batch_examples(images: jax.Array, labels: jax.Array, pad: int, nb: int):
 
 def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels: Any, *, masks: PyTree | None = None,
                         num_classes: int | None = None, chunk: int = 64, batch_size: int = 2000,
-                        uncertain_below: float = 0.9) -> EvalResult:
+                        uncertain_below: float = 0.9, mesh: Mesh | None = None) -> EvalResult:
     """Confusion counts and softmax summaries for every model of a population, in one call.
 
     Args:
@@ -156,6 +161,8 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
       masks: bool tree like `variables["params"]` with leading axes L, V a prefix of L; None = dense.
       num_classes: K (default `spec.num_outputs`; must be >= it).
       chunk: models per compiled call; batch_size: examples per scan step.
+      mesh: a `sharding.seed_mesh()`: each chunk's models are spread over its devices (chunk rounded up to a
+        multiple of the device count), the test split and population replicated; results are unchanged.
     Returns:
       EvalResult with counts [*L, K, K] (L = V without masks).
     """
@@ -207,12 +214,15 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
     nb = -(-n // bs)
     xb, yb, valid = _batch_examples(images, jnp.asarray(labels_np, jnp.int32), pad=nb * bs - n, nb=nb)
 
-    c = min(chunk, n_models)
+    c = sharding.round_up(min(chunk, n_models), mesh)
+    if mesh is not None:
+        variables, masks, xb, yb, valid = sharding.replicate((variables, masks, xb, yb, valid), mesh)
     counts, conf, unc = [], [], []
     for start in range(0, n_models, c):
         idx = np.minimum(np.arange(start, start + c), n_models - 1).astype(np.int32)
         out = _eval_chunk(variables, masks, jnp.asarray(idx), xb, yb, valid, spec=spec, num_classes=k, ratio=ratio,
-                          uncertain_below=float(uncertain_below), var_lead=var_lead, mask_lead=mask_lead)
+                          uncertain_below=float(uncertain_below), var_lead=var_lead, mask_lead=mask_lead,
+                          mesh=mesh)
         keep = min(c, n_models - start)
         counts.append(np.asarray(out[0])[:keep])
         conf.append(np.asarray(out[1])[:keep])
@@ -224,10 +234,11 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
 
 
 def confusion_counts(spec: ModelSpec, variables: PyTree, images: Any, labels: Any, *, masks: PyTree | None = None,
-                     num_classes: int | None = None, chunk: int = 64, batch_size: int = 2000) -> np.ndarray:
+                     num_classes: int | None = None, chunk: int = 64, batch_size: int = 2000,
+                     mesh: Mesh | None = None) -> np.ndarray:
     """Confusion counts [..., K, K] (rows true class, cols predicted) for every model; see `evaluate_population`."""
     return evaluate_population(spec, variables, images, labels, masks=masks, num_classes=num_classes, chunk=chunk,
-                               batch_size=batch_size).counts
+                               batch_size=batch_size, mesh=mesh).counts
 
 
 def class_counts(counts: np.ndarray) -> np.ndarray:

@@ -158,7 +158,7 @@ def _score_batch(x_train: Any, y_train: Any, size: int = 128) -> tuple[jax.Array
 def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: Sequence[str], sparsities: Any,
              seed_keys: Any, x_train: Any, y_train: Any, *, exclude_output: bool = False,
              lam: float = scores_lib.LAMBDA_UP, chunk: int | None = None,
-             progress: Callable[[dict], None] | None = None, grad_batch: int = 128,
+             progress: Callable[[dict], None] | None = None, mesh: Any = None, grad_batch: int = 128,
              ) -> tuple[Variables, PyTree, dict[str, Any]]:
     """Prune each converged dense model once per (criterion, sparsity) and fine-tune the pruned models.
 
@@ -185,7 +185,7 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
     init = _repeat(dense_variables, m_ * p_)
     ft_keys = jnp.repeat(jax.vmap(lambda k: train.purpose_key(k, "finetune_data"))(keys), m_ * p_)
     out, hist = train.fit(spec, tcfg, ft_keys, images, labels, masks=flat_mask, init_variables=init, chunk=chunk,
-                          progress=progress)
+                          progress=progress, mesh=mesh)
     variables = _reshape_lead(out, (s_, m_, p_))
     loss = hist["loss"].reshape(s_, m_, p_, -1)
     return variables, mask, {"loss": loss, "criteria": criteria, "sparsities": grid}
@@ -218,6 +218,7 @@ def iterative(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train:
               levels: int, *, fraction: float = 0.2, rewind_step: int = 0, exclude_output: bool = False,
               lam: float = scores_lib.LAMBDA_UP, chunk: int | None = None,
               progress: Callable[[dict], None] | None = None, resume: IterativeState | None = None,
+              mesh: Any = None,
               dense: tuple[Variables, Variables] | None = None, grad_batch: int = 128) -> Iterator[LevelResult]:
     """Iterative pruning with rewinding (lottery ticket style); a generator of `LevelResult`, level 0..levels.
 
@@ -240,7 +241,7 @@ def iterative(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train:
         raise ValueError(f"levels: need a non-negative integer, got {levels!r}")
     if resume is None:
         if dense is None:
-            out, hist = train.fit(spec, tcfg, keys, images, labels, progress=progress,
+            out, hist = train.fit(spec, tcfg, keys, images, labels, progress=progress, mesh=mesh,
                                   capture_step=rewind_step if rewind_step > 0 else None)
             rewind = hist["snapshot"] if rewind_step > 0 else train.init_population(spec, keys)
         else:
@@ -268,7 +269,7 @@ def iterative(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train:
                                               exclude_output=exclude_output, lam=lam))
         mask = _stack(new_masks, axis=1)  # [S, M, ...]
         out, hist = train.fit(spec, tcfg, run_keys, images, labels, masks=_flatten_lead(mask, 2),
-                              init_variables=rewind_flat, chunk=chunk, progress=progress)
+                              init_variables=rewind_flat, chunk=chunk, progress=progress, mesh=mesh)
         state = IterativeState(level, _reshape_lead(out, (s_, m_)), mask, state.rewind)
         yield LevelResult(level, float(target), state.variables, mask, {"loss": hist["loss"].reshape(s_, m_, -1)},
                           state)
@@ -281,6 +282,7 @@ def gmp(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
         sparsities: Any, *, start: int, end: int, every: int = 1, initial: float = 0.05,
         init_variables: Variables | None = None, exclude_output: bool = False, lam: float = scores_lib.LAMBDA_UP,
         chunk: int | None = None, progress: Callable[[dict], None] | None = None, grad_batch: int = 128,
+        mesh: Any = None,
         ) -> tuple[Variables, PyTree, dict[str, Any]]:
     """Gradual pruning during training with the cubic schedule (`schedules.gmp_sparsity`), any criterion.
 
@@ -329,7 +331,8 @@ def gmp(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
             return train.remask_population(tx, state, new), new
 
         out, loss, mask, _ = train.run_population(spec, tcfg, run_keys, images, labels, variables=variables,
-                                                  chunk=chunk, between_epochs=between, progress=progress)
+                                                  chunk=chunk, between_epochs=between, progress=progress,
+                                                  mesh=mesh)
         outs.append(_reshape_lead(out, (s_, p_)))
         masks_out.append(_reshape_lead(mask, (s_, p_)))
         losses.append(loss.reshape(s_, p_, -1))

@@ -165,7 +165,7 @@ def _evaluate_rows(config, spec, study: StudyData, variables, masks, *, criteria
 
     res = evaluate.evaluate_population(spec, variables, study.test.images, study.test.labels, masks=masks,
                                        num_classes=study.num_classes, chunk=int(config.eval.chunk),
-                                       batch_size=int(config.eval.batch_size))
+                                       batch_size=int(config.eval.batch_size), mesh=mesh_of(config))
     counts = res.counts
     if counts.ndim == 3:  # dense [S, K, K]
         counts = counts[:, None, None]
@@ -177,6 +177,19 @@ def _evaluate_rows(config, spec, study: StudyData, variables, masks, *, criteria
         requested_sparsity=np.broadcast_to(np.asarray(requested, np.float64), (s, m, p)), actual_sparsity=actual,
         levels=list(levels), mean_confidence=res.mean_confidence.reshape(s, m, p),
         frac_uncertain=res.frac_uncertain.reshape(s, m, p))
+
+
+def mesh_of(config):
+    """The `seed` mesh over every device when config.mesh.enabled, else None (one device)."""
+    from fairprune_jax import sharding
+
+    return sharding.seed_mesh() if bool(config.mesh.enabled) else None
+
+
+def _protocol_kwargs(config) -> dict:
+    """Keyword arguments every protocol call shares."""
+    return dict(exclude_output=bool(config.exclude_output), lam=float(config.prune.lambda_up),
+                grad_batch=int(config.prune.grad_batch), mesh=mesh_of(config))
 
 
 class Progress:
@@ -219,7 +232,7 @@ def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: P
     with wd.stage_timer(f"dense.{spec.name}"), progress.bar(
             int(config.train.epochs) * _chunks(n, chunk or n), f"dense {spec.name} ×{n} seeds", "epoch") as bar:
         dense, hist = train.fit(spec, config.train, keys, study.train.images, study.train.labels, chunk=chunk,
-                                progress=progress.epochs(bar), capture_step=capture or None)
+                                progress=progress.epochs(bar), capture_step=capture or None, mesh=mesh_of(config))
     rewind = hist["snapshot"] if capture else train.init_population(spec, keys)
     checkpoints.save(_ckpt_dir(wd), name, {"dense": dense, "rewind": rewind})
     return dense, rewind
@@ -241,8 +254,7 @@ def run_one_shot(config, wd, spec, study, keys, dense, progress: Progress) -> No
         with wd.stage_timer(f"prune.{key}"), progress.bar(epochs, f"one-shot {key} ×{n_models}", "epoch") as bar:
             variables, masks, _ = protocols.one_shot(
                 spec, config.finetune, dense, [criterion], sparsities, keys, study.train.images,
-                study.train.labels, exclude_output=exclude, lam=float(config.prune.lambda_up), chunk=chunk,
-                progress=progress.epochs(bar))
+                study.train.labels, chunk=chunk, progress=progress.epochs(bar), **_protocol_kwargs(config))
         if config.save_pruned:
             checkpoints.save(_ckpt_dir(wd), f"pruned-{spec.name}-{criterion}", {"variables": variables,
                                                                                "masks": masks})
@@ -276,8 +288,8 @@ def run_gmp(config, wd, spec, study, keys, dense, progress: Progress) -> None:
             variables, masks, _ = protocols.gmp(
                 spec, tcfg, keys, study.train.images, study.train.labels, [criterion], sparsities,
                 start=int(g.start), end=end, every=int(g.every), initial=float(g.initial),
-                init_variables=dense if post else None, exclude_output=exclude, lam=float(config.prune.lambda_up),
-                chunk=chunk, progress=progress.epochs(bar))
+                init_variables=dense if post else None, chunk=chunk, progress=progress.epochs(bar),
+                **_protocol_kwargs(config))
         if config.save_pruned:
             checkpoints.save(_ckpt_dir(wd), f"pruned-{spec.name}-{criterion}", {"variables": variables,
                                                                                "masks": masks})
@@ -315,8 +327,8 @@ def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: Progre
                        "epoch")
     gen = protocols.iterative(spec, config.train, keys, study.train.images, study.train.labels, criteria, levels,
                               fraction=float(config.prune.fraction), rewind_step=int(config.prune.rewind_step),
-                              exclude_output=exclude, lam=float(config.prune.lambda_up), chunk=chunk,
-                              progress=progress.epochs(bar), resume=resume, dense=(dense, rewind))
+                              chunk=chunk, progress=progress.epochs(bar), resume=resume, dense=(dense, rewind),
+                              **_protocol_kwargs(config))
     t0 = time.perf_counter()
     with bar:
         for result in gen:
@@ -363,6 +375,9 @@ def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool =
     from fairprune_jax import results, train
 
     validate_config(config)
+    from fairprune_jax import sharding
+
+    sharding.initialize_distributed(config.distributed)  # multi-host pods; a no-op unless enabled
     wd = results.Workdir.open(workdir, config, fresh=fresh, ignore=IGNORED_FIELDS)
     progress = Progress(bool(config.progress))
     t_start = time.perf_counter()
@@ -399,4 +414,4 @@ def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool =
     return wd
 
 
-IGNORED_FIELDS = ("workdir", "progress", "variant")
+IGNORED_FIELDS = ("workdir", "progress", "variant", "mesh", "distributed")

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fairprune_jax import optim
+from jax.sharding import Mesh
+
+from fairprune_jax import optim, sharding
 from fairprune_jax.models import ModelSpec, path_str
 
 PyTree = Any
@@ -298,7 +300,7 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
                    capture_step: int | None = None,
                    between_epochs: Callable[[int, TrainState, PyTree, np.ndarray], tuple[TrainState, PyTree]]
                    | None = None,
-                   progress: Callable[[dict], None] | None = None,
+                   progress: Callable[[dict], None] | None = None, mesh: Mesh | None = None,
                    ) -> tuple[Variables, np.ndarray, PyTree | None, Variables | None]:
     """Train a population (all trees with leading axis S) and return (variables, losses [S, E], masks, snapshot).
 
@@ -306,6 +308,8 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     epoch; GMP uses it to prune. `state` and `mask` are the chunk's (leading axis = chunk size), `idx` [chunk]
     the population index of each of its models (padding repeats the last index). When the mask changes, apply
     it to the state with `remask` (weights and optimizer state).
+    `mesh` (`sharding.seed_mesh()`): each chunk's models are spread over the mesh's `seed` axis (the chunk is
+    rounded up to a multiple of the device count), the training set is replicated; results are unchanged.
     """
     cfg = read_config(tcfg)
     tx, _ = make_tx(tcfg, int(images.shape[0]))
@@ -313,8 +317,10 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     chunk = n if chunk is None else int(chunk)
     if chunk < 1:
         raise ValueError(f"chunk: need a positive integer, got {chunk}")
-    chunk = min(chunk, n)
+    chunk = sharding.round_up(min(chunk, n), mesh)
     n_chunks = -(-n // chunk)
+    whole = n_chunks == 1 and chunk == n  # one chunk, no padding: use the trees as they are
+    images, labels = sharding.replicate((images, labels), mesh)
     masked = masks is not None or between_epochs is not None
     data_keys = jax.vmap(lambda k: purpose_key(k, "data"))(keys)
     init_fn = _compiled_init(spec, tx, masked)
@@ -323,14 +329,15 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     outs, losses, out_masks, snaps = [], [], [], []
     for c in range(n_chunks):
         idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)  # pad by repeating the last model
-        v_c = variables if n_chunks == 1 else _take(variables, idx)
-        m_c = (masks if n_chunks == 1 else _take(masks, idx)) if masks is not None else (
+        v_c = variables if whole else _take(variables, idx)
+        m_c = (masks if whole else _take(masks, idx)) if masks is not None else (
             jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_), v_c["params"]) if masked else None)
+        k_c = data_keys[idx]
+        v_c, m_c, k_c = sharding.shard_models((v_c, m_c, k_c), mesh)
         state = init_fn(v_c, m_c)
         snap = state_variables(state) if capture_step is not None else None
         if snap is not None:
             snap = jax.tree.map(jnp.copy, snap)
-        k_c = data_keys[idx]
         chunk_losses = []
         for e in range(cfg.epochs):
             if between_epochs is not None:
@@ -374,7 +381,7 @@ def remask_population(tx: optax.GradientTransformation, state: TrainState, mask:
 def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, *, masks: PyTree | None = None,
         init_variables: Variables | None = None, chunk: int | None = None,
         progress: Callable[[dict], None] | None = None, capture_step: int | None = None,
-        ) -> tuple[Variables, dict[str, Any]]:
+        mesh: Mesh | None = None) -> tuple[Variables, dict[str, Any]]:
     """Train S models (one per key) as one compiled program; returns (variables [S, ...], history).
 
     Config fields read from `tcfg` (ml_collections ConfigDict or dict):
@@ -388,6 +395,7 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
         put on the device once and shared by all models.
     masks: bool trees [S, ...] shaped like params; pruned weights stay exactly zero.
     chunk: train at most this many models at a time (one compiled function for all chunks).
+    mesh: spread each chunk's models over the devices of a `sharding.seed_mesh()` (same results).
     progress: called after every epoch of every chunk with {"chunk", "chunks", "epoch", "epochs", "loss"}.
     capture_step: also return, as history["snapshot"], the variables right after this global step (lottery
         rewinding to step k; 0 = the initial variables).
@@ -417,6 +425,7 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
         _check_population("init_variables", init_variables, one, n)
         variables = init_variables
     out, losses, _, snapshot = run_population(spec, tcfg, keys, images, labels, variables=variables, masks=masks,
+                                              mesh=mesh,
                                               chunk=chunk, capture_step=capture_step, progress=progress)
     return out, {"loss": losses, "snapshot": snapshot}
 

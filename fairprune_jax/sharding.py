@@ -1,0 +1,102 @@
+"""Spreading a population's model axis over devices: a mesh with one axis named `seed`.
+
+Populations are stacked on a leading axis (seeds, or seeds × criteria × sparsities flattened). Placing that axis
+with `NamedSharding(mesh, P("seed"))` and the data replicated is all the compiled programs need: they `vmap` over
+the axis, so XLA's SPMD partitioner gives every device its own slice of models, with no communication between
+models. The same code runs on one CPU, on the 8 GPUs of a machine, or on every chip of a TPU pod slice (after
+`initialize_distributed`, `jax.devices()` lists the devices of all hosts).
+
+Chunk sizes are rounded up to a multiple of the mesh size so every device holds the same number of models.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+SEED_AXIS = "seed"
+PyTree = Any
+
+
+def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh named `seed` over `devices` (default: every device of every process)."""
+    devs = list(devices) if devices is not None else jax.devices()
+    if not devs:
+        raise ValueError("devices: empty device list")
+    return Mesh(np.asarray(devs), (SEED_AXIS,))
+
+
+def size(mesh: Mesh | None) -> int:
+    """Number of devices on the seed axis (1 without a mesh)."""
+    return 1 if mesh is None else int(mesh.shape[SEED_AXIS])
+
+
+def round_up(n: int, mesh: Mesh | None) -> int:
+    """The smallest multiple of the mesh size that is >= n (chunk sizes must split evenly over devices)."""
+    k = size(mesh)
+    return -(-int(n) // k) * k
+
+
+def model_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (model) axis split over `seed`, everything else whole."""
+    return NamedSharding(mesh, P(SEED_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def shard_models(tree: PyTree, mesh: Mesh | None) -> PyTree:
+    """Place every leaf's leading axis over the mesh; the axis length must be a multiple of the mesh size."""
+    if mesh is None:
+        return tree
+    k = size(mesh)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        n = np.shape(leaf)[0] if np.ndim(leaf) else None
+        if n is None or n % k:
+            raise ValueError(f"{jax.tree_util.keystr(path)}: leading axis {n} is not a multiple of the {k} devices "
+                             f"of the '{SEED_AXIS}' mesh axis (round chunk sizes with sharding.round_up)")
+    return jax.device_put(tree, model_sharding(mesh))
+
+
+def replicate(tree: PyTree, mesh: Mesh | None) -> PyTree:
+    """Put a full copy on every device of the mesh (data shared by all models)."""
+    return tree if mesh is None else jax.device_put(tree, replicated(mesh))
+
+
+def initialize_distributed(cfg: Any = None) -> None:
+    """Multi-host start-up (TPU pods, multi-node GPU) from a config section, before any other JAX call.
+
+    Fields (all optional): `enabled` (bool), `coordinator_address` ("host:port"), `num_processes`,
+    `process_id`, `local_device_ids`. On Cloud TPU every field can stay empty: JAX discovers the pod itself.
+    """
+    if cfg is None or not bool(_get(cfg, "enabled", False)):
+        return
+    jax.distributed.initialize(**distributed_kwargs(cfg))
+
+
+def distributed_kwargs(cfg: Any) -> dict[str, Any]:
+    """The arguments given to `jax.distributed.initialize`: unset fields ("", 0 processes, a negative process id,
+    no local devices) are left out so JAX can discover them."""
+    kwargs: dict[str, Any] = {}
+    address = _get(cfg, "coordinator_address", "")
+    if address:
+        kwargs["coordinator_address"] = str(address)
+    num = int(_get(cfg, "num_processes", 0) or 0)
+    if num > 0:
+        kwargs["num_processes"] = num
+    pid = int(_get(cfg, "process_id", -1) if _get(cfg, "process_id", -1) is not None else -1)
+    if pid >= 0:
+        kwargs["process_id"] = pid
+    local = _get(cfg, "local_device_ids", None)
+    if local:
+        kwargs["local_device_ids"] = list(local)
+    return kwargs
+
+
+def _get(cfg: Any, name: str, default: Any) -> Any:
+    if hasattr(cfg, "get"):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
