@@ -27,7 +27,8 @@ class Analysis:
     tier_a: pd.DataFrame  # E[α_t] per cell, t-interval, verdict (all networks, and without flagged ones)
     tier_b: pd.DataFrame  # mixed model per cell
     bootstrap: pd.DataFrame  # seed-bootstrap intervals per cell
-    pooled: Any  # stats.PooledOLS
+    pooled: Any  # stats.PooledOLS, flagged (near-chance / one-class) networks excluded
+    pooled_all: Any  # stats.PooledOLS with every network
     welch: pd.DataFrame  # per-class Welch tests with BH
     accuracy: pd.DataFrame  # accuracy per cell
 
@@ -35,8 +36,11 @@ class Analysis:
 def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000, chance: float = 1.5,
             welch_q: float = 0.05, seed: int = 0) -> Analysis:
     """Run every tier of SCIENCE.md §3 on a tidy recall table (`evaluate.recall_table`, concatenated)."""
+    import warnings
+
     from fairprune_jax.analysis import intensification, stats
 
+    warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
     long = intensification.long_table(recall, chance=chance)
     alpha = intensification.alpha(long)
     tier_a = stats.summarize(alpha, level=level)
@@ -44,14 +48,18 @@ def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000,
     boot = stats.bootstrap_alpha(alpha, n_resamples=bootstrap, level=level, seed=seed) if bootstrap else pd.DataFrame()
     moderators = [m for m in ("level", "criterion", "dataset", "model") if long[m].nunique() > 1]
     clusters = long["traj"].nunique() if "traj" in long else 0
-    reference = {"level": long["level"].min()}
+    reference = {"level": int(long["level"].min())}
     if "mp" in set(long["criterion"]):
         reference["criterion"] = "mp"  # SCIENCE.md §3: C(algo, Treatment('MP'))
-    pooled = stats.pooled_ols(long, moderators=moderators or ("level",), reference=reference, level=level,
-                              bootstrap=bootstrap if clusters < 30 else 0, seed=seed)
+    # Near-chance and one-class networks make δ explode (SCIENCE.md §2): the headline fit leaves them out, the
+    # report shows the fit with them as well.
+    pooled_kw = dict(moderators=moderators or ("level",), reference=reference, level=level,
+                     bootstrap=bootstrap if clusters < 30 else 0, seed=seed)
+    pooled = stats.pooled_ols(long, exclude_flagged=True, **pooled_kw)
+    pooled_all = stats.pooled_ols(long, exclude_flagged=False, **pooled_kw)
     welch = stats.welch_per_class(long, q=welch_q)
     acc = accuracy_table(recall, level=level)
-    return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, welch, acc)
+    return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, pooled_all, welch, acc)
 
 
 def accuracy_table(recall: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
@@ -101,14 +109,20 @@ def reading(an: Analysis) -> list[str]:
             out.append(f"- **{rq}** (`d0:C({moderator})`): {reason}.")
             continue
         bits = []
+        sparsity_of = (an.long.groupby("level")["requested_sparsity"].first().to_dict() if moderator == "level"
+                       else {})
         for r in rows.itertuples():
             level_name = r.term.split("[T.")[-1].rstrip("]") if "[T." in r.term else r.term
+            if moderator == "level" and level_name.lstrip("-").isdigit() and int(level_name) in sparsity_of:
+                level_name = f"{level_name} ({_pct(sparsity_of[int(level_name)])})"
             sign = ("more intensification" if r.ci_low > 0 else "less intensification" if r.ci_high < 0
                     else "no clear difference")
             bits.append(f"{level_name}: {r.coef:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] ({sign})")
         levels = sorted(an.long[moderator].unique(), key=str)
         named = {r.term.split("[T.")[-1].rstrip("]") for r in rows.itertuples() if "[T." in r.term}
         ref = [str(v) for v in levels if str(v) not in named]
+        if moderator == "level" and len(ref) == 1 and ref[0].lstrip("-").isdigit():
+            ref = [f"{ref[0]} ({_pct(sparsity_of.get(int(ref[0]), float('nan')))})"]
         ref_s = f" vs reference {ref[0]}" if len(ref) == 1 else ""
         out.append(f"- **{rq}** (`d0:C({moderator})`{ref_s}): " + "; ".join(bits) + ".")
     w = an.welch
@@ -169,7 +183,8 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
                        "ci_high"]]
     dropped = int(an.alpha["dropped"].sum()) if "dropped" in an.alpha else 0
     flagged = int(an.alpha["flagged"].sum()) if "flagged" in an.alpha else 0
-    pooled_tab = an.pooled.table.drop(columns=[c for c in ("null",) if c in an.pooled.table])
+    drop_null = lambda t: t.drop(columns=[c for c in ("null",) if c in t])  # noqa: E731
+    pooled_tab, pooled_all_tab = drop_null(an.pooled.table), drop_null(an.pooled_all.table)
     welch = an.welch
     welch_sum = (welch.assign(reject=welch["reject_bh"].fillna(False).astype(bool), lost=welch["t_stat"] > 0)
                  .groupby(["dataset", "model", "criterion", "level"], as_index=False)
@@ -190,11 +205,12 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
     if not an.bootstrap.empty:
         lines += ["## Seed-bootstrap intervals of E[α_t]", "", _md(an.bootstrap), ""]
     lines += ["## Pooled moderated slope (Tier C: OLS clustered by trajectory)", "",
-              f"Formula: `{an.pooled.formula}`; {an.pooled.n_clusters} clusters. "
-              "A positive `d0:X` coefficient means more intensification than the reference level.", "",
-              _md(pooled_tab), ""]
+              f"Formula: `{an.pooled.formula}`; {an.pooled.n_clusters} clusters; flagged (near-chance or one-class) "
+              f"networks excluded ({flagged} flagged). A positive `d0:X` coefficient means more intensification "
+              "than the reference level.", "", _md(pooled_tab), ""]
     for note in an.pooled.notes:
         lines.append(f"- {note}")
+    lines += ["", "With every network, flagged ones included:", "", _md(pooled_all_tab), ""]
     lines += ["", "## Accuracy", "", _md(acc), "",
               "## Per-class Welch tests of (recall − accuracy), dense vs pruned (BH within each model × criterion)", "",
               _md(welch_sum), ""]
@@ -248,7 +264,8 @@ def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings
     text = render(an, title=title, header=header, images=images, timings=timings, image_prefix="plots/")
     atomic_write(out / "report.md", text.encode())
     for name, df in (("alpha_networks.csv", an.alpha), ("alpha_tier_a.csv", an.tier_a), ("alpha_tier_b.csv", an.tier_b),
-                     ("pooled_ols.csv", an.pooled.table), ("welch.csv", an.welch), ("accuracy.csv", an.accuracy)):
+                     ("pooled_ols.csv", an.pooled.table), ("pooled_ols_all_networks.csv", an.pooled_all.table),
+                     ("welch.csv", an.welch), ("accuracy.csv", an.accuracy)):
         atomic_write(out / "tables" / name, df.to_csv(index=False).encode())
     a = an.tier_a[an.tier_a["subset"] == "all"] if "subset" in an.tier_a else an.tier_a
     counts = a["verdict"].value_counts().to_dict()
