@@ -94,6 +94,18 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def with_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """Apply a variant name ("" default, "smoke", "paper") to a recall config; unknown names are refused."""
+    c.variant = variant
+    if variant == "smoke":
+        return smoke(c)
+    if variant == "paper":
+        return paper(c)
+    if variant:
+        raise ValueError(f"config variant: unknown {variant!r}; use '', 'smoke' or 'paper'")
+    return c
+
+
 def paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Paper 1's protocol (SCIENCE.md §5): iterative pruning with rewinding to init, levels 1–15 (20% per level),
     full retraining (40 epochs, SGD lr .1) at every level, 11 seeds, MP/GP/UP/random. Hours on a CPU."""

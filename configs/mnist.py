@@ -1,4 +1,4 @@
-"""Recall distortion on MNIST (shipped offline). Variants: "" (default, ≤ 10 min on 2 CPU cores), "smoke", "paper".
+"""Recall distortion on MNIST (shipped offline). Variants: "" (default, ~5 min on 2 CPU cores), "smoke", "paper".
 
     python -m experiments.sweep --config=configs/mnist.py[:smoke|:paper] [--config.num_seeds=11 ...]
 """
@@ -10,12 +10,4 @@ from configs import common
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    c = common.recall_config("mnist")
-    c.variant = variant
-    if variant == "smoke":
-        return common.smoke(c)
-    if variant == "paper":
-        return common.paper(c)
-    if variant:
-        raise ValueError(f"config variant: unknown {variant!r}; use '', 'smoke' or 'paper'")
-    return c
+    return common.with_variant(common.recall_config("mnist"), variant)

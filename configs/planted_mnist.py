@@ -8,12 +8,4 @@ from fairprune_jax import bias_study
 
 
 def get_config(variant: str = ""):
-    c = bias_study.base_config("planted_mnist")
-    if variant == "smoke":
-        return bias_study.smoke(c)
-    if variant == "weak":
-        c.data.planted.p1, c.data.planted.p0 = 0.65, 0.35
-    elif variant:
-        raise ValueError(f"variant: unknown variant {variant!r}; use '', 'smoke' or 'weak'")
-    c.variant = variant
-    return c
+    return bias_study.planted_variant(bias_study.base_config("planted_mnist"), variant)

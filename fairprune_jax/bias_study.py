@@ -149,6 +149,18 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     return c
 
 
+def planted_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """Apply a planted-data variant: "" (default, strong link), "smoke" (tests), "weak" (link .65/.35)."""
+    if variant == "smoke":
+        return smoke(c)
+    if variant == "weak":
+        c.data.planted.p1, c.data.planted.p0 = 0.65, 0.35
+    elif variant:
+        raise ValueError(f"variant: unknown variant {variant!r}; use '', 'smoke' or 'weak'")
+    c.variant = variant
+    return c
+
+
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Seconds-long variant for tests: 3 seeds, 1 epoch on 3000 training examples, 2000 validation and test
     examples, 2 sparsities."""

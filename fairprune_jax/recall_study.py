@@ -238,12 +238,26 @@ def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: P
     return dense, rewind
 
 
+def _commit_grid_unit(config, wd, spec, study, criterion: str, sparsities: np.ndarray, variables, masks) -> None:
+    """Save a criterion's pruned population [S, 1, P] (optional), evaluate it, and commit its rows: the part
+    file's atomic rename is what marks the unit done."""
+    from fairprune_jax import checkpoints
+
+    key = f"{spec.name}.{criterion}"
+    if config.save_pruned:
+        checkpoints.save(_ckpt_dir(wd), f"pruned-{spec.name}-{criterion}", {"variables": variables, "masks": masks})
+    with wd.stage_timer(f"evaluate.{key}"):
+        rows = _evaluate_rows(config, spec, study, variables, masks, criteria=[criterion],
+                              requested=sparsities[None, None, :], levels=range(len(sparsities)),
+                              exclude_output=bool(config.exclude_output))
+    wd.append_table(RECALL_TABLE, key, rows)
+
+
 def run_one_shot(config, wd, spec, study, keys, dense, progress: Progress) -> None:
     """One unit per criterion: prune every seed to every sparsity, fine-tune S×P models at once, evaluate."""
-    from fairprune_jax import checkpoints, protocols
+    from fairprune_jax import protocols
 
     sparsities = np.asarray(config.prune.sparsities, np.float64)
-    exclude = bool(config.exclude_output)
     n_models = int(keys.shape[0]) * len(sparsities)
     chunk = int(config.finetune.chunk) or None
     for criterion in config.prune.criteria:
@@ -255,20 +269,13 @@ def run_one_shot(config, wd, spec, study, keys, dense, progress: Progress) -> No
             variables, masks, _ = protocols.one_shot(
                 spec, config.finetune, dense, [criterion], sparsities, keys, study.train.images,
                 study.train.labels, chunk=chunk, progress=progress.epochs(bar), **_protocol_kwargs(config))
-        if config.save_pruned:
-            checkpoints.save(_ckpt_dir(wd), f"pruned-{spec.name}-{criterion}", {"variables": variables,
-                                                                               "masks": masks})
-        with wd.stage_timer(f"evaluate.{key}"):
-            rows = _evaluate_rows(config, spec, study, variables, masks, criteria=[criterion],
-                                  requested=sparsities[None, None, :], levels=range(len(sparsities)),
-                                  exclude_output=exclude)
-        wd.append_table(RECALL_TABLE, key, rows)
+        _commit_grid_unit(config, wd, spec, study, criterion, sparsities, variables, masks)
 
 
 def run_gmp(config, wd, spec, study, keys, dense, progress: Progress) -> None:
     """One unit per criterion: gradual (cubic) pruning to every final sparsity, post-training from the dense
     models with the fine-tuning optimiser (paper 2), or during training from initialisation."""
-    from fairprune_jax import checkpoints, protocols
+    from fairprune_jax import protocols
 
     g = config.prune.gmp
     post = bool(g.post_training)
@@ -276,7 +283,6 @@ def run_gmp(config, wd, spec, study, keys, dense, progress: Progress) -> None:
     epochs = int(tcfg.epochs)
     end = int(g.end) or max(1, (3 * epochs) // 4)
     sparsities = np.asarray(config.prune.sparsities, np.float64)
-    exclude = bool(config.exclude_output)
     n_models = int(keys.shape[0]) * len(sparsities)
     chunk = int(tcfg.chunk) or None
     for criterion in config.prune.criteria:
@@ -290,14 +296,7 @@ def run_gmp(config, wd, spec, study, keys, dense, progress: Progress) -> None:
                 start=int(g.start), end=end, every=int(g.every), initial=float(g.initial),
                 init_variables=dense if post else None, chunk=chunk, progress=progress.epochs(bar),
                 **_protocol_kwargs(config))
-        if config.save_pruned:
-            checkpoints.save(_ckpt_dir(wd), f"pruned-{spec.name}-{criterion}", {"variables": variables,
-                                                                               "masks": masks})
-        with wd.stage_timer(f"evaluate.{key}"):
-            rows = _evaluate_rows(config, spec, study, variables, masks, criteria=[criterion],
-                                  requested=sparsities[None, None, :], levels=range(len(sparsities)),
-                                  exclude_output=exclude)
-        wd.append_table(RECALL_TABLE, key, rows)
+        _commit_grid_unit(config, wd, spec, study, criterion, sparsities, variables, masks)
 
 
 def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: Progress) -> None:

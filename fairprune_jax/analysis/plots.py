@@ -47,8 +47,12 @@ def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
 
 
 def plot_alpha(summary: pd.DataFrame, *, estimate: str | None = None, x: str = "t_mean", subset: str = "all",
-               path: str | os.PathLike | None = None, title: str | None = None) -> Figure:
-    """E[α_t] against sparsity per criterion with [ci_low, ci_high] bands and a dashed line at α = 1."""
+               path: str | os.PathLike | None = None, title: str | None = None, yscale: str = "auto") -> Figure:
+    """E[α_t] against sparsity per criterion with [ci_low, ci_high] bands and a dashed line at α = 1.
+
+    yscale "auto" switches to a symmetric log axis (linear within ±1) when the estimates span more than a decade,
+    so that a control such as random pruning (α in the hundreds) does not flatten the other criteria.
+    """
     df = summary
     if "subset" in df.columns:
         df = df[df["subset"] == subset]
@@ -65,6 +69,9 @@ def plot_alpha(summary: pd.DataFrame, *, estimate: str | None = None, x: str = "
             line, = ax.plot(f[xcol], f[est], marker="o", ms=3, label=str(crit))
             ax.fill_between(f[xcol], f["ci_low"], f["ci_high"], color=line.get_color(), alpha=0.2, lw=0)
         ax.axhline(1.0, color="k", ls="--", lw=1)
+        values = frame[est].abs().replace([np.inf], np.nan).dropna()
+        if yscale == "symlog" or (yscale == "auto" and len(values) and values.max() > 10 * max(values.min(), 1.0)):
+            ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("sparsity t" if xcol == "t_mean" else xcol)
         ax.set_ylabel("E[α_t]")
         ax.set_title(name)
