@@ -2,22 +2,32 @@
 per-seed, per-sparsity Python loop over the jitted single-model function, measured in the same run.
 
     python -m benchmarks.bench_masks [--seeds 64] [--repeats 3] [--method select|rank] [--rank-grid]
+    python -m benchmarks.bench_masks --host-devices 2   # the seed axis on a 2-device `seed` mesh of CPU devices
 
 --method picks the implementation of the library rule that both paths use (default "select": int-key sort +
 boundary search; "rank": stable argsort -> rank >= n). --rank-grid also times the grid call with "rank" for
 comparison (no loop; it must give identical masks). With either method the grid sorts once per seed and each
 extra sparsity costs one pass over the weights, so with per-seed cost S, per-mask cost e and per-call overhead d
 the ratio is P(S + e + d) / (S + P e) for P sparsities: about P = 10 unless batching over seeds itself gains.
+XLA's CPU sort runs on one core, so a single CPU device leaves the second core idle; --host-devices N splits the
+CPU into N JAX devices and places the seed axis on a `seed` mesh over them (fairprune_jax.sharding), the way a
+population is spread over GPUs. The loop stays a per-mask loop on one device.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+
+if "--host-devices" in sys.argv:  # must be set before JAX starts
+    _n = sys.argv[sys.argv.index("--host-devices") + 1]
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={_n}"
 
 import jax
 import jax.numpy as jnp
 
-from fairprune_jax import masks, scores
+from fairprune_jax import masks, scores, sharding
 from fairprune_jax.models import get_model
 
 
@@ -36,6 +46,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--method", choices=masks.METHODS, default="select")
     ap.add_argument("--rank-grid", action="store_true")
+    ap.add_argument("--host-devices", type=int, default=1, help="CPU devices for the grid call's seed mesh")
     args = ap.parse_args()
 
     spec = get_model("lenet_300_100")
@@ -54,6 +65,8 @@ def main() -> None:
     grid = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))  # [S, P, ...]
 
     per_seed = [jax.tree.map(lambda x, i=i: x[i], params) for i in range(args.seeds)]  # slicing is not timed
+    if args.host_devices > 1:
+        params = sharding.shard_models(params, sharding.seed_mesh(jax.devices()[:args.host_devices]))
     per_s = [sparsities[j] for j in range(len(sparsities))]
     t0 = time.perf_counter()
     jax.block_until_ready(grid(params, sparsities))
@@ -83,7 +96,7 @@ def main() -> None:
 
     cells = args.seeds * len(sparsities)
     print(f"method: {args.method}")
-    print(f"device: {jax.devices()[0].platform}, {cells} masks ({args.seeds} seeds x {len(sparsities)} sparsities), "
+    print(f"device: {jax.devices()[0].platform} x {args.host_devices} for the grid call, {cells} masks ({args.seeds} seeds x {len(sparsities)} sparsities), "
           f"{n} prunable weights each")
     print(f"compile: grid {compile_grid:.2f} s, single {compile_single:.2f} s")
     print(f"one jitted call (vmap seeds x sparsities): {t_grid * 1e3:9.1f} ms")
