@@ -187,7 +187,7 @@ def test_summarize_reports_with_and_without_flagged_and_counts_dropped():
 def test_pooled_ols_recovers_moderators_and_matches_lstsq():
     rng = np.random.default_rng(5)
     rows = []
-    effect = {("MP", 1): .8, ("MP", 2): 1.3, ("UP", 1): .7, ("UP", 2): 1.2}
+    effect = {("mp", 1): .8, ("mp", 2): 1.3, ("up", 1): .7, ("up", 2): 1.2}
     for s in range(12):
         d0 = rng.normal(0, .1, 10)
         for (crit, lev), a in effect.items():
@@ -202,7 +202,7 @@ def test_pooled_ols_recovers_moderators_and_matches_lstsq():
     assert tab.loc["d0", "coef"] == pytest.approx(.8, abs=.02)
     lev_term = [t for t in tab.index if "C(level)" in t][0]
     crit_term = [t for t in tab.index if "C(criterion" in t][0]
-    assert "Treatment('MP')" in crit_term and "UP" in crit_term
+    assert "Treatment('mp')" in crit_term and "up" in crit_term
     assert tab.loc[lev_term, "coef"] == pytest.approx(.5, abs=.02) and tab.loc[lev_term, "rq"] == "RQ1"
     assert tab.loc[crit_term, "coef"] == pytest.approx(-.1, abs=.02) and tab.loc[crit_term, "rq"] == "RQ4"
     assert tab.loc[lev_term, "verdict"] == "intensification"
@@ -210,7 +210,7 @@ def test_pooled_ols_recovers_moderators_and_matches_lstsq():
     assert (tab["boot_low"] <= tab["coef"]).all() and (tab["coef"] <= tab["boot_high"]).all()
     # independent least squares on a hand-built design
     d0 = long["d0"].to_numpy()
-    X = np.column_stack([d0, d0 * (long["level"] == 2), d0 * (long["criterion"] == "UP")])
+    X = np.column_stack([d0, d0 * (long["level"] == 2), d0 * (long["criterion"] == "up")])
     coef = np.linalg.lstsq(X, long["dt"].to_numpy(), rcond=None)[0]
     np.testing.assert_allclose(tab.loc[["d0", lev_term, crit_term], "coef"], coef, rtol=1e-8)
     # RQ4 by ratio: the criterion × level interaction

@@ -261,7 +261,7 @@ def pooled_ols(long_df: pd.DataFrame, *, moderators: Sequence[str] = ("level", "
     """Tier C: `dt ~ 0 + d0 + Σ d0:C(moderator)` with errors clustered on `cluster` (RQ1–RQ4).
 
     A moderator with one level is dropped (named in `dropped_moderators`). `reference` gives treatment
-    references (default {"criterion": "MP"} when that level exists). `criterion_by_level` adds
+    references (default {"criterion": "mp"} when that level exists). `criterion_by_level` adds
     `d0:C(criterion):C(level)` (RQ4 by ratio). `bootstrap` > 0 adds a cluster bootstrap over seeds (percentile
     intervals, numpy Generator seeded by `seed`), advisable with fewer than about 30 clusters.
     A positive d0:X coefficient means more intensification than the reference; the `d0` row is α of the reference
@@ -273,7 +273,7 @@ def pooled_ols(long_df: pd.DataFrame, *, moderators: Sequence[str] = ("level", "
     missing = [c for c in need if c not in long_df.columns]
     if missing:
         raise ValueError(f"long_df: missing column(s) {missing}")
-    ref = {"criterion": "MP"} if reference is None else dict(reference)
+    ref = {"criterion": "mp"} if reference is None else dict(reference)
     df = long_df
     if exclude_flagged:
         flag = np.zeros(len(df), bool)
