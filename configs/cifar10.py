@@ -14,7 +14,7 @@ NUM_CLASSES = 10
 
 def cifar(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
     """Reference CIFAR protocol (SCIENCE.md §5): SGD momentum .9, lr .1 ×.1 at epochs 80 and 120, 160 epochs,
-    batch 128, coupled weight decay 1e-4, ResNet-20/56 and VGG-16 with BatchNorm."""
+    batch 128, coupled weight decay 1e-4, flip + pad-4 crop augmentation, ResNet-20/56 and VGG-16 with BatchNorm."""
     c.variant = variant
     c.data.route = "tfds"
     c.data.download = True
@@ -24,6 +24,7 @@ def cifar(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDi
     c.train.schedule.name = "step"
     c.train.schedule.boundaries = (80, 120)
     c.train.chunk = 4
+    c.train.augment = c.finetune.augment = "flip_crop"
     c.finetune.epochs = 10
     c.finetune.optimizer = common.sgd(0.01, momentum=0.9, weight_decay=1e-4)
     c.finetune.chunk = 8

@@ -46,6 +46,7 @@ def recall_config(dataset: str) -> ml_collections.ConfigDict:
     c.train.schedule = ml_collections.ConfigDict(dict(name="constant", boundaries=(), factor=0.1, warmup_epochs=0,
                                                       end_value=0.0))
     c.train.chunk = 0  # models trained at once; 0 = all
+    c.train.augment = "none"  # none | flip_crop (random flip + pad-4 crop, the reference CIFAR augmentation)
 
     c.prune = ml_collections.ConfigDict()
     c.prune.protocol = "one_shot"  # one_shot | iterative | gmp
@@ -66,6 +67,7 @@ def recall_config(dataset: str) -> ml_collections.ConfigDict:
     c.finetune.schedule = ml_collections.ConfigDict(dict(name="constant", boundaries=(), factor=0.1,
                                                          warmup_epochs=0, end_value=0.0))
     c.finetune.chunk = 0
+    c.finetune.augment = "none"
 
     c.eval = ml_collections.ConfigDict(dict(chunk=64, batch_size=2500))
     c.analysis = ml_collections.ConfigDict(dict(chance_factor=1.5, bootstrap=2000, level=0.95, welch_q=0.05))

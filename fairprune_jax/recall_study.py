@@ -31,6 +31,7 @@ from fairprune_jax import data as data_lib
 from fairprune_jax import models as models_lib
 
 PROTOCOLS = ("one_shot", "iterative", "gmp")
+AUGMENTATIONS = ("none", "flip_crop")  # train.AUGMENTATIONS, without importing the training stack here
 RECALL_TABLE = "recall"
 
 
@@ -84,6 +85,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             fail(f"{section}.batch_size", f"{config[section].batch_size}; need at least 1")
         if float(config[section].optimizer.lr) <= 0:
             fail(f"{section}.optimizer.lr", f"{config[section].optimizer.lr}; need a positive learning rate")
+        if config[section].augment not in AUGMENTATIONS:
+            fail(f"{section}.augment", f"unknown augmentation {config[section].augment!r}; "
+                                       f"known: {', '.join(AUGMENTATIONS)}")
     imb = config.data.imbalance
     if len(imb.classes) != len(imb.fractions):
         fail("data.imbalance", f"{len(imb.classes)} classes but {len(imb.fractions)} fractions")

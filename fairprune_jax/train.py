@@ -90,10 +90,14 @@ class TrainConfig(NamedTuple):
     batch_size: int
     optimizer: Any
     schedule: Any
+    augment: str = "none"
+
+
+AUGMENTATIONS = ("none", "flip_crop")
 
 
 def read_config(tcfg: Any) -> TrainConfig:
-    """Validate and extract `epochs`, `batch_size`, `optimizer`, `schedule` from a ConfigDict/dict."""
+    """Validate and extract `epochs`, `batch_size`, `optimizer`, `schedule`, `augment` from a ConfigDict/dict."""
     get = lambda n, d=None: optim._get(tcfg, n, d)  # noqa: E731
     epochs, batch = get("epochs"), get("batch_size", 128)
     if epochs is None or int(epochs) != epochs or epochs < 0:
@@ -103,7 +107,25 @@ def read_config(tcfg: Any) -> TrainConfig:
     opt = get("optimizer")
     if opt is None:
         raise ValueError("tcfg.optimizer: missing (fields name, lr, momentum, nesterov, weight_decay)")
-    return TrainConfig(int(epochs), int(batch), opt, get("schedule", None))
+    augment = get("augment", "none") or "none"
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"tcfg.augment: unknown augmentation {augment!r}; known: {', '.join(AUGMENTATIONS)}")
+    return TrainConfig(int(epochs), int(batch), opt, get("schedule", None), augment)
+
+
+def flip_crop(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+    """Random horizontal flip and random `pad`-pixel translation (pad, then crop back) of a batch [B, H, W, C].
+
+    The reference CIFAR augmentation (SCIENCE.md §5). The padding is 0 in the normalised space (the mean colour).
+    Deterministic given `key`.
+    """
+    k_flip, k_crop = jax.random.split(key)
+    b, h, w, c = images.shape
+    flip = jax.random.bernoulli(k_flip, 0.5, (b,))
+    x = jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * pad + 1)
+    return jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(x, offsets)
 
 
 def freeze(cfg: Any) -> Any:
@@ -216,21 +238,28 @@ def epoch_permutation(data_key: jax.Array, epoch: jax.Array, n: int, batch_size:
 
 def train_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: int, state: TrainState,
                 mask: PyTree | None, data_key: jax.Array, epoch: jax.Array, images: jax.Array, labels: jax.Array,
-                capture_step: int | None = None, snapshot: Variables | None = None,
+                capture_step: int | None = None, snapshot: Variables | None = None, augment: str = "none",
                 ) -> tuple[TrainState, jax.Array, Variables | None]:
     """One epoch of one model: `lax.scan` of `train_step` over its batches. Returns (state, mean loss,
-    snapshot), where the snapshot holds the variables right after global step `capture_step` (rewinding)."""
+    snapshot), where the snapshot holds the variables right after global step `capture_step` (rewinding).
+    augment="flip_crop" transforms every batch with `flip_crop`, keyed by (data key, epoch, step)."""
     idx = epoch_permutation(data_key, epoch, images.shape[0], batch_size)
+    epoch_key = jax.random.fold_in(data_key, epoch)
 
-    def body(carry, batch_idx):
+    def body(carry, step_and_idx):
         st, snap = carry
-        st, loss = train_step(spec, tx, st, mask, images[batch_idx], labels[batch_idx])
+        step, batch_idx = step_and_idx
+        xb = images[batch_idx]
+        if augment == "flip_crop":
+            xb = flip_crop(jax.random.fold_in(epoch_key, step), xb)
+        st, loss = train_step(spec, tx, st, mask, xb, labels[batch_idx])
         if capture_step is not None:
             hit = st.step == capture_step
             snap = jax.tree.map(lambda s, v: jnp.where(hit, v, s), snap, state_variables(st))
         return (st, snap), loss
 
-    (state, snapshot), losses = jax.lax.scan(body, (state, snapshot), idx)
+    steps = jnp.arange(idx.shape[0], dtype=jnp.int32)
+    (state, snapshot), losses = jax.lax.scan(body, (state, snapshot), (steps, idx))
     return state, jnp.mean(losses), snapshot
 
 
@@ -239,12 +268,13 @@ def train_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: i
 
 @functools.lru_cache(maxsize=64)
 def _compiled_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: int, masked: bool,
-                    capture_step: int | None) -> Callable:
+                    capture_step: int | None, augment: str = "none") -> Callable:
     """jit(vmap(train_epoch)) over the model axis; the dataset is shared (unbatched). Cached per setting."""
 
     def run(state, mask, data_keys, epoch, images, labels, snapshot):
         fn = lambda st, m, k, snap: train_epoch(  # noqa: E731
-            spec, tx, batch_size, st, m if masked else None, k, epoch, images, labels, capture_step, snap)
+            spec, tx, batch_size, st, m if masked else None, k, epoch, images, labels, capture_step, snap,
+            augment)
         return jax.vmap(fn)(state, mask, data_keys, snapshot)
 
     return jax.jit(run, donate_argnums=(0, 6))
@@ -324,7 +354,7 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     masked = masks is not None or between_epochs is not None
     data_keys = jax.vmap(lambda k: purpose_key(k, "data"))(keys)
     init_fn = _compiled_init(spec, tx, masked)
-    epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step)
+    epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step, cfg.augment)
 
     outs, losses, out_masks, snaps = [], [], [], []
     for c in range(n_chunks):
@@ -389,6 +419,7 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
       tcfg.optimizer: name ("sgd" | "adam"), lr, momentum, nesterov, weight_decay (coupled L2), b1, b2, eps,
       tcfg.schedule (optional): name ("constant" | "step" | "cosine"), boundaries (epochs), factor,
                                 warmup_epochs, end_value.
+      tcfg.augment (optional): "none" (default) or "flip_crop" (random flip + pad-4 crop, CIFAR).
     seed_keys: typed keys [S] (or raw uint32 [S, 2], or int seeds [S]); init from `purpose_key(k, "init")`
         unless `init_variables` [S, ...] is given, data order from `purpose_key(k, "data")`.
     x_train, y_train: the whole training set (float32 [N, ...] normalised; int labels [N] or {0,1} [N, A]),

@@ -316,3 +316,32 @@ def test_lenet_300_100_full_mnist_reaches_975():
     v, _ = train.fit(spec, cfg, [0, 1], _normalise(tr.images), tr.labels)
     acc = (np.asarray(train.predict(spec, v, _normalise(te.images)).argmax(-1)) == te.labels).mean(axis=1)
     assert np.all(acc >= 0.975), acc
+
+
+def test_flip_crop_is_a_keyed_flip_and_translation():
+    x = jnp.arange(2 * 6 * 6 * 3, dtype=jnp.float32).reshape(2, 6, 6, 3)
+    key = jax.random.key(7)
+    out = train.flip_crop(key, x, pad=2)
+    assert out.shape == x.shape
+    np.testing.assert_array_equal(out, train.flip_crop(key, x, pad=2))  # deterministic given the key
+    # Independent reconstruction: each output is a window of the zero-padded (possibly flipped) image.
+    k_flip, k_crop = jax.random.split(key)
+    flip = np.asarray(jax.random.bernoulli(k_flip, 0.5, (2,)))
+    off = np.asarray(jax.random.randint(k_crop, (2, 2), 0, 5))
+    for i in range(2):
+        img = np.asarray(x[i])[:, ::-1] if flip[i] else np.asarray(x[i])
+        padded = np.pad(img, ((2, 2), (2, 2), (0, 0)))
+        np.testing.assert_array_equal(out[i], padded[off[i, 0]:off[i, 0] + 6, off[i, 1]:off[i, 1] + 6])
+
+
+def test_training_with_augmentation_runs_and_bad_value_is_refused():
+    spec = get_model("mlp_100_30")
+    x = jax.random.normal(jax.random.key(0), (256, 28, 28, 1))
+    y = jax.random.randint(jax.random.key(1), (256,), 0, 10)
+    cfg = dict(epochs=1, batch_size=64, optimizer=dict(name="sgd", lr=0.01), augment="flip_crop")
+    out, hist = train.fit(spec, cfg, train.seed_keys([0, 1]), x, y)
+    plain, _ = train.fit(spec, dict(cfg, augment="none"), train.seed_keys([0, 1]), x, y)
+    assert np.isfinite(hist["loss"]).all()
+    assert not np.allclose(out["params"]["head"]["kernel"], plain["params"]["head"]["kernel"])
+    with pytest.raises(ValueError, match="tcfg.augment: unknown augmentation 'mixup'"):
+        train.fit(spec, dict(cfg, augment="mixup"), train.seed_keys([0]), x, y)
