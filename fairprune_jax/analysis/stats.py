@@ -29,6 +29,15 @@ INTENSIFICATION, DE_INTENSIFICATION, INCONCLUSIVE = "intensification", "de-inten
 RQ_OF_MODERATOR = {"level": "RQ1", "dataset": "RQ2", "model": "RQ3", "criterion": "RQ4"}
 
 
+def drop_flagged(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of networks not flagged as near chance or one-class predictors (SCIENCE.md §2 edge cases)."""
+    flag = np.zeros(len(df), bool)
+    for c in ("near_chance", "one_class"):
+        if c in df.columns:
+            flag |= df[c].to_numpy(bool)
+    return df[~flag]
+
+
 def verdict(ci_low: float, ci_high: float, null: float = 1.0) -> str:
     """Decision rule of §2: CI entirely above `null` → intensification, entirely below → de-intensification."""
     if np.isfinite(ci_low) and ci_low > null:
@@ -181,11 +190,7 @@ def mixed_model(long_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS, level: 
         raise ValueError(f"long_df: missing column(s) {missing}")
     df = long_df
     if exclude_flagged:
-        flag = np.zeros(len(df), bool)
-        for c in ("near_chance", "one_class"):
-            if c in df.columns:
-                flag |= df[c].to_numpy(bool)
-        df = df[~flag]
+        df = drop_flagged(df)
     zq = sps.norm.ppf(0.5 + level / 2)
     rows = []
     for key, frame in _groups(df, by):
@@ -276,11 +281,7 @@ def pooled_ols(long_df: pd.DataFrame, *, moderators: Sequence[str] = ("level", "
     ref = {"criterion": "mp"} if reference is None else dict(reference)
     df = long_df
     if exclude_flagged:
-        flag = np.zeros(len(df), bool)
-        for c in ("near_chance", "one_class"):
-            if c in df.columns:
-                flag |= df[c].to_numpy(bool)
-        df = df[~flag]
+        df = drop_flagged(df)
     df = df[np.isfinite(df["d0"].to_numpy(float)) & np.isfinite(df["dt"].to_numpy(float))].reset_index(drop=True)
     if df.empty:
         raise ValueError("long_df: no row with finite d0 and dt")
