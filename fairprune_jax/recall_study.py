@@ -31,7 +31,6 @@ from fairprune_jax import data as data_lib
 from fairprune_jax import models as models_lib
 
 PROTOCOLS = ("one_shot", "iterative", "gmp")
-AUGMENTATIONS = ("none", "flip_crop")  # train.AUGMENTATIONS, without importing the training stack here
 RECALL_TABLE = "recall"
 
 
@@ -40,6 +39,7 @@ RECALL_TABLE = "recall"
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Refuse bad values at the boundary, naming the offending field."""
     from fairprune_jax import scores
+    from fairprune_jax.train import AUGMENTATIONS
 
     def fail(field: str, message: str) -> None:
         raise ValueError(f"config.{field}: {message}")
