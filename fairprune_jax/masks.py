@@ -16,12 +16,16 @@ Threshold rule (SCIENCE.md §4, "Library threshold rule")
 ``scope="global"``; per layer ``round(s_l * N_l)`` for ``scope="layerwise"``). Prior-pruned weights go first, then
 the rest in ascending score order (scores compared as float32), ties broken by flat index in tree-flatten
 order (dict keys sorted, i.e. sorted-path order, then row-major within a leaf). The result is always
-intersected with ``prior``, so a pruned weight is never revived (if the prior already has more than ``n_zero``
-zeros, it is returned as is).
+intersected with ``prior``, so a pruned weight is never revived. A CONCRETE sparsity whose count is below the
+prior's number of zeros is a ValueError naming both sparsities; a TRACED one cannot raise, and then the prior is
+returned unchanged (it keeps its larger number of zeros).
 
-``round`` is round-half-to-even of ``s * N`` evaluated in the default float dtype (float32 unless x64 is enabled):
-``n_zero(s, N)``. This equals the exact ``round(s * N)`` except when ``s * N`` lies within ~``N * 6e-8`` of a
-half-integer; one definition serves traced and concrete inputs, so a vmapped grid equals a per-value loop.
+``round`` is Python's ``round``: the exact product ``s * N`` of the value ``s`` holds, halves to even
+(``n_zero(s, N)``). A concrete ``s`` (Python float = float64, numpy or JAX scalar) is multiplied as an exact
+rational on the host; a traced ``s`` exactly by integer arithmetic under jit (its base-2^12 digits times those of
+N), so the count does not depend on ``jax_enable_x64``. Both are exact for the value they hold: a traced float32
+``s`` is the float32 nearest the Python float it came from, so it can differ from the concrete float64 count by
+one when ``s * N`` lies within ``N * 3e-8`` of a half-integer (enable x64 to trace float64 sparsities).
 
 Implementation: scores become int32 keys (monotone float bits; prior-pruned = INT32_MIN) and are sorted once per
 model. For ``n = n_zero(s)`` the n-th smallest key v is read from the sorted keys; keys < v are pruned, and among
@@ -33,6 +37,7 @@ checked (only concrete Python/numpy/JAX values are, by ``check_sparsity``).
 """
 from __future__ import annotations
 
+import fractions
 import os
 import tempfile
 from typing import Any, Callable, Mapping
@@ -75,10 +80,68 @@ def _eligible(leaves: list[tuple[tuple, Any]], prunable: PathPredicate) -> list[
     return [bool(prunable(p, x)) for p, x in leaves]
 
 
+_DIGIT = 12  # bits per base-2^12 digit of the exact traced product
+_FRAC_DIGITS = 8  # s is read to 96 fractional bits: exact for s >= 2^-40, and below that s * n < 1/2 anyway
+_N_DIGITS = 3  # n < 2^31 fits in three digits
+
+
 def n_zero(sparsity: Any, n: int) -> jax.Array:
-    """Number of weights to zero: round-half-to-even of ``sparsity * n`` (int32; traced-friendly)."""
-    s = jnp.asarray(sparsity, dtype=jnp.result_type(float))
-    return jnp.round(s * n).astype(jnp.int32)
+    """Number of weights to zero: exactly ``round(sparsity * n)``, halves to even (int32, elementwise).
+
+    Concrete values use exact rational arithmetic on the host (a Python float counts as its float64 value);
+    traced values use exact integer arithmetic under jit on the value they hold (``_n_zero_traced``). A concrete
+    non-finite value is a ValueError; traced values are clipped to [0, 1] (NaN counts as 0).
+    """
+    n = int(n)
+    if not 0 <= n <= _INT_MAX:
+        raise ValueError(f"n: need 0 <= n < 2^31 weights, got {n}")
+    if _is_tracer(sparsity):
+        return _n_zero_traced(sparsity, n)
+    arr = np.asarray(sparsity)
+    try:
+        values = arr.astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"sparsity: expected a number, got {sparsity!r}") from e
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"sparsity: must be finite, got {sparsity!r}")
+    counts = [round(fractions.Fraction(float(v)) * n) for v in values.ravel()]
+    return jnp.asarray(np.clip(np.reshape(counts, values.shape), _INT_MIN, _INT_MAX), jnp.int32)
+
+
+def _n_zero_traced(sparsity: Any, n: int) -> jax.Array:
+    """Exact ``round(s * n)`` (halves to even) of a traced ``s`` with int32 arithmetic only.
+
+    ``s`` in [0, 1) is read as base-2^12 digits d_1..d_8 (s = Σ d_i 2^-12i, each digit extracted exactly with
+    floor and power-of-two scaling), n as digits e_0..e_2; the products d_i e_j (< 2^24) are summed per power of
+    2^12 and carried, giving the integer part and the 96-bit fraction of s·n exactly.
+    """
+    s = jnp.asarray(sparsity)
+    if not jnp.issubdtype(s.dtype, jnp.floating):
+        s = s.astype(jnp.result_type(float))
+    x = jnp.where((s > 0) & (s < 1), s, jnp.zeros((), s.dtype))
+    base = 2 ** _DIGIT
+    floors = [jnp.floor(x * jnp.asarray(2.0 ** (_DIGIT * i), s.dtype)) for i in range(_FRAC_DIGITS + 1)]
+    digits = [(floors[i] - base * floors[i - 1]).astype(jnp.int32) for i in range(1, _FRAC_DIGITS + 1)]
+    n_digits = [(n >> (_DIGIT * j)) & (base - 1) for j in range(_N_DIGITS)]
+    # limb p has weight 2^(12 (p - 8)): p = 8 + j - i for digit i of s (i = 1..8) and digit j of n
+    limbs = [jnp.zeros(s.shape, jnp.int32) for _ in range(_FRAC_DIGITS + _N_DIGITS)]
+    for i, d in enumerate(digits, start=1):
+        for j, e in enumerate(n_digits):
+            if e:
+                limbs[_FRAC_DIGITS + j - i] = limbs[_FRAC_DIGITS + j - i] + d * e
+    carry = jnp.zeros(s.shape, jnp.int32)
+    for p in range(len(limbs)):
+        total = limbs[p] + carry
+        limbs[p], carry = total & (base - 1), total >> _DIGIT
+    whole = sum(limbs[_FRAC_DIGITS + j] << (_DIGIT * j) for j in range(_N_DIGITS))
+    half = base // 2
+    below = jnp.zeros(s.shape, bool)
+    for p in range(_FRAC_DIGITS - 1):
+        below = below | (limbs[p] != 0)
+    top = limbs[_FRAC_DIGITS - 1]
+    up = (top > half) | ((top == half) & (below | (whole % 2 == 1)))
+    count = whole + up.astype(jnp.int32)
+    return jnp.where(s >= 1, jnp.int32(n), jnp.where(s > 0, count, jnp.int32(0)))
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -328,6 +391,22 @@ def keep_lowest(scores: jax.Array, n: Any, prior: jax.Array | None = None, *, me
     return keep if prior is None else keep & prior
 
 
+def _count(sparsity: Any, size: int, prior: jax.Array | None, name: str) -> jax.Array:
+    """``n_zero(sparsity, size)``; ValueError if a concrete request is below a concrete prior's zeros.
+
+    A traced sparsity or prior cannot be checked: ``keep_lowest`` then keeps the prior as it is.
+    """
+    n = n_zero(sparsity, size)
+    if prior is None or _is_tracer(n) or _is_tracer(prior):
+        return n
+    have = int(size - np.count_nonzero(np.asarray(prior)))
+    if int(n) < have:
+        raise ValueError(
+            f"{name}: {float(np.asarray(sparsity)):.6g} ({int(n)} of {size} weights) is below the prior's sparsity "
+            f"{have / size:.6g} ({have} zeros); a mask never revives pruned weights")
+    return n
+
+
 def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, scope: str = "global",
               prior: Mask | None = None, layer_sparsities: Mapping[str, Any] | None = None,
               method: str = "select") -> Mask:
@@ -336,7 +415,8 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
     sparsity: target fraction of prunable weights zeroed, prior-pruned ones included; a Python/numpy scalar or a
         (possibly traced) 0-d array. vmap over it to get a grid of masks from one sort.
     scope: "global" (one ranking over all prunable weights) or "layerwise" (the same rule inside each leaf).
-    prior: a mask; its pruned weights are pruned first and never revived.
+    prior: a mask; its pruned weights are pruned first and never revived. A concrete sparsity below the prior's
+        is a ValueError naming both; a traced one returns the prior unchanged.
     layer_sparsities: only with scope="layerwise": path string -> per-layer target (e.g. from
         ``schedules.erk_distribution``); must name exactly the prunable leaves; ``sparsity`` is then ignored.
     method: "select" (default) or "rank": two implementations of the same rule (see ``keep_lowest``).
@@ -379,7 +459,7 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
         dtype = jnp.result_type(*flat)
         s_all = jnp.concatenate([f.astype(dtype) for f in flat])
         p_all = None if prior_leaves is None else jnp.concatenate([jnp.ravel(prior_leaves[i]) for i in idx])
-        keep = keep_lowest(s_all, n_zero(sparsity, s_all.shape[0]), p_all, method=method)
+        keep = keep_lowest(s_all, _count(sparsity, s_all.shape[0], p_all, "sparsity"), p_all, method=method)
         offset = 0
         for i, f in zip(idx, flat):
             out[i] = keep[offset:offset + f.shape[0]].reshape(_shape(leaves[i][1]))
@@ -389,7 +469,8 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
             x = jnp.ravel(leaves[i][1])
             p = None if prior_leaves is None else jnp.ravel(prior_leaves[i])
             s_l = sparsity if layer_sparsities is None else layer_sparsities[names[i]]
-            keep = keep_lowest(x, n_zero(s_l, x.shape[0]), p, method=method)
+            where = "sparsity" if layer_sparsities is None else f"layer_sparsities[{names[i]!r}]"
+            keep = keep_lowest(x, _count(s_l, x.shape[0], p, where), p, method=method)
             out[i] = keep.reshape(_shape(leaves[i][1]))
     return jax.tree_util.tree_unflatten(treedef, out)
 
