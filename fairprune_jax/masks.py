@@ -181,11 +181,12 @@ def check_scores(scores: PyTree, prunable: PathPredicate | None = None) -> None:
             raise ValueError(f"scores: leaf {path_str(path)!r} has {n_nan} NaN and {n_inf} infinite values")
 
 
-def validate(params: PyTree, mask: Mask, *, name: str = "mask") -> None:
+def validate(params: PyTree, mask: Mask, *, name: str = "mask", bool_leaves: bool = True) -> None:
     """ValueError unless ``mask`` has the tree structure and leaf shapes of ``params`` and bool leaves.
 
     The message names the first differing key path (in flatten order). Works on tracers (only static shapes and
-    dtypes are inspected), so it is cheap inside jit.
+    dtypes are inspected), so it is cheap inside jit. ``bool_leaves=False`` skips the dtype check, to validate
+    any params-shaped tree (e.g. gradients).
     """
     p_leaves, p_def = _flatten(params)
     m_leaves, m_def = _flatten(mask)
@@ -206,7 +207,7 @@ def validate(params: PyTree, mask: Mask, *, name: str = "mask") -> None:
         if _shape(px) != _shape(mx):
             raise ValueError(
                 f"{name}: leaf {path_str(pp)!r} has shape {_shape(mx)}, params has {_shape(px)}")
-        if _dtype(mx) != np.bool_:
+        if bool_leaves and _dtype(mx) != np.bool_:
             raise ValueError(f"{name}: leaf {path_str(pp)!r} has dtype {_dtype(mx)}, expected bool")
     if p_def != m_def:
         raise ValueError(f"{name}: same key paths as params but different container types: {m_def} vs {p_def}")
