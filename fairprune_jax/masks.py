@@ -20,12 +20,11 @@ intersected with ``prior``, so a pruned weight is never revived. A CONCRETE spar
 prior's number of zeros is a ValueError naming both sparsities; a TRACED one cannot raise, and then the prior is
 returned unchanged (it keeps its larger number of zeros).
 
-``round`` is Python's ``round``: the exact product ``s * N`` of the value ``s`` holds, halves to even
-(``n_zero(s, N)``). A concrete ``s`` (Python float = float64, numpy or JAX scalar) is multiplied as an exact
-rational on the host; a traced ``s`` exactly by integer arithmetic under jit (its base-2^12 digits times those of
-N), so the count does not depend on ``jax_enable_x64``. Both are exact for the value they hold: a traced float32
-``s`` is the float32 nearest the Python float it came from, so it can differ from the concrete float64 count by
-one when ``s * N`` lies within ``N * 3e-8`` of a half-integer (enable x64 to trace float64 sparsities).
+``round`` is Python's ``round`` (halves to even) of the exact product of the value ``s`` holds and N
+(``counts.n_zero``, also ``masks.n_zero``): concrete values (a Python float is float64) on the host, traced ones
+with exact integer arithmetic under jit, whatever ``jax_enable_x64``. A traced float32 ``s`` is the float32 nearest
+the Python float it came from, so its count can differ by one from the concrete float64 count when ``s * N`` lies
+within ``N * 3e-8`` of a half-integer (enable x64 to trace float64 sparsities).
 
 Implementation: scores become int32 keys (monotone float bits; prior-pruned = INT32_MIN) and are sorted once per
 model. For ``n = n_zero(s)`` the n-th smallest key v is read from the sorted keys; keys < v are pruned, and among
@@ -37,7 +36,6 @@ checked (only concrete Python/numpy/JAX values are, by ``check_sparsity``).
 """
 from __future__ import annotations
 
-import fractions
 import os
 import tempfile
 from typing import Any, Callable, Mapping
@@ -46,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fairprune_jax.counts import n_zero
 from fairprune_jax.models import path_str
 
 Mask = Any  # pytree of bool arrays with the structure of params
@@ -78,70 +77,6 @@ def _dtype(x: Any) -> np.dtype:
 
 def _eligible(leaves: list[tuple[tuple, Any]], prunable: PathPredicate) -> list[bool]:
     return [bool(prunable(p, x)) for p, x in leaves]
-
-
-_DIGIT = 12  # bits per base-2^12 digit of the exact traced product
-_FRAC_DIGITS = 8  # s is read to 96 fractional bits: exact for s >= 2^-40, and below that s * n < 1/2 anyway
-_N_DIGITS = 3  # n < 2^31 fits in three digits
-
-
-def n_zero(sparsity: Any, n: int) -> jax.Array:
-    """Number of weights to zero: exactly ``round(sparsity * n)``, halves to even (int32, elementwise).
-
-    Concrete values use exact rational arithmetic on the host (a Python float counts as its float64 value);
-    traced values use exact integer arithmetic under jit on the value they hold (``_n_zero_traced``). A concrete
-    non-finite value is a ValueError; traced values are clipped to [0, 1] (NaN counts as 0).
-    """
-    n = int(n)
-    if not 0 <= n <= _INT_MAX:
-        raise ValueError(f"n: need 0 <= n < 2^31 weights, got {n}")
-    if _is_tracer(sparsity):
-        return _n_zero_traced(sparsity, n)
-    arr = np.asarray(sparsity)
-    try:
-        values = arr.astype(np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"sparsity: expected a number, got {sparsity!r}") from e
-    if not np.all(np.isfinite(values)):
-        raise ValueError(f"sparsity: must be finite, got {sparsity!r}")
-    counts = [round(fractions.Fraction(float(v)) * n) for v in values.ravel()]
-    return jnp.asarray(np.clip(np.reshape(counts, values.shape), _INT_MIN, _INT_MAX), jnp.int32)
-
-
-def _n_zero_traced(sparsity: Any, n: int) -> jax.Array:
-    """Exact ``round(s * n)`` (halves to even) of a traced ``s`` with int32 arithmetic only.
-
-    ``s`` in [0, 1) is read as base-2^12 digits d_1..d_8 (s = Σ d_i 2^-12i, each digit extracted exactly with
-    floor and power-of-two scaling), n as digits e_0..e_2; the products d_i e_j (< 2^24) are summed per power of
-    2^12 and carried, giving the integer part and the 96-bit fraction of s·n exactly.
-    """
-    s = jnp.asarray(sparsity)
-    if not jnp.issubdtype(s.dtype, jnp.floating):
-        s = s.astype(jnp.result_type(float))
-    x = jnp.where((s > 0) & (s < 1), s, jnp.zeros((), s.dtype))
-    base = 2 ** _DIGIT
-    floors = [jnp.floor(x * jnp.asarray(2.0 ** (_DIGIT * i), s.dtype)) for i in range(_FRAC_DIGITS + 1)]
-    digits = [(floors[i] - base * floors[i - 1]).astype(jnp.int32) for i in range(1, _FRAC_DIGITS + 1)]
-    n_digits = [(n >> (_DIGIT * j)) & (base - 1) for j in range(_N_DIGITS)]
-    # limb p has weight 2^(12 (p - 8)): p = 8 + j - i for digit i of s (i = 1..8) and digit j of n
-    limbs = [jnp.zeros(s.shape, jnp.int32) for _ in range(_FRAC_DIGITS + _N_DIGITS)]
-    for i, d in enumerate(digits, start=1):
-        for j, e in enumerate(n_digits):
-            if e:
-                limbs[_FRAC_DIGITS + j - i] = limbs[_FRAC_DIGITS + j - i] + d * e
-    carry = jnp.zeros(s.shape, jnp.int32)
-    for p in range(len(limbs)):
-        total = limbs[p] + carry
-        limbs[p], carry = total & (base - 1), total >> _DIGIT
-    whole = sum(limbs[_FRAC_DIGITS + j] << (_DIGIT * j) for j in range(_N_DIGITS))
-    half = base // 2
-    below = jnp.zeros(s.shape, bool)
-    for p in range(_FRAC_DIGITS - 1):
-        below = below | (limbs[p] != 0)
-    top = limbs[_FRAC_DIGITS - 1]
-    up = (top > half) | ((top == half) & (below | (whole % 2 == 1)))
-    count = whole + up.astype(jnp.int32)
-    return jnp.where(s >= 1, jnp.int32(n), jnp.where(s > 0, count, jnp.int32(0)))
 
 
 # ----------------------------------------------------------------------------------------------- validation

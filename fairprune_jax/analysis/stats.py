@@ -4,13 +4,17 @@ Tiers (all [R] in the spec):
 - Tier A `summarize`: per cell (dataset, model, criterion, level), E[α_t] as the mean over seeds with a
   t-interval and a one-sample t-test against 1; Holm across cells.
 - Tier B `mixed_model`: per cell, MixedLM `dt ~ 0 + d0` with a random d0 slope per seed (REML); Wald CI and
-  z = (α − 1)/se. τ² ≈ 0 is flagged (the fit then equals pooled OLS); failed fits fall back to pooled OLS with
-  seed-clustered errors and say so.
+  z = (α − 1)/se. τ² ≈ 0 is flagged (the fit then equals pooled OLS). Extensions of the spec, said in each row:
+  failed or non-converged fits fall back to pooled OLS with seed-clustered errors; fewer than two seeds give the
+  pooled OLS slope without an interval.
 - Tier C `pooled_ols`: OLS `dt ~ 0 + d0 + d0:C(level) + d0:C(criterion) + d0:C(dataset) + d0:C(model)` with
   errors clustered by trajectory; moderators with one level are dropped; optional cluster bootstrap over seeds.
 - `welch_per_class`: Welch t-tests of (recall − accuracy), dense vs pruned, per class and sparsity, with
   Benjamini–Hochberg across classes × sparsities.
 - `bootstrap_alpha`: seed-bootstrap intervals of E[α_t] (scipy.stats.bootstrap, seeded Generator).
+
+Every tier drops the networks whose α_t is undefined (Σδ0² < 1e-12, SCIENCE.md §2) and counts each once per cell
+(`n_dropped`; `PooledOLS.n_dropped` for Tier C), and normalises criterion labels on entry ('MP' is 'mp').
 
 Every summary row has a `verdict`: "intensification" (95% CI entirely above 1), "de-intensification" (entirely
 below 1) or "inconclusive", and a `reason` saying why a number is missing or a fallback was used.
