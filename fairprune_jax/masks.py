@@ -405,7 +405,8 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
             x = jnp.ravel(leaves[i][1])
             p = None if prior_leaves is None else jnp.ravel(prior_leaves[i])
             s_l = sparsity if layer_sparsities is None else layer_sparsities[names[i]]
-            where = "sparsity" if layer_sparsities is None else f"layer_sparsities[{names[i]!r}]"
+            where = f"sparsity (layer {names[i]!r})" if layer_sparsities is None else \
+                f"layer_sparsities[{names[i]!r}]"
             keep = keep_lowest(x, _count(s_l, x.shape[0], p, where), p, method=method)
             out[i] = keep.reshape(_shape(leaves[i][1]))
     return jax.tree_util.tree_unflatten(treedef, out)

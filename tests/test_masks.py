@@ -302,6 +302,8 @@ def test_prior_pruned_go_first_and_are_never_revived():
     with pytest.raises(ValueError, match=r"layer_sparsities\['layer_0/kernel'\]: 0\.02 .* prior's sparsity 0\.1"):
         masks.threshold(sc, None, prunable=PRUNABLE, prior=prior, scope="layerwise",
                         layer_sparsities={"layer_0/kernel": 0.02})
+    with pytest.raises(ValueError, match=r"sparsity \(layer 'layer_0/kernel'\): 0\.05 .* prior's sparsity 0\.1"):
+        masks.threshold(sc, 0.05, prunable=PRUNABLE, prior=prior, scope="layerwise")
     # ... the same count is accepted, and a traced request returns the prior itself (documented)
     m = masks.threshold(sc, 0.1, prunable=PRUNABLE, prior=prior)
     np.testing.assert_array_equal(np.asarray(m["layer_0"]["kernel"]).ravel(), prior_k)
