@@ -16,12 +16,15 @@ Threshold rule (SCIENCE.md §4, "Library threshold rule")
 ``scope="global"``; per layer ``round(s_l * N_l)`` for ``scope="layerwise"``). Prior-pruned weights go first, then
 the rest in ascending score order (scores compared as float32), ties broken by flat index in tree-flatten
 order (dict keys sorted, i.e. sorted-path order, then row-major within a leaf). The result is always
-intersected with ``prior``, so a pruned weight is never revived (if the prior already has more than ``n_zero``
-zeros, it is returned as is).
+intersected with ``prior``, so a pruned weight is never revived. A CONCRETE sparsity whose count is below the
+prior's number of zeros is a ValueError naming both sparsities; a TRACED one cannot raise, and then the prior is
+returned unchanged (it keeps its larger number of zeros).
 
-``round`` is round-half-to-even of ``s * N`` evaluated in the default float dtype (float32 unless x64 is enabled):
-``n_zero(s, N)``. This equals the exact ``round(s * N)`` except when ``s * N`` lies within ~``N * 6e-8`` of a
-half-integer; one definition serves traced and concrete inputs, so a vmapped grid equals a per-value loop.
+``round`` is Python's ``round`` (halves to even) of the exact product of the value ``s`` holds and N
+(``counts.n_zero``, also ``masks.n_zero``): concrete values (a Python float is float64) on the host, traced ones
+with exact integer arithmetic under jit, whatever ``jax_enable_x64``. A traced float32 ``s`` is the float32 nearest
+the Python float it came from, so its count can differ by one from the concrete float64 count when ``s * N`` lies
+within ``N * 3e-8`` of a half-integer (enable x64 to trace float64 sparsities).
 
 Implementation: scores become int32 keys (monotone float bits; prior-pruned = INT32_MIN) and are sorted once per
 model. For ``n = n_zero(s)`` the n-th smallest key v is read from the sorted keys; keys < v are pruned, and among
@@ -41,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fairprune_jax.counts import n_zero
 from fairprune_jax.models import path_str
 
 Mask = Any  # pytree of bool arrays with the structure of params
@@ -73,12 +77,6 @@ def _dtype(x: Any) -> np.dtype:
 
 def _eligible(leaves: list[tuple[tuple, Any]], prunable: PathPredicate) -> list[bool]:
     return [bool(prunable(p, x)) for p, x in leaves]
-
-
-def n_zero(sparsity: Any, n: int) -> jax.Array:
-    """Number of weights to zero: round-half-to-even of ``sparsity * n`` (int32; traced-friendly)."""
-    s = jnp.asarray(sparsity, dtype=jnp.result_type(float))
-    return jnp.round(s * n).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -118,11 +116,12 @@ def check_scores(scores: PyTree, prunable: PathPredicate | None = None) -> None:
             raise ValueError(f"scores: leaf {path_str(path)!r} has {n_nan} NaN and {n_inf} infinite values")
 
 
-def validate(params: PyTree, mask: Mask, *, name: str = "mask") -> None:
+def validate(params: PyTree, mask: Mask, *, name: str = "mask", bool_leaves: bool = True) -> None:
     """ValueError unless ``mask`` has the tree structure and leaf shapes of ``params`` and bool leaves.
 
     The message names the first differing key path (in flatten order). Works on tracers (only static shapes and
-    dtypes are inspected), so it is cheap inside jit.
+    dtypes are inspected), so it is cheap inside jit. ``bool_leaves=False`` skips the dtype check, to validate
+    any params-shaped tree (e.g. gradients).
     """
     p_leaves, p_def = _flatten(params)
     m_leaves, m_def = _flatten(mask)
@@ -143,7 +142,7 @@ def validate(params: PyTree, mask: Mask, *, name: str = "mask") -> None:
         if _shape(px) != _shape(mx):
             raise ValueError(
                 f"{name}: leaf {path_str(pp)!r} has shape {_shape(mx)}, params has {_shape(px)}")
-        if _dtype(mx) != np.bool_:
+        if bool_leaves and _dtype(mx) != np.bool_:
             raise ValueError(f"{name}: leaf {path_str(pp)!r} has dtype {_dtype(mx)}, expected bool")
     if p_def != m_def:
         raise ValueError(f"{name}: same key paths as params but different container types: {m_def} vs {p_def}")
@@ -328,6 +327,22 @@ def keep_lowest(scores: jax.Array, n: Any, prior: jax.Array | None = None, *, me
     return keep if prior is None else keep & prior
 
 
+def _count(sparsity: Any, size: int, prior: jax.Array | None, name: str) -> jax.Array:
+    """``n_zero(sparsity, size)``; ValueError if a concrete request is below a concrete prior's zeros.
+
+    A traced sparsity or prior cannot be checked: ``keep_lowest`` then keeps the prior as it is.
+    """
+    n = n_zero(sparsity, size)
+    if prior is None or _is_tracer(n) or _is_tracer(prior):
+        return n
+    have = int(size - np.count_nonzero(np.asarray(prior)))
+    if int(n) < have:
+        raise ValueError(
+            f"{name}: {float(np.asarray(sparsity)):.6g} ({int(n)} of {size} weights) is below the prior's sparsity "
+            f"{have / size:.6g} ({have} zeros); a mask never revives pruned weights")
+    return n
+
+
 def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, scope: str = "global",
               prior: Mask | None = None, layer_sparsities: Mapping[str, Any] | None = None,
               method: str = "select") -> Mask:
@@ -336,7 +351,8 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
     sparsity: target fraction of prunable weights zeroed, prior-pruned ones included; a Python/numpy scalar or a
         (possibly traced) 0-d array. vmap over it to get a grid of masks from one sort.
     scope: "global" (one ranking over all prunable weights) or "layerwise" (the same rule inside each leaf).
-    prior: a mask; its pruned weights are pruned first and never revived.
+    prior: a mask; its pruned weights are pruned first and never revived. A concrete sparsity below the prior's
+        is a ValueError naming both; a traced one returns the prior unchanged.
     layer_sparsities: only with scope="layerwise": path string -> per-layer target (e.g. from
         ``schedules.erk_distribution``); must name exactly the prunable leaves; ``sparsity`` is then ignored.
     method: "select" (default) or "rank": two implementations of the same rule (see ``keep_lowest``).
@@ -379,7 +395,7 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
         dtype = jnp.result_type(*flat)
         s_all = jnp.concatenate([f.astype(dtype) for f in flat])
         p_all = None if prior_leaves is None else jnp.concatenate([jnp.ravel(prior_leaves[i]) for i in idx])
-        keep = keep_lowest(s_all, n_zero(sparsity, s_all.shape[0]), p_all, method=method)
+        keep = keep_lowest(s_all, _count(sparsity, s_all.shape[0], p_all, "sparsity"), p_all, method=method)
         offset = 0
         for i, f in zip(idx, flat):
             out[i] = keep[offset:offset + f.shape[0]].reshape(_shape(leaves[i][1]))
@@ -389,7 +405,9 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
             x = jnp.ravel(leaves[i][1])
             p = None if prior_leaves is None else jnp.ravel(prior_leaves[i])
             s_l = sparsity if layer_sparsities is None else layer_sparsities[names[i]]
-            keep = keep_lowest(x, n_zero(s_l, x.shape[0]), p, method=method)
+            where = f"sparsity (layer {names[i]!r})" if layer_sparsities is None else \
+                f"layer_sparsities[{names[i]!r}]"
+            keep = keep_lowest(x, _count(s_l, x.shape[0], p, where), p, method=method)
             out[i] = keep.reshape(_shape(leaves[i][1]))
     return jax.tree_util.tree_unflatten(treedef, out)
 

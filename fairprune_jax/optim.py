@@ -7,12 +7,15 @@ w ← w − lr·m) is PyTorch's SGD without dampening; `nesterov=True` matches P
 
 Config fields (all optional except `lr`):
   optimizer: name ("sgd" | "adam"), lr, momentum (sgd; 0 = plain SGD), nesterov (sgd), weight_decay,
-             b1, b2, eps (adam)
+             b1, b2, eps (adam); the numbers must be finite and >= 0 (`optimizer_fields` refuses others, naming
+             the field)
   schedule:  name ("constant" | "step" | "cosine"), boundaries (epochs, for "step"), factor (0.1, "step"),
              warmup_epochs (cosine and step; linear warm-up from lr/warmup_steps), end_value (cosine, 0)
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -33,6 +36,49 @@ def _get(cfg: Any, name: str, default: Any) -> Any:
     return getattr(cfg, name, default)
 
 
+def check_number(value: Any, field: str, *, minimum: float = 0.0) -> float:
+    """``value`` as a finite float >= ``minimum``; ValueError naming ``field`` otherwise (bools and strings too)."""
+    if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{field}: expected a number, got {value!r}")
+    x = float(value)
+    if not math.isfinite(x) or x < minimum:
+        raise ValueError(f"{field}: need a finite number >= {minimum:g}, got {value!r}")
+    return x
+
+
+def check_integer(value: Any, field: str, *, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum`` (integral floats such as 128.0 pass); ValueError naming ``field``."""
+    ok = not isinstance(value, (bool, str)) and isinstance(value, numbers.Real) and math.isfinite(float(value))
+    if not ok or float(value) != int(value) or value < minimum:
+        raise ValueError(f"{field}: need an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+OPTIMIZER_DEFAULTS = {"name": "sgd", "lr": None, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0,
+                      "b1": 0.9, "b2": 0.999, "eps": 1e-8}
+
+
+def optimizer_fields(optimizer: Any = None, *, where: str = "optimizer", **overrides: Any) -> dict[str, Any]:
+    """The optimizer fields of a ConfigDict/dict (keyword overrides win), validated, with defaults filled in.
+
+    ValueError naming ``<where>.<field>`` for an unknown name, a missing lr, or a number (lr, momentum,
+    weight_decay, b1, b2, eps) that is not finite and >= 0: a negative momentum or weight decay would otherwise be
+    dropped silently and a negative lr would ascend the loss.
+    """
+    get = lambda n: overrides.get(n, _get(optimizer, n, OPTIMIZER_DEFAULTS[n]))  # noqa: E731
+    out = {n: get(n) for n in OPTIMIZER_DEFAULTS}
+    if out["name"] not in ("sgd", "adam"):
+        raise ValueError(f"{where}.name: unknown optimizer {out['name']!r}; use 'sgd' or 'adam'")
+    if out["lr"] is None:
+        raise ValueError(f"{where}.lr: missing learning rate")
+    for n in ("lr", "momentum", "weight_decay", "b1", "b2", "eps"):
+        out[n] = check_number(out[n], f"{where}.{n}")
+    if isinstance(out["nesterov"], str) or out["nesterov"] not in (True, False):
+        raise ValueError(f"{where}.nesterov: expected a bool, got {out['nesterov']!r}")
+    out["nesterov"] = bool(out["nesterov"])
+    return out
+
+
 def make_schedule(cfg: Any = None, *, lr: float | None = None, steps_per_epoch: int, epochs: int,
                   **overrides: Any) -> Schedule:
     """Learning rate as a function of the optimizer step count.
@@ -44,7 +90,7 @@ def make_schedule(cfg: Any = None, *, lr: float | None = None, steps_per_epoch: 
     """
     get = lambda n, d: overrides.get(n, _get(cfg, n, d))  # noqa: E731
     name = get("name", "constant")
-    base = float(lr if lr is not None else get("lr", None) or 0.0)
+    base = check_number(lr if lr is not None else get("lr", 0.0), "lr")
     if steps_per_epoch <= 0 or epochs < 0:
         raise ValueError(f"schedule: steps_per_epoch={steps_per_epoch} and epochs={epochs} must be positive")
     warmup = int(round(float(get("warmup_epochs", 0)) * steps_per_epoch))
@@ -80,27 +126,20 @@ def make_schedule(cfg: Any = None, *, lr: float | None = None, steps_per_epoch: 
 
 
 def make_optimizer(optimizer: Any = None, schedule: Any = None, *, steps_per_epoch: int, epochs: int,
-                   **overrides: Any) -> optax.GradientTransformation:
+                   where: str = "optimizer", **overrides: Any) -> optax.GradientTransformation:
     """SGD (momentum, Nesterov, coupled L2) or Adam (coupled L2), with the learning rate given by `schedule`.
 
     `optimizer` and `schedule` are ConfigDicts/dicts (fields in the module docstring); keyword overrides apply
-    to the optimizer fields, e.g. `make_optimizer(name="sgd", lr=0.1, steps_per_epoch=468, epochs=40)`.
+    to the optimizer fields, e.g. `make_optimizer(name="sgd", lr=0.1, steps_per_epoch=468, epochs=40)`. Fields
+    are validated by `optimizer_fields`; errors name them as ``<where>.<field>``.
     """
-    get = lambda n, d: overrides.get(n, _get(optimizer, n, d))  # noqa: E731
-    name = get("name", "sgd")
-    lr = get("lr", None)
-    if lr is None:
-        raise ValueError("optimizer.lr: missing learning rate")
-    lr_fn = make_schedule(schedule, lr=float(lr), steps_per_epoch=steps_per_epoch, epochs=epochs)
-    wd = float(get("weight_decay", 0.0))
-    decay = [optax.add_decayed_weights(wd)] if wd > 0 else []
-    if name == "sgd":
-        momentum = float(get("momentum", 0.0))
-        core = optax.sgd(lr_fn, momentum=momentum if momentum > 0 else None, nesterov=bool(get("nesterov", False)))
-    elif name == "adam":
-        core = optax.adam(lr_fn, b1=float(get("b1", 0.9)), b2=float(get("b2", 0.999)), eps=float(get("eps", 1e-8)))
+    f = optimizer_fields(optimizer, where=where, **overrides)
+    lr_fn = make_schedule(schedule, lr=f["lr"], steps_per_epoch=steps_per_epoch, epochs=epochs)
+    decay = [optax.add_decayed_weights(f["weight_decay"])] if f["weight_decay"] > 0 else []
+    if f["name"] == "sgd":
+        core = optax.sgd(lr_fn, momentum=f["momentum"] if f["momentum"] > 0 else None, nesterov=f["nesterov"])
     else:
-        raise ValueError(f"optimizer.name: unknown optimizer {name!r}; use 'sgd' or 'adam'")
+        core = optax.adam(lr_fn, b1=f["b1"], b2=f["b2"], eps=f["eps"])
     return optax.chain(*decay, core)
 
 

@@ -135,10 +135,16 @@ def batch_gradient(spec: Any, variables: dict, mask: Any, images: jax.Array, lab
 
 def compute(criterion: str, params: PyTree, *, grads: PyTree = None, key: jax.Array | None = None,
             lam: float = LAMBDA_UP, mask: Any = None) -> PyTree:
-    """Scores of ``criterion`` for (the masked) ``params``; GP/UP need ``grads``, random needs ``key``."""
+    """Scores of ``criterion`` for (the masked) ``params``; GP/UP need ``grads``, random needs ``key``.
+
+    ``grads`` must have the tree structure and every leaf shape of ``params`` (a ValueError names the first leaf
+    that differs), so a stray broadcast such as a ``(1, ...)`` leaf cannot silently reach the scores.
+    """
     c = _criterion(criterion)
     if c.needs_gradient and grads is None:
         raise ValueError(f"grads: criterion {criterion!r} needs gradients (scores.batch_gradient)")
+    if c.needs_gradient:
+        masks_lib.validate(params, grads, name="grads", bool_leaves=False)
     if c.needs_key and key is None:
         raise ValueError(f"key: criterion {criterion!r} needs a PRNG key")
     if criterion in ("mp", "mp_layer"):

@@ -96,21 +96,26 @@ class TrainConfig(NamedTuple):
 AUGMENTATIONS = ("none", "flip_crop")
 
 
-def read_config(tcfg: Any) -> TrainConfig:
-    """Validate and extract `epochs`, `batch_size`, `optimizer`, `schedule`, `augment` from a ConfigDict/dict."""
+def read_config(tcfg: Any, *, name: str = "tcfg") -> TrainConfig:
+    """Validate and extract `epochs`, `batch_size`, `optimizer`, `schedule`, `augment` from a ConfigDict/dict.
+
+    Errors name the field as ``<name>.<field>`` (e.g. ``name="train"`` gives ``train.optimizer.momentum``); the
+    optimizer fields are checked by `optim.optimizer_fields`.
+    """
     get = lambda n, d=None: optim._get(tcfg, n, d)  # noqa: E731
     epochs, batch = get("epochs"), get("batch_size", 128)
-    if epochs is None or int(epochs) != epochs or epochs < 0:
-        raise ValueError(f"tcfg.epochs: need a non-negative integer, got {epochs!r}")
-    if int(batch) != batch or batch < 1:
-        raise ValueError(f"tcfg.batch_size: need a positive integer, got {batch!r}")
+    if epochs is None:
+        raise ValueError(f"{name}.epochs: need a non-negative integer, got None")
+    epochs = optim.check_integer(epochs, f"{name}.epochs", minimum=0)
+    batch = optim.check_integer(batch, f"{name}.batch_size", minimum=1)
     opt = get("optimizer")
     if opt is None:
-        raise ValueError("tcfg.optimizer: missing (fields name, lr, momentum, nesterov, weight_decay)")
+        raise ValueError(f"{name}.optimizer: missing (fields name, lr, momentum, nesterov, weight_decay)")
+    optim.optimizer_fields(opt, where=f"{name}.optimizer")
     augment = get("augment", "none") or "none"
     if augment not in AUGMENTATIONS:
-        raise ValueError(f"tcfg.augment: unknown augmentation {augment!r}; known: {', '.join(AUGMENTATIONS)}")
-    return TrainConfig(int(epochs), int(batch), opt, get("schedule", None), augment)
+        raise ValueError(f"{name}.augment: unknown augmentation {augment!r}; known: {', '.join(AUGMENTATIONS)}")
+    return TrainConfig(epochs, batch, opt, get("schedule", None), augment)
 
 
 def flip_crop(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:

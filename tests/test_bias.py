@@ -159,8 +159,8 @@ def test_interdependence_science_vectors():
 
 def test_interdependence_constant_columns_and_lstsq():
     x = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
-    r = B.interdependence(x)
-    assert np.isnan(r.r2[0]) and r.reason[0] == "constant_target"
+    r = B.interdependence(x, constant="nan")
+    assert np.isnan(r.r2[0]) and r.reason[0] == "constant_target" and r.n_constant == 1
     assert r.reason[1] == "" and np.isfinite(r.r2[1])
     assert B.interdependence(np.ones((5, 1))).reason[0] == "no_predictors"
     rng = np.random.default_rng(2)
@@ -272,6 +272,48 @@ def test_aggregate_nan_mean_then_seeds():
 DENSE = np.array([[1, 1, 1], [0, 0, 1], [1, 0, 0], [0, 0, 0], [1, 1, 1], [0, 1, 0]]).T  # [S=3, N=6]
 SPARSE = np.array([[1, 1, 1], [1, 1, 0], [0, 0, 1], [0, 0, 0], [1, 0, 1], [1, 1, 1]]).T
 P_BAR = np.array([0.97, 0.45, 0.30, 0.02, 0.92, 0.55])
+
+
+def test_interdependence_constant_column_follows_the_authors_rule_by_default():
+    # sklearn: LinearRegression fits a constant target by its mean; r2_score of a constant y_true is 1.0 when the
+    # prediction is exact, else 0.0. Never / always predicted binary columns are reproduced exactly: R² = 1.
+    x = np.array([[1, 0, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]])
+    r = B.interdependence(x)
+    np.testing.assert_array_equal(r.r2[[0, 3]], [1.0, 1.0])
+    assert list(r.reason) == ["constant_target", "", "", "constant_target"] and r.n_constant == 2
+    nan = B.interdependence(x, constant="nan")
+    np.testing.assert_array_equal(nan.r2[1:3], r.r2[1:3])  # the rule only touches constant columns
+    assert np.isnan(nan.r2[[0, 3]]).all() and nan.n_constant == 2
+    # the mean over attributes: constant columns count as 1 (authors) or are left out (nan)
+    assert B.aggregate(r.r2).mean == pytest.approx((2 + r.r2[1] + r.r2[2]) / 4)
+    assert B.aggregate(nan.r2).mean == pytest.approx((r.r2[1] + r.r2[2]) / 2)
+    # exactness, as sklearn: a constant 0.1 whose float mean is 0.10000000000000002 is not reproduced -> 0.0
+    z = np.c_[np.full(3, 0.1), [0.0, 1.0, 3.0], [2.0, 0.0, 1.0]]
+    assert np.mean(z[:, 0]) != 0.1 and B.logit_interdependence(z).r2[0] == 0.0
+    assert B.logit_interdependence(z, constant="nan").r2[0] != B.logit_interdependence(z).r2[0]
+    # stacked models: one count per model
+    st = B.interdependence(np.stack([x, np.c_[x[:, 1:3], x[:, 1:3]]]))
+    np.testing.assert_array_equal(st.n_constant, [2, 0])
+    assert st.r2.shape == (2, 4) and np.all(st.r2[0, [0, 3]] == 1.0)
+    with pytest.raises(ValueError, match="constant: expected one of"):
+        B.interdependence(x, constant="one")
+
+
+def test_bad_predictions_and_probabilities_are_refused_naming_the_argument():
+    yhat, y, g = _ba_setup()
+    with pytest.raises(ValueError, match="yhat: expected binary"):
+        B.bias_amplification(yhat * 0.9, y, g, 0.30, 0.10)  # probabilities passed as predictions
+    with pytest.raises(ValueError, match="yhat: expected binary"):
+        B.bias_amplification_reasons(np.where(yhat == 1, 0.7, 0.2), y, g, 0.30, 0.10)
+    with pytest.raises(ValueError, match="yhat: expected binary"):
+        B.bba(yhat * 0.5, y, g)
+    logits = np.array([-3.0, 0.2, 2.5])
+    for fn in (B.susceptibility_flags, B.susceptibility_score):
+        with pytest.raises(ValueError, match=r"p_bar: expected probabilities in \[0, 1\], got -3 \(logits"):
+            fn(logits)
+        with pytest.raises(ValueError, match="p_bar: expected probabilities"):
+            fn([0.2, np.nan])
+        fn(np.array([0.0, 0.5, 1.0]))  # the bounds are fine
 
 
 def test_cie_science_vector():

@@ -141,12 +141,12 @@ def test_shared_dense_pairing_and_trajectories():
                         _recall_df(r0, rt_up, criterion="UP", dense_criterion="dense")])
     shared = shared.drop_duplicates(["criterion", "level", "class"])  # one shared dense network
     long = I.long_table(shared)
-    assert set(long["criterion"]) == {"MP", "UP"} and long["shared_dense"].all()
+    assert set(long["criterion"]) == {"mp", "up"} and long["shared_dense"].all()  # labels normalised
     assert set(long["traj"]) == {"d|m|0"}
     a = I.alpha(long).set_index("criterion")
-    assert a.loc["MP", "alpha"] == pytest.approx(1.375) and a.loc["UP", "alpha"] == pytest.approx(1.0)
+    assert a.loc["mp", "alpha"] == pytest.approx(1.375) and a.loc["up", "alpha"] == pytest.approx(1.0)
     own = I.long_table(_recall_df(r0, rt_mp))
-    assert not own["shared_dense"].any() and set(own["traj"]) == {"d|m|MP|0"}
+    assert not own["shared_dense"].any() and set(own["traj"]) == {"d|m|mp|0"}
 
 
 def test_missing_or_ambiguous_dense_raises():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,11 @@ def model_like(name, seed=0, *, ties=False):
 
 
 def np_n_zero(s, n):
-    """The library's count, emulated in numpy: round-half-even of float32(s) * float32(n)."""
-    return int(np.round(np.float32(s) * np.float32(n)))
+    """The spec's count: Python's round (halves to even) of the exact product of the value ``s`` holds and n.
+
+    Pass ``np.float32(s)`` for sparsities that reach the library traced (jitted with x64 off).
+    """
+    return round(Fraction(float(s)) * n)
 
 
 def np_keep(flat_scores, n, prior=None):
@@ -99,11 +103,73 @@ def test_global_threshold_matches_numpy_rule(shapes, s, seed, ties, use_prior):
     prior = jax.tree_util.tree_map_with_path(prior_leaf, sc)
     prior_flat = np.concatenate([k.ravel() for k in kernels(prior)])
     mask = jthreshold(sc, s, prior)
-    n = np_n_zero(s, flat.size)
+    n = np_n_zero(np.float32(s), flat.size)  # jthreshold traces s as float32
     got = np.concatenate([k.ravel() for k in kernels(mask)])
     np.testing.assert_array_equal(got, np_keep(flat, n, prior_flat))
     assert int(masks.count_zeros(mask, PRUNABLE)) == max(n, int((~prior_flat).sum()))
     assert all(bool(np.all(mask[k]["bias"])) for k in mask)  # non-prunable leaves stay dense
+
+
+N_CASES = (1, 2, 5, 6, 12, 50, 2580, 265200, 266200, 1_000_003, 15_000_000, 2**31 - 1)
+
+
+def half_way_sparsities(n, count=40):
+    """Sparsities s with s·n exactly k + 1/2: s = (2k + 1)/(2n) when that is a dyadic fraction (float-exact)."""
+    odd = n >> ((n & -n).bit_length() - 1)  # n = 2^j · odd; (2k+1)/(2n) is dyadic iff odd | 2k+1
+    return [(2 * k + 1) / (2 * n) for k in range((odd - 1) // 2, n, odd)][:count]
+
+
+@pytest.mark.parametrize("n", N_CASES)
+def test_n_zero_is_exact_round_half_even_concrete_and_traced(n):
+    rng = np.random.default_rng(n % 1000)
+    halves = half_way_sparsities(n) + half_way_sparsities(4 * n)  # 4n: s·n = (2k+1)/8, never a half
+    s64 = np.concatenate([rng.random(3000), rng.random(200) * 1e-3, np.asarray(halves, float), [0.0, 0.988471]])
+    s64 = s64[s64 < 1]
+    s32 = s64.astype(np.float32)
+    s32 = s32[s32 < 1]
+    want64 = np.asarray([np_n_zero(v, n) for v in s64])
+    want32 = np.asarray([np_n_zero(v, n) for v in s32])
+    np.testing.assert_array_equal(np.asarray(masks.n_zero(s64, n)), want64)  # concrete: float64 on the host
+    np.testing.assert_array_equal([int(masks.n_zero(float(v), n)) for v in s64[:50]], want64[:50])
+    traced = jax.jit(jax.vmap(lambda s: masks.n_zero(s, n)))
+    np.testing.assert_array_equal(np.asarray(traced(jnp.asarray(s32))), want32)  # traced float32, x64 off
+    # half-way cases round to even, in both paths (float32 holds these dyadic s exactly)
+    halves = half_way_sparsities(n)
+    assert halves and all(Fraction(v) * n % 1 == Fraction(1, 2) for v in halves)
+    even = [int(Fraction(v) * n) + int(Fraction(v) * n) % 2 for v in halves]
+    np.testing.assert_array_equal(np.asarray(masks.n_zero(np.asarray(halves), n)), even)
+    np.testing.assert_array_equal(np.asarray(traced(jnp.asarray(halves, jnp.float32))), even)
+    if n == 265200:  # the issue's case: round(262142.5017) = 262143 (float32 arithmetic gave 262142)
+        assert int(masks.n_zero(0.988471, n)) == 262143 == int(jax.jit(lambda s: masks.n_zero(s, n))(0.988471))
+        old = int(np.round(np.float32(0.988471) * np.float32(n)))
+        assert old == 262142  # the product in float32 arithmetic is off by one here
+
+
+def test_n_zero_traced_float64_with_x64_equals_concrete():
+    rng = np.random.default_rng(1)
+    s = np.concatenate([rng.random(2000), half_way_sparsities(265200), half_way_sparsities(12)])
+    for n in (12, 265200, 15_000_000):
+        with jax.enable_x64(True):
+            got = np.asarray(jax.jit(jax.vmap(lambda v: masks.n_zero(v, n)))(jnp.asarray(s, jnp.float64)))
+        np.testing.assert_array_equal(got, [np_n_zero(v, n) for v in s])
+
+
+def test_n_zero_traced_out_of_range_is_clipped_and_concrete_nonfinite_raises():
+    got = jax.jit(lambda s: masks.n_zero(s, 10))(jnp.asarray([-0.5, 1.0, 3.0, np.nan]))
+    np.testing.assert_array_equal(np.asarray(got), [0, 10, 10, 0])
+    with pytest.raises(ValueError, match="sparsity: must be finite"):
+        masks.n_zero(float("nan"), 10)
+    with pytest.raises(ValueError, match="n: need"):
+        masks.n_zero(0.5, 2**31)
+
+
+def test_threshold_exact_count_at_level_20_on_lenet_without_output_layer():
+    pred = get_model("lenet_300_100").prunable(exclude_output=True)
+    sc = scores.magnitude(model_like("lenet_300_100", 4))
+    assert masks.num_prunable(sc, pred) == 265200
+    fn = functools.partial(masks.threshold, prunable=pred)
+    for m in (fn(sc, 0.988471), jax.jit(fn)(sc, 0.988471)):
+        assert int(masks.count_zeros(m, pred)) == 262143
 
 
 def test_no_prior_equals_all_true_prior_and_methods_agree():
@@ -112,7 +178,7 @@ def test_no_prior_equals_all_true_prior_and_methods_agree():
         a = jthreshold(sc, s)
         assert trees_equal(a, jthreshold(sc, s, masks.ones_like(sc)))
         assert trees_equal(a, jthreshold(sc, s, method="rank"))
-        assert int(masks.count_zeros(a, PRUNABLE)) == np_n_zero(s, 2580)
+        assert int(masks.count_zeros(a, PRUNABLE)) == np_n_zero(np.float32(s), 2580)
 
 
 @HYP
@@ -121,7 +187,7 @@ def test_layerwise_threshold_counts_each_layer(shapes, s, seed, ties):
     sc = make_tree(shapes, seed, ties=ties)
     mask = jthreshold(sc, s, scope="layerwise")
     for k_sc, k_m in zip(kernels(sc), kernels(mask)):
-        n = np_n_zero(s, k_sc.size)
+        n = np_n_zero(np.float32(s), k_sc.size)
         np.testing.assert_array_equal(k_m.ravel(), np_keep(k_sc.ravel(), n))
         assert int((~k_m).sum()) == n
 
@@ -230,9 +296,20 @@ def test_prior_pruned_go_first_and_are_never_revived():
     assert (~keep).sum() == 30
     expected = np_keep(np.abs(w).ravel(), 30, prior_k)
     np.testing.assert_array_equal(keep, expected)
-    # asking for fewer zeros than the prior has returns the prior itself
-    m = masks.threshold(sc, 0.05, prunable=PRUNABLE, prior=prior)
+    # asking for fewer zeros than the prior has: a concrete request is refused naming both sparsities ...
+    with pytest.raises(ValueError, match=r"sparsity: 0\.05 \(5 of 100 weights\) is below the prior's sparsity 0\.1 "):
+        masks.threshold(sc, 0.05, prunable=PRUNABLE, prior=prior)
+    with pytest.raises(ValueError, match=r"layer_sparsities\['layer_0/kernel'\]: 0\.02 .* prior's sparsity 0\.1"):
+        masks.threshold(sc, None, prunable=PRUNABLE, prior=prior, scope="layerwise",
+                        layer_sparsities={"layer_0/kernel": 0.02})
+    with pytest.raises(ValueError, match=r"sparsity \(layer 'layer_0/kernel'\): 0\.05 .* prior's sparsity 0\.1"):
+        masks.threshold(sc, 0.05, prunable=PRUNABLE, prior=prior, scope="layerwise")
+    # ... the same count is accepted, and a traced request returns the prior itself (documented)
+    m = masks.threshold(sc, 0.1, prunable=PRUNABLE, prior=prior)
     np.testing.assert_array_equal(np.asarray(m["layer_0"]["kernel"]).ravel(), prior_k)
+    for scope in masks.SCOPES:
+        m = jthreshold(sc, 0.05, prior, scope=scope)
+        np.testing.assert_array_equal(np.asarray(m["layer_0"]["kernel"]).ravel(), prior_k)
 
 
 def test_iterative_masks_are_nested_with_exact_counts():
@@ -250,7 +327,7 @@ def test_iterative_masks_are_nested_with_exact_counts():
         s = schedules.iterative_sparsity(level, 0.2)
         new = step(params, mask, s)
         assert trees_equal(masks.intersect(new, mask), new)  # new ⊆ old
-        assert int(masks.count_zeros(new, pred)) == np_n_zero(s, n_elig)
+        assert int(masks.count_zeros(new, pred)) == np_n_zero(np.float32(s), n_elig)
         # perturb surviving weights (retraining) so later levels use new scores
         params = jax.tree.map(lambda p: p * (1 + 0.1 * jnp.sin(level * p)), params)
         mask = new

@@ -286,3 +286,18 @@ def test_compute_dispatch_and_metadata():
         scores.compute("snip", w)
     with pytest.raises(ValueError, match="unknown"):
         scores.scope("snip")
+
+
+@pytest.mark.parametrize("criterion", ["gp", "up"])
+def test_compute_refuses_grads_that_do_not_match_params(criterion):
+    w = {"a": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))}, "b": {"kernel": jnp.ones((4, 2))}}
+    good = jax.tree.map(jnp.zeros_like, w)
+    assert jax.tree.map(jnp.shape, scores.compute(criterion, w, grads=good)) == jax.tree.map(jnp.shape, w)
+    bad = {**good, "b": {"kernel": jnp.ones((1, 2))}}  # would broadcast silently against (4, 2)
+    with pytest.raises(ValueError, match=r"grads: leaf 'b/kernel' has shape \(1, 2\), params has \(4, 2\)"):
+        scores.compute(criterion, w, grads=bad)
+    bad = {**good, "a": {**good["a"], "kernel": jnp.ones((1, 3, 4))}}
+    with pytest.raises(ValueError, match=r"grads: leaf 'a/kernel' has shape \(1, 3, 4\)"):  # also inside jit
+        jax.jit(lambda g: scores.compute(criterion, w, grads=g))(bad)
+    with pytest.raises(ValueError, match="grads: missing leaf 'b/kernel'"):
+        scores.compute(criterion, w, grads={"a": good["a"]})

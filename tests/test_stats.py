@@ -233,3 +233,70 @@ def test_bootstrap_alpha_is_seeded_and_handles_edges():
     assert np.isnan(a.iloc[1]["boot_low"]) and "fewer than two" in a.iloc[1]["reason"]
     c = S.bootstrap_alpha(alpha, n_resamples=999, seed=5)
     assert c.iloc[0]["boot_low"] != r["boot_low"]
+
+
+def _with_undefined_network(long, seed=99):
+    """`long` plus one network per (criterion, level) of a new seed whose dense δ0 is ~0 (Σδ0² = K·1e-18 < 1e-12)
+    and whose δt is large noise: SCIENCE.md §2 drops it, so no tier may see it."""
+    rng = np.random.default_rng(seed)
+    bad = long[long["seed"] == long["seed"].iloc[0]].copy()
+    bad["seed"] = seed
+    bad["traj"] = bad["traj"].astype(str) + f"|bad{seed}"
+    bad["d0"] = 1e-9
+    bad["r0"] = bad["a0"] * (1 + bad["d0"])
+    bad["dt"] = rng.normal(0, 0.3, len(bad))
+    bad["rt"] = bad["at"] * (1 + bad["dt"])
+    return pd.concat([long, bad], ignore_index=True)
+
+
+def test_undefined_networks_are_dropped_from_every_tier_and_counted_once():
+    long = I.long_table(_simulate(1, n_seeds=5, seed=11, levels={1: .8, 2: 1.3}))
+    up = long.assign(criterion="up", dt=0.9 * long["dt"] + 0.01 * np.sin(np.arange(len(long))))
+    clean = pd.concat([long, up], ignore_index=True)
+    dirty = _with_undefined_network(clean)
+    assert I.undefined_networks(dirty).sum() == (dirty["seed"] == 99).sum()
+    # Tier A: alpha marks the network dropped, summarize counts it
+    a = I.alpha(dirty)
+    assert a.loc[a["seed"] == 99, "dropped"].all() and not a.loc[a["seed"] != 99, "dropped"].any()
+    summ = S.summarize(a, flagged="include")
+    assert (summ["n_dropped"] == 1).all()
+    # Tier B: the same fit as without the network, which is counted once per cell
+    mm_c, mm_d = S.mixed_model(clean), S.mixed_model(dirty)
+    assert (mm_d["n_dropped"] == 1).all() and (mm_c["n_dropped"] == 0).all()
+    assert mm_d["reason"].str.contains("1 network\\(s\\) with Σδ0² < 1e-12").all()
+    for c in ("alpha", "se", "ci_low", "ci_high", "tau2", "n_obs", "n_seeds"):
+        np.testing.assert_allclose(mm_d[c].to_numpy(float), mm_c[c].to_numpy(float), rtol=1e-10)
+    # Tier C: same coefficients, errors and clusters; one network per (criterion, level) of seed 99 = 4
+    pc, pd_ = S.pooled_ols(clean), S.pooled_ols(dirty)
+    assert pd_.n_dropped == 4 and pc.n_dropped == 0 and pd_.n_clusters == pc.n_clusters
+    assert any("4 network(s) with Σδ0²" in n for n in pd_.notes)
+    pd.testing.assert_frame_equal(pd_.table, pc.table, rtol=1e-10)
+    # Welch: same samples, tests and BH
+    wc, wd = S.welch_per_class(clean), S.welch_per_class(dirty)
+    assert (wd["n_dropped"] == 1).all() and (wc["n_dropped"] == 0).all()
+    for c in ("n_dense", "n_pruned", "t_stat", "df", "p", "p_bh"):
+        np.testing.assert_allclose(wd[c].to_numpy(float), wc[c].to_numpy(float), rtol=1e-10)
+    # a cell whose every network is undefined keeps its rows, with the reason
+    only_bad = dirty[dirty["seed"] == 99]
+    row = S.mixed_model(only_bad).iloc[0]
+    assert row["n_dropped"] == 1 and row["n_obs"] == 0 and "no usable classes" in row["reason"]
+    w = S.welch_per_class(only_bad)
+    assert len(w) == 2 * 2 * 10 and w["p"].isna().all() and (w["n_dropped"] == 1).all()
+
+
+def test_criterion_labels_are_normalised_at_the_table_boundary():
+    long = I.long_table(_simulate(1, n_seeds=6, seed=12, levels={1: .8, 2: 1.3}))
+    up = long.assign(criterion="up", dt=1.1 * long["dt"] + 0.01 * np.cos(np.arange(len(long))))
+    lower = pd.concat([long, up], ignore_index=True)
+    shouted = lower.assign(criterion=lower["criterion"].map({"mp": " MP", "up": "Up "}))
+    want = S.pooled_ols(lower)
+    assert any("Treatment('mp')" in t for t in want.table["term"])
+    for table, ref in ((shouted, None), (shouted, {"criterion": "MP"}), (lower, {"criterion": " Mp"})):
+        got = S.pooled_ols(table, reference=ref)
+        pd.testing.assert_frame_equal(got.table, want.table)
+        assert not any("not among" in n for n in got.notes)
+    for fn in (S.mixed_model, S.welch_per_class):
+        pd.testing.assert_frame_equal(fn(shouted), fn(lower))
+    assert set(S.summarize(I.alpha(shouted))["criterion"]) == {"mp", "up"}
+    assert set(S.bootstrap_alpha(I.alpha(shouted), n_resamples=99)["criterion"]) == {"mp", "up"}
+    assert I.normalise_labels(pd.DataFrame({"criterion": [" GP", "mp", 3]}))["criterion"].tolist() == ["gp", "mp", 3]

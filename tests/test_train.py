@@ -99,6 +99,43 @@ def test_schedules():
         optim.make_optimizer(dict(name="sgd"), steps_per_epoch=1, epochs=1)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("momentum", -0.9, "need a finite number >= 0"), ("weight_decay", -1e-4, "need a finite number >= 0"),
+    ("lr", -0.1, "need a finite number >= 0"), ("lr", float("nan"), "need a finite number"),
+    ("lr", float("inf"), "need a finite number"), ("lr", "0.1", "expected a number"),
+    ("momentum", None, None), ("b2", float("-inf"), "need a finite number"), ("nesterov", "yes", "expected a bool")])
+def test_optimizer_fields_are_refused_naming_the_field(field, value, message):
+    cfg = {**dict(name="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4), field: value}
+    if message is None:  # None means "use the default" (ml_collections style)
+        assert optim.optimizer_fields(cfg)[field] == optim.OPTIMIZER_DEFAULTS[field]
+        return
+    with pytest.raises(ValueError, match=f"^optimizer.{field}: {message}"):
+        optim.make_optimizer(cfg, steps_per_epoch=1, epochs=1)
+    with pytest.raises(ValueError, match=f"^train.optimizer.{field}: {message}"):
+        train.read_config(dict(epochs=1, batch_size=8, optimizer=cfg), name="train")
+    with pytest.raises(ValueError, match=f"^tcfg.optimizer.{field}: {message}"):
+        train.make_tx(dict(epochs=1, batch_size=8, optimizer=cfg), 64)
+
+
+@pytest.mark.parametrize("field, value", [("batch_size", "abc"), ("batch_size", "128"), ("batch_size", 0),
+                                          ("batch_size", 12.5), ("batch_size", True), ("epochs", "abc"),
+                                          ("epochs", -1), ("epochs", float("nan"))])
+def test_train_config_integers_are_refused_naming_the_field(field, value):
+    cfg = {**dict(epochs=1, batch_size=8, optimizer=SGD), field: value}
+    with pytest.raises(ValueError, match=f"^train.{field}: need"):
+        train.read_config(cfg, name="train")
+    with pytest.raises(ValueError, match=f"^tcfg.{field}: need"):
+        train.read_config(cfg)
+
+
+def test_valid_configs_still_pass():
+    cfg = train.read_config(dict(epochs=2.0, batch_size=np.int64(16), optimizer=dict(name="adam", lr=0)))
+    assert (cfg.epochs, cfg.batch_size) == (2, 16) and isinstance(cfg.batch_size, int)
+    f = optim.optimizer_fields(dict(name="sgd", lr=np.float32(0.1), momentum=0, nesterov=np.bool_(True)))
+    assert f["lr"] == pytest.approx(0.1) and f["momentum"] == 0.0 and f["nesterov"] is True
+    assert optim.check_integer(128.0, "x") == 128
+
+
 def test_configdict_and_kwargs_give_the_same_optimizer():
     from ml_collections import ConfigDict
 

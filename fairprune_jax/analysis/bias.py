@@ -31,6 +31,7 @@ BA_FEW_POSITIVES = "few_test_positives"
 BA_SMALL_GAP = "small_train_group_gap"
 BA_NO_PREDICTED = "no_predicted_positives"
 
+CONSTANT_RULES = ("authors", "nan")  # R² of a constant prediction column: see `interdependence`
 DENSE_PREDICTORS = ("dense_uncertainty", "dense_r2", "prevalence", "group_gap")
 DELTA_PREDICTORS = ("delta_uncertainty", "delta_r2")
 
@@ -63,6 +64,16 @@ def _check_tail(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
 def _binary(x: np.ndarray, name: str) -> np.ndarray:
     if not np.all((x == 0) | (x == 1)):
         raise ValueError(f"{name}: expected binary values in {{0, 1}}")
+    return x
+
+
+def _probabilities(p, name: str) -> np.ndarray:
+    """``p`` as floats; ValueError naming it unless every value lies in [0, 1] (logits passed by mistake)."""
+    x = np.asarray(p, dtype=float)
+    bad = ~((x >= 0) & (x <= 1))
+    if np.any(bad):
+        raise ValueError(f"{name}: expected probabilities in [0, 1], got {float(x[bad].ravel()[0]):g} (logits? use "
+                         "dense_mean_probability)")
     return x
 
 
@@ -210,6 +221,7 @@ def _ba_parts(yhat, labels, groups, pf, nf, mask, min_positives, min_rel_gap):
     p, sq = _attr(yhat, "yhat", float)
     y, _ = _attr(labels, "labels", float)
     _check_tail(p, y, "yhat", "labels")
+    _binary(p, "yhat")  # probabilities passed as predictions would give a "soft" BA
     _binary(y, "labels")
     g1 = _groups(groups, p.shape[-2])[:, None]
     a = p.shape[-1]
@@ -239,7 +251,8 @@ def bias_amplification(yhat, labels, groups, pf, nf, *, mask=None, min_positives
                        min_rel_gap: float = 0.1) -> np.ndarray:
     """BA_{a,g} = Σ_S Ŷ_a/Σ Ŷ_a − Σ_S Y_a/Σ Y_a on the test set, S = {G=1} if pf > nf else {G=0}.
 
-    ``groups`` is the TRUE protected label; ``pf``/``nf`` the TRAIN prevalence of a where g = 1 / g = 0.
+    ``yhat`` must be binary predictions (ValueError otherwise, e.g. for probabilities); ``groups`` is the TRUE
+    protected label; ``pf``/``nf`` the TRAIN prevalence of a where g = 1 / g = 0.
     NaN if a group has < ``min_positives`` test positives (Y_a = 1), if |pf − nf|/min(pf, nf) < ``min_rel_gap``, or
     if Σ Ŷ_a = 0 (reasons: `bias_amplification_reasons`). ``mask`` (``[N]`` or ``[..., N, A]``, optional) drops
     samples, e.g. for the exclusion attenuation. BA may be negative.
@@ -264,6 +277,7 @@ def bba(yhat, labels, triggered) -> np.ndarray:
     p, sq = _attr(yhat, "yhat", float)
     y, _ = _attr(labels, "labels", float)
     _check_tail(p, y, "yhat", "labels")
+    _binary(p, "yhat")
     b = _groups(triggered, p.shape[-2], "triggered")[:, None]
     out = _div((p * b).sum(-2), p.sum(-2)) - _div((y * b).sum(-2), y.sum(-2))
     return _out(out, sq)
@@ -285,14 +299,19 @@ def uncertainty(logits, band: float = 0.4) -> np.ndarray:
 
 class Interdependence(NamedTuple):
     r2: np.ndarray  # [..., A] in-sample R² (NaN where undefined)
-    reason: np.ndarray  # [..., A] '' or why R² is NaN
+    reason: np.ndarray  # [..., A] '' or a note: 'constant_target' (R² by the chosen rule), 'no_predictors' (NaN)
+    n_constant: np.ndarray | int = 0  # [...] number of constant target columns (never or always predicted)
 
 
-def _r2_one(y: np.ndarray, x: np.ndarray) -> tuple[float, str]:
+def _r2_one(y: np.ndarray, x: np.ndarray, constant: str) -> tuple[float, str]:
     if x.shape[1] == 0:
         return np.nan, "no_predictors"
     if np.ptp(y) == 0:
-        return np.nan, "constant_target"
+        if constant == "nan":
+            return np.nan, "constant_target"
+        # sklearn's LinearRegression fits a constant target by its mean (all slopes 0), and r2_score of a constant
+        # y_true is 1.0 when the predictions reproduce it exactly, else 0.0
+        return (1.0 if np.array_equal(np.full_like(y, np.mean(y)), y) else 0.0), "constant_target"
     x = x[:, np.ptp(x, axis=0) > 0]  # constant predictors are absorbed by the intercept
     if x.shape[1] == 0:
         return 0.0, ""
@@ -302,12 +321,18 @@ def _r2_one(y: np.ndarray, x: np.ndarray) -> tuple[float, str]:
     return float(res.rsquared), ""
 
 
-def interdependence(columns) -> Interdependence:
+def interdependence(columns, *, constant: str = "authors") -> Interdependence:
     """In-sample R² of OLS with intercept (statsmodels) of each column on the other A − 1 columns.
 
-    Multi-label head: pass the binary predictions Ŷ ``[..., N, A]`` on the test set. A constant target column gives
-    NaN with reason 'constant_target'; constant predictors are dropped (they are collinear with the intercept).
+    Multi-label head: pass the binary predictions Ŷ ``[..., N, A]`` on the test set. Constant predictors are
+    dropped (they are collinear with the intercept). A constant target column (never or always predicted) gets
+    reason 'constant_target' and, with ``constant="authors"`` (default, SCIENCE.md §6), the authors' value:
+    sklearn's ``LinearRegression().score``, i.e. 1.0 when the fit (its mean) reproduces the column exactly, else
+    0.0; with ``constant="nan"`` it is NaN, so nan-means leave it out. ``n_constant`` ``[...]`` counts the constant
+    columns per model, to report next to R².
     """
+    if constant not in CONSTANT_RULES:
+        raise ValueError(f"constant: expected one of {CONSTANT_RULES}, got {constant!r}")
     c, _ = _attr(columns, "columns", float)
     lead = c.shape[:-2]
     flat = c.reshape((-1,) + c.shape[-2:])
@@ -316,17 +341,19 @@ def interdependence(columns) -> Interdependence:
     reason = np.full((flat.shape[0], a), "", dtype=object)
     for i, m in enumerate(flat):
         for j in range(a):
-            r2[i, j], reason[i, j] = _r2_one(m[:, j], np.delete(m, j, axis=1))
-    return Interdependence(r2.reshape(lead + (a,)), reason.reshape(lead + (a,)))
+            r2[i, j], reason[i, j] = _r2_one(m[:, j], np.delete(m, j, axis=1), constant)
+    n_constant = (np.ptp(flat, axis=-2) == 0).sum(axis=-1) if flat.shape[-2] else np.full(flat.shape[0], a)
+    return Interdependence(r2.reshape(lead + (a,)), reason.reshape(lead + (a,)),
+                           _out(n_constant.reshape(lead), False))
 
 
-def logit_interdependence(logits) -> Interdependence:
+def logit_interdependence(logits, *, constant: str = "authors") -> Interdependence:
     """Softmax analogue: R² of each LOGIT column regressed (OLS + intercept) on the other K − 1 logits.
 
     The one-hot argmax columns always sum to 1, so their R² is degenerate (= 1); SCIENCE.md §7 says to regress
-    the logits instead, which is what this does.
+    the logits instead, which is what this does. ``constant`` as in `interdependence`.
     """
-    return interdependence(logits)
+    return interdependence(logits, constant=constant)
 
 
 def ece(probs, labels, n_bins: int = 10) -> np.ndarray:
@@ -604,8 +631,8 @@ def dense_mean_probability(dense_logits) -> np.ndarray:
 
 
 def susceptibility_flags(p_bar, band: float = 0.4) -> np.ndarray:
-    """U = 1[|p̄ − .5| < band] (band .4 default; .3/.45 variants)."""
-    return np.abs(np.asarray(p_bar, float) - 0.5) < band
+    """U = 1[|p̄ − .5| < band] (band .4 default; .3/.45 variants); ``p_bar`` outside [0, 1] is a ValueError."""
+    return np.abs(_probabilities(p_bar, "p_bar") - 0.5) < band
 
 
 def disagreement_flags(dense_preds) -> np.ndarray:
@@ -615,8 +642,8 @@ def disagreement_flags(dense_preds) -> np.ndarray:
 
 
 def susceptibility_score(p_bar) -> np.ndarray:
-    """Continuous score −|p̄ − .5| (higher = more susceptible), used for the AUROC."""
-    return -np.abs(np.asarray(p_bar, float) - 0.5)
+    """Continuous score −|p̄ − .5| (higher = more susceptible), used for the AUROC; ``p_bar`` in [0, 1]."""
+    return -np.abs(_probabilities(p_bar, "p_bar") - 0.5)
 
 
 def flag_scores(flags, cie, score=None) -> dict[str, float]:

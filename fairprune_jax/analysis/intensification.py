@@ -30,6 +30,7 @@ LONG_COLUMNS = ("dataset", "model", "criterion", "seed", "level", "requested_spa
                 "r0", "a0", "rt", "at", "d0", "dt", "alpha_c", "traj", "shared_dense", "K", "near_chance",
                 "one_class", "reason")
 TOL = 1e-12  # Σδ0² below this: α_t undefined; |δ0| at or below it: α_{t,c} undefined
+LABEL_COLUMNS = ("criterion",)  # label columns normalised at the table boundary (`normalise_labels`)
 MIN_ABS_D0 = 1e-3  # V3/V4 class filter
 CHANCE = 1.5  # a ≤ CHANCE/K flags a network as near chance
 
@@ -46,6 +47,39 @@ def class_ratio(d0: Any, dt: Any, *, tol: float = TOL) -> np.ndarray:
     d0, dt = np.asarray(d0, float), np.asarray(dt, float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(np.abs(d0) > tol, dt / np.where(np.abs(d0) > tol, d0, 1.0), np.nan)
+
+
+def normalise_labels(df: pd.DataFrame, columns: Sequence[str] = LABEL_COLUMNS) -> pd.DataFrame:
+    """A copy with the string labels of ``columns`` stripped and lower-cased ('MP ' → 'mp').
+
+    Applied where tables enter the analysis (`long_table`, `alpha`, every `stats` tier), so groupings and Tier C's
+    reference criterion ('mp') do not depend on how a label was spelled.
+    """
+    out = df.copy()
+    for c in columns:
+        if c in out.columns:
+            out[c] = out[c].map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+    return out
+
+
+def undefined_networks(long_df: pd.DataFrame, *, keys: Sequence[str] = NETWORK_KEYS, tol: float = TOL) -> np.ndarray:
+    """Row mask of the networks whose α_t is undefined: Σδ0² < ``tol`` over their classes with finite δ0 and δt.
+
+    SCIENCE.md §2 drops such networks and counts them; `alpha` marks them `dropped`, and every tier of `stats`
+    removes their rows with this mask. A network is the rows sharing the ``keys`` present in the table. δ0/δt come
+    from the `d0`/`dt` columns, or from r/a when the table has none.
+    """
+    def dev(d: str, r: str, a: str) -> np.ndarray:
+        if d in long_df.columns:
+            return long_df[d].to_numpy(float)
+        return relative_deviation(long_df[r].to_numpy(float), long_df[a].to_numpy(float))
+
+    d0, dt = dev("d0", "r0", "a0"), dev("dt", "rt", "at")
+    sq = pd.Series(np.where(np.isfinite(d0) & np.isfinite(dt), d0 * d0, 0.0), index=long_df.index)
+    cols = [k for k in keys if k in long_df.columns]
+    total = sq.groupby([long_df[k] for k in cols], sort=False, dropna=False).transform("sum") if cols else \
+        pd.Series(sq.sum(), index=long_df.index)
+    return ~(total.to_numpy(float) >= tol)
 
 
 def _check_columns(df: pd.DataFrame, needed: Sequence[str], name: str) -> None:
@@ -67,12 +101,18 @@ def long_table(recall_df: pd.DataFrame, *, dense_criterion: str = "dense", chanc
     is paired, class by class, with the dense network of the same (dataset, model, criterion, seed) when its own
     run has one (unshared dense, `traj` = dataset|model|criterion|seed), else with the shared dense network
     `criterion == dense_criterion` of the same (dataset, model, seed) (`traj` = dataset|model|seed). A pruned
-    network without a dense partner is a ValueError naming it.
+    network without a dense partner is a ValueError naming it. Criterion labels are normalised on the way in
+    (`normalise_labels`: 'MP' and 'mp' are one criterion).
+
+    Flags (an extension of SCIENCE.md §2, which flags the network whose accuracy is near chance): `near_chance`
+    and `one_class` are also set when the DENSE partner is near chance or predicts one class, since δ0 then
+    explodes just as δt does.
 
     Columns: LONG_COLUMNS (plus `sparsity_index` when present). t is the realised sparsity.
     """
     _check_columns(recall_df, RECALL_COLUMNS, "recall_df")
-    df = recall_df.copy()
+    df = normalise_labels(recall_df)
+    dense_criterion = dense_criterion.strip().lower()
     is_dense = (df["criterion"] == dense_criterion) | (df["requested_sparsity"] == 0)
     dense, pruned = df[is_dense], df[~is_dense]
     if pruned.empty:
@@ -137,7 +177,7 @@ def alpha(long_df: pd.DataFrame, *, min_abs_d0: float = MIN_ABS_D0, tol: float =
     α_t and variants.
     """
     _check_columns(long_df, ["class", "n", "r0", "a0", "rt", "at", "d0", "dt", "t", *NETWORK_KEYS], "long_df")
-    df = long_df.copy()
+    df = normalise_labels(long_df)
     for c, v in (("near_chance", False), ("one_class", False), ("shared_dense", False), ("traj", ""),
                  ("requested_sparsity", np.nan)):
         if c not in df.columns:

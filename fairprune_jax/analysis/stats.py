@@ -4,13 +4,17 @@ Tiers (all [R] in the spec):
 - Tier A `summarize`: per cell (dataset, model, criterion, level), E[α_t] as the mean over seeds with a
   t-interval and a one-sample t-test against 1; Holm across cells.
 - Tier B `mixed_model`: per cell, MixedLM `dt ~ 0 + d0` with a random d0 slope per seed (REML); Wald CI and
-  z = (α − 1)/se. τ² ≈ 0 is flagged (the fit then equals pooled OLS); failed fits fall back to pooled OLS with
-  seed-clustered errors and say so.
+  z = (α − 1)/se. τ² ≈ 0 is flagged (the fit then equals pooled OLS). Extensions of the spec, said in each row:
+  failed or non-converged fits fall back to pooled OLS with seed-clustered errors; fewer than two seeds give the
+  pooled OLS slope without an interval.
 - Tier C `pooled_ols`: OLS `dt ~ 0 + d0 + d0:C(level) + d0:C(criterion) + d0:C(dataset) + d0:C(model)` with
   errors clustered by trajectory; moderators with one level are dropped; optional cluster bootstrap over seeds.
 - `welch_per_class`: Welch t-tests of (recall − accuracy), dense vs pruned, per class and sparsity, with
   Benjamini–Hochberg across classes × sparsities.
 - `bootstrap_alpha`: seed-bootstrap intervals of E[α_t] (scipy.stats.bootstrap, seeded Generator).
+
+Every tier drops the networks whose α_t is undefined (Σδ0² < 1e-12, SCIENCE.md §2) and counts each once per cell
+(`n_dropped`; `PooledOLS.n_dropped` for Tier C), and normalises criterion labels on entry ('MP' is 'mp').
 
 Every summary row has a `verdict`: "intensification" (95% CI entirely above 1), "de-intensification" (entirely
 below 1) or "inconclusive", and a `reason` saying why a number is missing or a fallback was used.
@@ -24,6 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from fairprune_jax.analysis import intensification
+
 CELL_KEYS = ("dataset", "model", "criterion", "level")
 INTENSIFICATION, DE_INTENSIFICATION, INCONCLUSIVE = "intensification", "de-intensification", "inconclusive"
 RQ_OF_MODERATOR = {"level": "RQ1", "dataset": "RQ2", "model": "RQ3", "criterion": "RQ4"}
@@ -36,6 +42,27 @@ def drop_flagged(df: pd.DataFrame) -> pd.DataFrame:
         if c in df.columns:
             flag |= df[c].to_numpy(bool)
     return df[~flag]
+
+
+def _long_table(long_df: pd.DataFrame, by: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The table boundary of every tier: labels normalised, and `_undefined` marking the rows of networks whose
+    α_t is undefined (Σδ0² < 1e-12, SCIENCE.md §2), which each tier drops and counts. Returns (table, network
+    keys)."""
+    df = intensification.normalise_labels(long_df)
+    keys = [k for k in dict.fromkeys((*intensification.NETWORK_KEYS, *by)) if k in df.columns]
+    df["_undefined"] = intensification.undefined_networks(df, keys=keys)
+    return df, keys
+
+
+def _drop_undefined(frame: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, int]:
+    """(rows of networks with a defined α_t, number of networks dropped, each counted once)."""
+    bad = frame["_undefined"].to_numpy(bool)
+    n = len(frame.loc[bad, list(keys)].drop_duplicates()) if bad.any() else 0
+    return frame[~bad], n
+
+
+def _dropped_reason(n: int) -> str:
+    return f"{n} network(s) with Σδ0² < {intensification.TOL:g} (α_t undefined) dropped" if n else ""
 
 
 def verdict(ci_low: float, ci_high: float, null: float = 1.0) -> str:
@@ -123,7 +150,7 @@ def summarize(alpha_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS, value: s
     missing = [c for c in need if c not in alpha_df.columns]
     if missing:
         raise ValueError(f"alpha_df: missing column(s) {missing}")
-    df = alpha_df.copy()
+    df = intensification.normalise_labels(alpha_df)
     df["flagged"] = df["flagged"].fillna(False).astype(bool) if "flagged" in df.columns else False
     subsets = {"both": [("all", False), ("unflagged", True)], "include": [("all", False)],
                "exclude": [("unflagged", True)]}[flagged]
@@ -181,35 +208,45 @@ def mixed_model(long_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS, level: 
                 exclude_flagged: bool = False, tau2_tol: float = 1e-6) -> pd.DataFrame:
     """Tier B per cell: δ_t = (α + u_s)·δ_0 + ε, u_s ~ N(0, τ²), REML; α = E[α_t] with Wald CI and z = (α−1)/se.
 
-    Columns: by..., n_seeds, n_obs, alpha, se, ci_low, ci_high, z, p, p_holm, tau2, converged, tau2_zero,
-    method ("mixedlm", or the fallback "pooled_ols_cluster_seed" / "pooled_ols"), verdict, reason.
+    Networks with Σδ0² < 1e-12 (α_t undefined) are dropped before fitting and counted in `n_dropped`.
+    Extensions of SCIENCE.md §3 (said in `method` and `reason`): with fewer than two seeds the estimate is the
+    pooled OLS slope through the origin, with no interval (method "pooled_ols", inconclusive); a MixedLM that
+    fails or does not converge falls back to pooled OLS through the origin with errors clustered by seed
+    (method "pooled_ols_cluster_seed").
+
+    Columns: by..., n_seeds, n_obs, n_dropped, alpha, se, ci_low, ci_high, z, p, p_holm, tau2, converged,
+    tau2_zero, method ("mixedlm", or the fallback "pooled_ols_cluster_seed" / "pooled_ols"), verdict, reason.
     """
     need = [*by, "seed", "d0", "dt"]
     missing = [c for c in need if c not in long_df.columns]
     if missing:
         raise ValueError(f"long_df: missing column(s) {missing}")
-    df = long_df
+    df, keys = _long_table(long_df, by)
     if exclude_flagged:
         df = drop_flagged(df)
     zq = sps.norm.ppf(0.5 + level / 2)
     rows = []
     for key, frame in _groups(df, by):
+        frame, n_drop = _drop_undefined(frame, keys)
         cell = frame[np.isfinite(frame["d0"].to_numpy(float)) & np.isfinite(frame["dt"].to_numpy(float))]
         cell = cell[["seed", "d0", "dt"]].reset_index(drop=True)
         n_seeds = int(cell["seed"].nunique())
         row: dict[str, Any] = dict(zip(by, key))
-        row.update(n_seeds=n_seeds, n_obs=len(cell), alpha=np.nan, se=np.nan, ci_low=np.nan, ci_high=np.nan,
-                   z=np.nan, p=np.nan, tau2=np.nan, converged=False, tau2_zero=False, method="", reason="")
-        reasons = []
+        row.update(n_seeds=n_seeds, n_obs=len(cell), n_dropped=n_drop, alpha=np.nan, se=np.nan, ci_low=np.nan,
+                   ci_high=np.nan, z=np.nan, p=np.nan, tau2=np.nan, converged=False, tau2_zero=False, method="",
+                   reason="")
+        reasons = [_dropped_reason(n_drop)] if n_drop else []
         if len(cell) == 0 or float((cell["d0"] ** 2).sum()) < 1e-12:
-            row.update(method="none", reason="no usable classes (Σδ0² < 1e-12)", verdict=INCONCLUSIVE)
+            reasons.append("no usable classes (Σδ0² < 1e-12)")
+            row.update(method="none", reason="; ".join(reasons), verdict=INCONCLUSIVE)
             rows.append(row)
             continue
         if n_seeds < 2:
             res = _ols_origin(cell, cluster=False)
-            row.update(alpha=float(res.params["d0"]), method="pooled_ols",
-                       reason=f"fewer than two seeds (n={n_seeds}): mixed model and interval undefined; "
-                              "estimate is the pooled OLS slope", verdict=INCONCLUSIVE)
+            reasons.append(f"fewer than two seeds (n={n_seeds}): mixed model and interval undefined; "
+                           "estimate is the pooled OLS slope")
+            row.update(alpha=float(res.params["d0"]), method="pooled_ols", reason="; ".join(reasons),
+                       verdict=INCONCLUSIVE)
             rows.append(row)
             continue
         res, fallback = None, ""
@@ -257,6 +294,7 @@ class PooledOLS(NamedTuple):
     n_clusters: int
     dropped_moderators: list[str]
     notes: list[str]
+    n_dropped: int = 0  # networks with Σδ0² < 1e-12 (α_t undefined) left out, each counted once
 
 
 def pooled_ols(long_df: pd.DataFrame, *, moderators: Sequence[str] = ("level", "criterion", "dataset", "model"),
@@ -270,7 +308,8 @@ def pooled_ols(long_df: pd.DataFrame, *, moderators: Sequence[str] = ("level", "
     `d0:C(criterion):C(level)` (RQ4 by ratio). `bootstrap` > 0 adds a cluster bootstrap over seeds (percentile
     intervals, numpy Generator seeded by `seed`), advisable with fewer than about 30 clusters.
     A positive d0:X coefficient means more intensification than the reference; the `d0` row is α of the reference
-    cell (null 1), moderator rows have null 0.
+    cell (null 1), moderator rows have null 0. Criterion labels (and a criterion reference) are normalised, so
+    'MP' is the reference 'mp'. Networks with Σδ0² < 1e-12 (α_t undefined) are dropped: `n_dropped` and a note.
     """
     import statsmodels.formula.api as smf
 
@@ -279,13 +318,16 @@ def pooled_ols(long_df: pd.DataFrame, *, moderators: Sequence[str] = ("level", "
     if missing:
         raise ValueError(f"long_df: missing column(s) {missing}")
     ref = {"criterion": "mp"} if reference is None else dict(reference)
-    df = long_df
+    ref = {m: v.strip().lower() if m in intensification.LABEL_COLUMNS and isinstance(v, str) else v
+           for m, v in ref.items()}
+    df, keys = _long_table(long_df, ())
     if exclude_flagged:
         df = drop_flagged(df)
+    df, n_drop = _drop_undefined(df, keys)
     df = df[np.isfinite(df["d0"].to_numpy(float)) & np.isfinite(df["dt"].to_numpy(float))].reset_index(drop=True)
     if df.empty:
         raise ValueError("long_df: no row with finite d0 and dt")
-    terms, dropped, notes, factor = ["d0"], [], [], {}
+    terms, dropped, notes, factor = ["d0"], [], [_dropped_reason(n_drop)] if n_drop else [], {}
     for m in moderators:
         levels = sorted(df[m].dropna().unique().tolist(), key=str)
         if len(levels) < 2:
@@ -343,7 +385,7 @@ def pooled_ols(long_df: pd.DataFrame, *, moderators: Sequence[str] = ("level", "
             notes.append(f"{n_bad} of {bootstrap} bootstrap draws rank-deficient and skipped")
     cols = ["term", "moderator", "rq", "coef", "se", "z", "p", "ci_low", "ci_high", "null", "verdict"]
     cols += [c for c in ("boot_low", "boot_high") if c in tab]
-    return PooledOLS(tab[cols], res, formula, n_clusters, dropped, notes)
+    return PooledOLS(tab[cols], res, formula, n_clusters, dropped, notes, n_drop)
 
 
 def _cluster_bootstrap(res: Any, df: pd.DataFrame, n_boot: int, seed: int, level: float):
@@ -384,6 +426,7 @@ def welch_per_class(long_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS,
     ā is the population-mean accuracy of the cell (`accuracy="population"`) or each model's own
     (`accuracy="own"`). t > 0 means class c lost relative recall. BH (q) across classes × sparsities within each
     `family`; raw and adjusted p. Fewer than two values on a side, or zero variance on both: NaN + reason.
+    Networks with Σδ0² < 1e-12 (α_t undefined) are left out of both sides; `n_dropped` counts them per cell.
     """
     from statsmodels.stats.multitest import multipletests
 
@@ -393,18 +436,22 @@ def welch_per_class(long_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS,
     missing = [c for c in need if c not in long_df.columns]
     if missing:
         raise ValueError(f"long_df: missing column(s) {missing}")
+    table, keys = _long_table(long_df, by)
     rows = []
-    for key, frame in _groups(long_df, by):
+    for key, frame in _groups(table, by):
+        classes = sorted(frame["class"].unique())
+        frame, n_drop = _drop_undefined(frame, keys)
         if accuracy == "own":
             dev0, devt = frame["r0"] - frame["a0"], frame["rt"] - frame["at"]
         else:  # population-mean accuracy of the cell: one accuracy per network, averaged over seeds
             nets = frame.drop_duplicates("seed")
             dev0, devt = frame["r0"] - nets["a0"].mean(), frame["rt"] - nets["at"].mean()
-        wide = frame[["seed", "class"]].assign(x=dev0, y=devt).pivot_table(
-            index="seed", columns="class", values=["x", "y"], aggfunc="mean", dropna=False)
-        classes = sorted(frame["class"].unique())
-        x = wide["x"].reindex(columns=classes).to_numpy(float)  # [seeds, classes]
-        y = wide["y"].reindex(columns=classes).to_numpy(float)
+        x = y = np.full((0, len(classes)), np.nan)  # [seeds, classes]; no seed left when all were dropped
+        if len(frame):
+            wide = frame[["seed", "class"]].assign(x=dev0, y=devt).pivot_table(
+                index="seed", columns="class", values=["x", "y"], aggfunc="mean", dropna=False)
+            x = wide["x"].reindex(columns=classes).to_numpy(float)
+            y = wide["y"].reindex(columns=classes).to_numpy(float)
         nx, ny = np.isfinite(x).sum(0), np.isfinite(y).sum(0)
         t = np.full(len(classes), np.nan)
         df = np.full(len(classes), np.nan)
@@ -426,8 +473,8 @@ def welch_per_class(long_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS,
         for j in np.flatnonzero(ok & ~full):  # classes absent for some seeds
             tt = sps.ttest_ind(x[:, j][np.isfinite(x[:, j])], y[:, j][np.isfinite(y[:, j])], equal_var=False)
             t[j], df[j], p[j] = tt.statistic, tt.df, tt.pvalue
-        cell = pd.DataFrame({"class": classes, "n_dense": nx, "n_pruned": ny, "dense_dev": mx, "pruned_dev": my,
-                             "t_stat": t, "df": df, "p": p, "reason": reason})
+        cell = pd.DataFrame({"class": classes, "n_dense": nx, "n_pruned": ny, "n_dropped": n_drop, "dense_dev": mx,
+                             "pruned_dev": my, "t_stat": t, "df": df, "p": p, "reason": reason})
         for name, val in zip(by, key):
             cell.insert(list(by).index(name), name, val)
         rows.append(cell)
@@ -458,7 +505,7 @@ def bootstrap_alpha(alpha_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS, va
     Columns: by..., n_seeds, mean, boot_low, boot_high, verdict, reason. Fewer than two seeds: NaN + reason;
     zero variance: the degenerate interval [mean, mean] + reason.
     """
-    df = alpha_df
+    df = intensification.normalise_labels(alpha_df)
     if exclude_flagged and "flagged" in df.columns:
         df = df[~df["flagged"].to_numpy(bool)]
     rows = []
