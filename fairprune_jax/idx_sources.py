@@ -136,19 +136,19 @@ def download_idx(name: str, download_dir: str | os.PathLike, *, mirror: str | No
     download_dir = Path(download_dir)
     dm = tfds.download.DownloadManager(download_dir=download_dir, manual_dir=manual, url_infos=infos,
                                        force_checksums_validation=True)
+    paths: dict[str, Path] = {}
     try:  # one file at a time, so a refused file leaves no other download in flight when we clean up
-        paths = {f: dm.download(url) for f, url in urls.items()}
-    except NonMatchingChecksumError as e:
-        url = re.search(r"Artifact (\S+),", str(e))
-        got = re.search(r"Got: UrlInfo\(size=([^,]*), checksum='([0-9a-f]*)'", str(e))
-        file = url.group(1).rsplit("/", 1)[-1] if url else "?"
-        raise ValueError(
-            f"{name}: checksum mismatch for {url.group(1) if url else base}: expected sha256 "
-            f"{IDX_CHECKSUMS[name].get(file, '?')} ({IDX_SIZES[name].get(file, '?')} bytes), got "
-            f"{got.group(2) if got else '?'} ({got.group(1) if got else '?'}); the download was discarded and "
-            f"nothing was prepared") from None
+        for f, url in urls.items():
+            try:
+                paths[f] = Path(dm.download(url))
+            except NonMatchingChecksumError as e:  # the message lists the expected, then the received checksum
+                got = (re.findall(r"checksum='([0-9a-f]+)'", str(e)) or ["?"])[-1]
+                raise ValueError(
+                    f"{name}: checksum mismatch for {url}: expected sha256 {IDX_CHECKSUMS[name][f]} "
+                    f"({IDX_SIZES[name][f]} bytes), got {got}; the download was discarded and nothing was prepared"
+                ) from None
     except (tfds.download.DownloadError, OSError) as e:
         raise _unavailable(name, looked_in, missing, base, " ".join(str(e).split())) from None
     finally:
         _remove_partial(download_dir)
-    return {f: Path(p) for f, p in paths.items()}
+    return paths

@@ -139,7 +139,8 @@ def test_corrupted_download_is_refused_and_nothing_is_left(server, mirror_root, 
     expected = idx_sources.IDX_CHECKSUMS["mnist"]["t10k-labels-idx1-ubyte.gz"]
     mirror = _url(server) if scheme == "http" else mirror_root.as_uri()
     with pytest.raises(ValueError, match=f"mnist: checksum mismatch for .*/mnist/t10k-labels-idx1-ubyte.gz: "
-                                         f"expected sha256 {expected} \\(4542 bytes\\), got {data.sha256(bad)}"):
+                                         f"expected sha256 {expected} \\(4542 bytes\\), got {data.sha256(bad)}; "
+                                         f"the download was discarded"):
         data.prepare_offline("mnist", source_dir=tmp_path / "absent", tfds_dir_=tf_dir, mirror=mirror)
     assert not (tf_dir / "mnist_idx").exists()  # nothing prepared
     left = [p for p in tf_dir.rglob("*") if p.is_file() or ".tmp." in p.name]
