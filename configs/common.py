@@ -29,6 +29,7 @@ def recall_config(dataset: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source_dir = ""  # root holding <dataset>/ idx files; "" = $FAIRPRUNE_DATA_DIR or ../shared/data
+    c.data.mirror = ""  # base URL of <dataset>/ idx files to download; "" = $FAIRPRUNE_DATA_MIRROR or TFDS's hosts
     c.data.tfds_dir = ""  # prepared TFDS datasets; "" = $FAIRPRUNE_TFDS_DIR or ~/.cache/fairprune_jax/tfds
     c.data.route = "auto"  # auto | offline | tfds
     c.data.download = False  # canonical TFDS builders may download (network) when True

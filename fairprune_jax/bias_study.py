@@ -395,7 +395,8 @@ def load_study_data(cfg: Any) -> StudyData:
                                          test_p1=p.test_p1, test_p0=p.test_p0, trigger=p.trigger,
                                          patch_size=p.patch_size, corner=p.corner, val_size=p.val_size,
                                          key_seed=p.key_seed)
-        kw = dict(source_dir=cfg.data.source_dir or None, tfds_dir_=cfg.data.tfds_dir or None)
+        kw = dict(source_dir=cfg.data.source_dir or None, tfds_dir_=cfg.data.tfds_dir or None,
+                  mirror=_field(cfg, "data.mirror", "") or None)
         tr, te = data_lib.load_split(src, "train", **kw), data_lib.load_split(src, "test", **kw)
         splits = planted_lib.build_planted(pcfg, tr.images, tr.labels, te.images, te.labels)
         return planted_study_data(splits, src, max_train=max_train, max_eval=max_eval)

@@ -2,8 +2,11 @@
 
 Names follow TFDS: `mnist`, `fashion_mnist`, `cifar10`, `cifar100`, `celeb_a`.
 
-Offline route (`mnist`, `fashion_mnist`): the original idx `.gz` files in a local folder are checksum-verified and
-prepared once into a TFDS ArrayRecord dataset by the builders below (no network, no TensorFlow). They are registered as
+Idx route (`mnist`, `fashion_mnist`): the four original idx `.gz` files are taken from a local folder when it holds
+them all (`--config.data.source_dir`, else $FAIRPRUNE_DATA_DIR, else `../shared/data`; never re-downloaded), else
+downloaded once through TFDS's download manager from the mirror TFDS registers (or `--config.data.mirror` /
+$FAIRPRUNE_DATA_MIRROR, see `idx_sources`). Either way they are checksum-verified and prepared once into a TFDS
+ArrayRecord dataset by the builders below (no TensorFlow). They are registered as
 `mnist_idx` and `fashion_mnist_idx` so they can never be confused with the canonical TFDS datasets (whose image
 feature is a PNG needing TensorFlow to encode). After preparation they are ordinary TFDS datasets:
 
@@ -29,23 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fairprune_jax.idx_sources import IDX_CHECKSUMS, download_idx
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# SHA-256 of the original distribution files, as registered by tensorflow-datasets 4.9.10 (url_checksums/*.txt).
-IDX_CHECKSUMS: dict[str, dict[str, str]] = {
-    "mnist": {
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-    },
-    "fashion_mnist": {
-        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-    },
-}
 _IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
               "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 _SPLIT_SIZES = {"train": 60000, "test": 10000}
@@ -67,7 +57,7 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), offline=True),
     "fashion_mnist": DatasetInfo("fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), offline=True),
-    # The reference code normalises CIFAR with ImageNet statistics (a quirk kept on purpose, SCIENCE.md §5).
+    # The reference code normalises CIFAR with ImageNet statistics (a quirk kept on purpose, docs/methods.md).
     "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cifar100": DatasetInfo("cifar100", (32, 32, 3), 100, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "celeb_a": DatasetInfo("celeb_a", (218, 178, 3), 40, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), multilabel=True),
@@ -127,6 +117,16 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def local_idx_files(name: str, folder: Path) -> dict[str, Path] | None:
+    """The four idx files of `name` in `folder`, checksum-verified, or None when any is absent (then they are
+    downloaded); a present but corrupted file is refused, never replaced by a download."""
+    paths = {f: folder / f for f in IDX_CHECKSUMS[name]}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    verify_idx_folder(name, folder)
+    return paths
+
+
 def verify_idx_folder(name: str, folder: Path) -> None:
     """Check every idx file of `name` in `folder` against its known SHA-256; raise naming the first bad file."""
     if name not in IDX_CHECKSUMS:
@@ -165,12 +165,19 @@ def _make_builders():
     import tensorflow_datasets as tfds
 
     class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        """MNIST-family dataset prepared from checksum-verified local idx files; images stored as raw bytes."""
+        """MNIST-family dataset prepared from checksum-verified idx files; images stored as raw bytes.
+
+        `files` (file name → path) are the verified files to prepare from; without them (a builder opened only to
+        read a prepared dataset) the manual folder is used."""
 
         VERSION = tfds.core.Version("3.0.1")
         MANUAL_DOWNLOAD_INSTRUCTIONS = "Place the four original idx .gz files in the manual folder."
         SOURCE = ""
         CLASS_NAMES: Sequence[str] | None = None
+
+        def __init__(self, *, files: Mapping[str, Path] | None = None, **kwargs):
+            self._files = dict(files or {})
+            super().__init__(**kwargs)
 
         def _info(self):
             label = (tfds.features.ClassLabel(names=list(self.CLASS_NAMES)) if self.CLASS_NAMES
@@ -188,9 +195,11 @@ def _make_builders():
             )
 
         def _split_generators(self, dl_manager):
-            folder = Path(dl_manager.manual_dir)
-            verify_idx_folder(self.SOURCE, folder)
-            return {split: self._generate_examples(folder / imgs, folder / lbls, _SPLIT_SIZES[split])
+            files = self._files
+            if not files:
+                verify_idx_folder(self.SOURCE, Path(dl_manager.manual_dir))
+                files = {f: Path(dl_manager.manual_dir) / f for f in IDX_CHECKSUMS[self.SOURCE]}
+            return {split: self._generate_examples(files[imgs], files[lbls], _SPLIT_SIZES[split])
                     for split, (imgs, lbls) in _IDX_FILES.items()}
 
         def _generate_examples(self, images_path, labels_path, expected):
@@ -220,26 +229,30 @@ def _make_builders():
 _BUILDERS: dict[str, Any] = {}
 
 
-def idx_builder(name: str, *, tfds_dir_: str | os.PathLike | None = None):
-    """The (unprepared or prepared) offline TFDS builder of `name`."""
+def idx_builder(name: str, *, tfds_dir_: str | os.PathLike | None = None,
+                files: Mapping[str, Path] | None = None):
+    """The (unprepared or prepared) idx TFDS builder of `name`; `files` are the verified idx files to prepare from."""
     if not _BUILDERS:
         _BUILDERS.update(_make_builders())
     if name not in _BUILDERS:
         raise ValueError(f"dataset: {name!r} has no offline idx route (only {', '.join(IDX_CHECKSUMS)})")
-    return _BUILDERS[name](data_dir=str(tfds_dir(tfds_dir_)), file_format="array_record")
+    return _BUILDERS[name](data_dir=str(tfds_dir(tfds_dir_)), file_format="array_record", files=files)
 
 
 def prepare_offline(name: str, *, source_dir: str | os.PathLike | None = None,
-                    tfds_dir_: str | os.PathLike | None = None):
-    """Verify the idx files and prepare the ArrayRecord dataset once; returns the prepared builder."""
+                    tfds_dir_: str | os.PathLike | None = None, mirror: str | None = None):
+    """Prepare the ArrayRecord dataset once from verified idx files (local folder, else downloaded from `mirror`,
+    see `idx_sources.mirror_base`); returns the prepared builder."""
     import tensorflow_datasets as tfds
 
     builder = idx_builder(name, tfds_dir_=tfds_dir_)
     if builder.is_prepared():
         return builder
     folder = source_folder(name, source_dir)
-    verify_idx_folder(name, folder)  # fail before TFDS creates anything
     work = tfds_dir(tfds_dir_) / "downloads" / name  # per-dataset download/extract folders
+    # Fail before TFDS creates anything: a corrupted local file or a refused download stops here.
+    files = local_idx_files(name, folder) or download_idx(name, work, mirror=mirror, looked_in=folder)
+    builder = idx_builder(name, tfds_dir_=tfds_dir_, files=files)
     builder.download_and_prepare(
         download_dir=str(work),
         download_config=tfds.download.DownloadConfig(manual_dir=str(folder), extract_dir=str(work / "extracted")),
@@ -297,11 +310,12 @@ def examples_to_split(name: str, source: Sequence[Mapping[str, Any]], *,
 
 def load_split(name: str, split: str, *, source_dir: str | os.PathLike | None = None,
                tfds_dir_: str | os.PathLike | None = None, route: str = "auto", download: bool = False,
-               image_size: tuple[int, int] | None = None) -> Split:
+               image_size: tuple[int, int] | None = None, mirror: str | None = None) -> Split:
     """One split as host arrays (uint8 NHWC images, int32 labels).
 
-    route: "offline" (idx files → ArrayRecord, MNIST family only), "tfds" (canonical builder; with `download=True`
-    it may fetch over the network), or "auto" (offline where the dataset has that route, else tfds).
+    route: "offline" (idx files → ArrayRecord, MNIST family only; files missing from `source_dir` are downloaded
+    from `mirror`), "tfds" (canonical builder; with `download=True` it may fetch over the network), or "auto"
+    (offline where the dataset has that route, else tfds).
     """
     ds = info(name)
     if split not in ("train", "test", "validation"):
@@ -309,7 +323,7 @@ def load_split(name: str, split: str, *, source_dir: str | os.PathLike | None = 
     if route not in ("auto", "offline", "tfds"):
         raise ValueError(f"route: unknown route {route!r}; use 'auto', 'offline' or 'tfds'")
     if route == "offline" or (route == "auto" and ds.offline):
-        builder = prepare_offline(name, source_dir=source_dir, tfds_dir_=tfds_dir_)
+        builder = prepare_offline(name, source_dir=source_dir, tfds_dir_=tfds_dir_, mirror=mirror)
         source = builder.as_data_source(split=split)
         records = source.data_source.__getitems__(list(range(len(source))))
         return _decode_idx_records(records)

@@ -117,12 +117,8 @@ def load_data(config: ml_collections.ConfigDict) -> StudyData:
     ds = data_lib.info(config.dataset)
     kw = dict(source_dir=config.data.source_dir or None, tfds_dir_=config.data.tfds_dir or None,
               route=config.data.route, download=bool(config.data.download),
-              image_size=tuple(config.data.image_size) if any(config.data.image_size) else None)
-    if not config.data.source_dir and ds.offline and config.data.route != "tfds":
-        folder = data_lib.source_folder(config.dataset)
-        if not folder.is_dir():
-            raise ValueError(f"config.data.source_dir: default data folder {folder} does not exist; set "
-                             f"--config.data.source_dir or $FAIRPRUNE_DATA_DIR")
+              image_size=tuple(config.data.image_size) if any(config.data.image_size) else None,
+              mirror=config.data.get("mirror", "") or None)  # idx files absent locally are downloaded
     train = data_lib.load_split(config.dataset, "train", **kw)
     test = data_lib.load_split(config.dataset, "test", **kw)
     k = ds.num_classes
@@ -417,4 +413,5 @@ def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool =
     return wd
 
 
-IGNORED_FIELDS = ("workdir", "progress", "variant", "mesh", "distributed")
+# data.mirror only says where checksum-verified files come from, so it never changes results.
+IGNORED_FIELDS = ("workdir", "progress", "variant", "mesh", "distributed", "data.mirror")

@@ -10,7 +10,7 @@ md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = [
     md("""# Composing pruning masks over a whole MNIST population
 
-[fairprune_jax](https://github.com/fairprune/fairprune_jax) treats a pruning mask as a pytree of booleans with
+fairprune_jax treats a pruning mask as a pytree of booleans with
 the structure of a Flax `params` tree. Masks are built, combined and applied by pure functions, so one jitted call
 covers every seed, criterion and sparsity. This notebook:
 
@@ -20,16 +20,20 @@ covers every seed, criterion and sparsity. This notebook:
 3. evaluates every (seed, mask) pair in one call and estimates E[α_t], the intensification ratio of recall
    distortion (Good et al., NeurIPS 2022).
 
-It runs on CPU, GPU or TPU. In Colab, the first cell installs the package and fetches the MNIST idx files."""),
-    code("""# Colab: install the library and fetch the original MNIST files (elsewhere this cell does nothing).
-import os, sys
-if "google.colab" in sys.modules:
-    !pip -q install "fairprune_jax @ git+https://github.com/fairprune/fairprune_jax"
-    os.makedirs("/content/data/mnist", exist_ok=True)
-    for f in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-              "t10k-labels-idx1-ubyte.gz"]:
-        !wget -q -nc -P /content/data/mnist https://storage.googleapis.com/cvdf-datasets/mnist/{f}
-    os.environ["FAIRPRUNE_DATA_DIR"] = "/content/data\""""),
+It runs on CPU, GPU or TPU. The first cell installs the package unless it is importable already (in Colab, set
+`PACKAGE_SOURCE` first). The MNIST idx files come through the library itself: found locally, or downloaded once
+and checksum-verified (docs/methods.md, §2)."""),
+    code("""# Where to install fairprune_jax from: a path (a checkout or a wheel) or a URL pip understands, such as
+# "git+https://<host>/<your copy>.git". Default: the checkout this notebook sits in (what CI runs).
+import os, subprocess, sys
+from importlib.util import find_spec
+from pathlib import Path
+PACKAGE_SOURCE = os.environ.get("FAIRPRUNE_PACKAGE_SOURCE", str(Path.cwd().parent))
+if find_spec("fairprune_jax") is None:
+    local = Path(PACKAGE_SOURCE)
+    if "://" not in PACKAGE_SOURCE and not ((local / "setup.cfg").is_file() or local.suffix == ".whl"):
+        raise ValueError(f"PACKAGE_SOURCE: {PACKAGE_SOURCE!r} is no fairprune_jax checkout, wheel or URL; set it")
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", PACKAGE_SOURCE])"""),
     code("""# Parameters: a sweep workdir to load the population from, or the size of the population trained here.
 WORKDIR = os.environ.get("FAIRPRUNE_NOTEBOOK_WORKDIR", "../workdirs/mnist")
 SMALL = os.environ.get("FAIRPRUNE_NOTEBOOK_SMALL", "0") == "1"  # CI runs the notebook small
@@ -136,7 +140,7 @@ rows = pd.concat([
 rows.groupby(["criterion", "requested_sparsity"])["accuracy"].mean().unstack().round(4)"""),
     md("""## 4. E[α_t]: does pruning intensify recall distortion?
 
-α_t is the through-origin slope of δ_t = r_t/a_t − 1 on δ_0 across classes (SCIENCE.md §2). α_t > 1 means classes
+α_t is the through-origin slope of δ_t = r_t/a_t − 1 on δ_0 across classes (docs/methods.md, §7). α_t > 1 means classes
 below accuracy fell further behind. E[α_t] is the mean over seeds with a 95% t-interval."""),
     code("""long = intensification.long_table(rows)
 alpha = intensification.alpha(long)

@@ -12,7 +12,7 @@ from fairprune_jax import data
 
 MNIST_TRAIN = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-# SCIENCE.md §8: pixel mean/std on the [0, 1] scale.
+# docs/methods.md (data): pixel mean/std on the [0, 1] scale.
 PIXEL_STATS = {("mnist", "train"): (0.1307, 0.3081), ("mnist", "test"): (0.1325, 0.3105),
                ("fashion_mnist", "train"): (0.2860, 0.3530), ("fashion_mnist", "test"): (0.2868, 0.3524)}
 
@@ -39,9 +39,9 @@ def test_pixel_statistics(splits, key):
     assert x.mean() == pytest.approx(mean, abs=5e-5) and x.std() == pytest.approx(std, abs=5e-5)
 
 
-def test_offline_route_keeps_original_order(splits):
+def test_offline_route_keeps_original_order(splits, mnist_files):
     """The prepared dataset is byte-identical to the idx files, in file order."""
-    folder = data.source_folder("mnist")
+    folder = mnist_files
     images = data.read_idx(folder / "t10k-images-idx3-ubyte.gz")
     labels = data.read_idx(folder / "t10k-labels-idx1-ubyte.gz")
     np.testing.assert_array_equal(splits["mnist", "test"].images[..., 0], images)
@@ -73,9 +73,9 @@ def test_no_tensorflow_needed():
     assert "tensorflow" not in sys.modules
 
 
-def test_datasets_have_separate_folders(tmp_path):
+def test_datasets_have_separate_folders(tmp_path, mnist_files):
     src = tmp_path / "src"
-    shutil.copytree(data.source_folder("mnist"), src / "mnist")
+    shutil.copytree(mnist_files, src / "mnist")
     tf_dir = tmp_path / "tfds"
     data.prepare_offline("mnist", source_dir=src, tfds_dir_=tf_dir)
     assert (tf_dir / "mnist_idx" / "3.0.1").is_dir() and (tf_dir / "downloads" / "mnist").is_dir()
@@ -86,9 +86,9 @@ def test_datasets_have_separate_folders(tmp_path):
     assert not (tf_dir / "fashion_mnist_idx").exists()
 
 
-def test_corrupted_file_is_refused(tmp_path):
+def test_corrupted_local_file_is_refused_not_downloaded(tmp_path, mnist_files):
     folder = tmp_path / "mnist"
-    shutil.copytree(data.source_folder("mnist"), folder)
+    shutil.copytree(mnist_files, folder)
     bad = folder / "t10k-labels-idx1-ubyte.gz"
     raw = bytearray(bad.read_bytes())
     raw[100] ^= 0xFF
@@ -99,14 +99,18 @@ def test_corrupted_file_is_refused(tmp_path):
         data.load_split("mnist", "test", source_dir=tmp_path, tfds_dir_=tmp_path / "tfds")
 
 
-def test_missing_file_and_missing_folder(tmp_path):
+def test_missing_file_and_missing_folder_without_a_mirror(tmp_path, mnist_files, monkeypatch):
+    """Files absent locally and no reachable mirror: one line naming them, the folder, and how to provide them."""
+    monkeypatch.setenv("FAIRPRUNE_DATA_MIRROR", (tmp_path / "no_mirror").as_uri())
     folder = tmp_path / "mnist"
-    shutil.copytree(data.source_folder("mnist"), folder)
+    shutil.copytree(mnist_files, folder)
     (folder / "train-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="missing file .*train-labels-idx1-ubyte.gz.*expected sha256 3552534a"):
+    with pytest.raises(FileNotFoundError, match=f"mnist: train-labels-idx1-ubyte.gz not found in {folder} and not "
+                                                f"downloadable from .*no_mirror/mnist/: folder .* does not exist"):
         data.load_split("mnist", "train", source_dir=tmp_path, tfds_dir_=tmp_path / "tfds")
-    with pytest.raises(FileNotFoundError, match="data folder for 'mnist' does not exist"):
+    with pytest.raises(FileNotFoundError, match=f"mnist: the four idx files not found in {tmp_path}/nowhere/mnist"):
         data.load_split("mnist", "train", source_dir=tmp_path / "nowhere", tfds_dir_=tmp_path / "tfds2")
+    assert not (tmp_path / "tfds").exists() and not (tmp_path / "tfds2").exists()
 
 
 def test_environment_variables_override_folders(tmp_path, monkeypatch):

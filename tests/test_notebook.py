@@ -36,3 +36,22 @@ def test_notebook_matches_its_generator(tmp_path):
     fresh = nbformat.read(tmp_path / "compose_masks.ipynb", as_version=4)
     committed = nbformat.read(NOTEBOOKS / "compose_masks.ipynb", as_version=4)
     assert [c.source for c in fresh.cells] == [c.source for c in committed.cells]
+
+
+def test_install_cell_names_its_source_and_refuses_a_wrong_one(tmp_path):
+    """The install cell installs from PACKAGE_SOURCE only when the package is not importable, and refuses a source
+    that is no checkout, wheel or URL (run without site-packages, so nothing is importable or installed)."""
+    nbformat = pytest.importorskip("nbformat")
+    import os
+    import subprocess
+    import sys
+
+    nb = nbformat.read(NOTEBOOKS / "compose_masks.ipynb", as_version=4)
+    cell = next(c.source for c in nb.cells if c.cell_type == "code" and "PACKAGE_SOURCE =" in c.source)
+    sources = "\n".join(c.source for c in nb.cells)
+    assert "wget" not in sources and "github.com" not in sources
+    env = {**os.environ, "FAIRPRUNE_PACKAGE_SOURCE": str(tmp_path / "nothing")}
+    run = subprocess.run([sys.executable, "-I", "-S", "-c", cell], env=env, capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert run.returncode != 0
+    assert f"PACKAGE_SOURCE: '{tmp_path / 'nothing'}' is no fairprune_jax checkout, wheel or URL" in run.stderr

@@ -128,9 +128,11 @@ def test_bad_config_values_are_refused(field, value, message):
         recall_study.validate_config(cfg)
 
 
-def test_missing_default_data_folder_names_the_field(tmp_path, monkeypatch):
+def test_missing_default_data_folder_and_no_mirror_say_how_to_provide_the_files(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRPRUNE_DATA_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(ValueError, match="config.data.source_dir: default data folder"):
+    monkeypatch.setenv("FAIRPRUNE_DATA_MIRROR", (tmp_path / "no_mirror").as_uri())
+    monkeypatch.setenv("FAIRPRUNE_TFDS_DIR", str(tmp_path / "tfds"))  # not prepared yet
+    with pytest.raises(FileNotFoundError, match=f"not found in {tmp_path}/nowhere/mnist .*--config.data.source_dir"):
         recall_study.load_data(mnist.get_config("smoke"))
 
 
