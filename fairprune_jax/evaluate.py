@@ -32,7 +32,8 @@ import pandas as pd
 from jax.sharding import Mesh
 
 from fairprune_jax import sharding
-from fairprune_jax.models import ModelSpec, path_str
+from fairprune_jax.models import ModelSpec
+from fairprune_jax.validation import check_bool_leaves, check_images, check_labels, leading_shape
 
 PyTree = Any
 
@@ -54,33 +55,6 @@ class EvalResult(NamedTuple):
 def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:
     """Zero pruned weights (the masks.apply convention), mask leaves first so the structures must agree."""
     return jax.tree.map(lambda m, p: jnp.where(m, p, jnp.zeros((), p.dtype)), mask, params)
-
-
-def _leading_shape(tree: PyTree, base: PyTree, what: str) -> tuple[int, ...]:
-    """Leading axes shared by every leaf of `tree` on top of the single-model shapes in `base`."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    base_leaves = jax.tree_util.tree_flatten_with_path(base)[0]
-    paths, base_paths = [path_str(p) for p, _ in leaves], [path_str(p) for p, _ in base_leaves]
-    if paths != base_paths:
-        extra, missing = sorted(set(paths) - set(base_paths)), sorted(set(base_paths) - set(paths))
-        raise ValueError(f"{what}: leaves differ from the model's: unexpected {extra}, missing {missing}")
-    lead: tuple[int, ...] | None = None
-    for (path, leaf), (_, ref) in zip(leaves, base_leaves):
-        shape, ref_shape = tuple(np.shape(leaf)), tuple(ref.shape)
-        k = len(shape) - len(ref_shape)
-        if k < 0 or shape[k:] != ref_shape:
-            raise ValueError(f"{what}/{path_str(path)}: shape {shape} does not end with the model's {ref_shape}")
-        if lead is None:
-            lead = shape[:k]
-        elif shape[:k] != lead:
-            raise ValueError(f"{what}/{path_str(path)}: leading axes {shape[:k]} differ from {lead} of other leaves")
-    return lead if lead is not None else ()
-
-
-def _check_masks_dtype(masks: PyTree) -> None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(masks)[0]:
-        if np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)) != np.bool_:
-            raise ValueError(f"masks/{path_str(path)}: dtype {leaf.dtype} is not bool")
 
 
 # ----------------------------------------------------------------------------------------- compiled core
@@ -176,16 +150,10 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("variables: expected a dict with a 'params' collection")
 
+    check_images(images, spec.input_shape, name="images")
     images = jnp.asarray(images)
+    check_labels(labels, k, n=images.shape[0], name="labels")
     labels_np = np.asarray(labels)
-    if images.ndim < 1 or images.shape[1:] != tuple(spec.input_shape):
-        raise ValueError(f"images: shape {images.shape} is not [N, *{tuple(spec.input_shape)}]")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(f"images: dtype {images.dtype} is not floating (normalise the uint8 images first)")
-    if labels_np.shape != (images.shape[0],) or not np.issubdtype(labels_np.dtype, np.integer):
-        raise ValueError(f"labels: expected int [{images.shape[0]}], got {labels_np.dtype} {labels_np.shape}")
-    if labels_np.size and (labels_np.min() < 0 or labels_np.max() >= k):
-        raise ValueError(f"labels: values must lie in [0, {k}), got [{labels_np.min()}, {labels_np.max()}]")
     n = images.shape[0]
     if n == 0:
         raise ValueError("images: the test split is empty")
@@ -195,12 +163,12 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
     if missing:
         raise ValueError(f"variables: missing collection(s) {missing} of model {spec.name!r}")
     variables = {col: variables[col] for col in base}  # extra collections are not used by apply
-    var_lead = _leading_shape(variables, base, "variables")
+    var_lead = leading_shape(variables, base, "variables")
     if masks is None:
         mask_lead = var_lead
     else:
-        _check_masks_dtype(masks)
-        mask_lead = _leading_shape(masks, base["params"], "masks")
+        check_bool_leaves(masks, "masks")
+        mask_lead = leading_shape(masks, base["params"], "masks")
         # same key paths; adopt the params' container types (dict vs FrozenDict) so tree maps line up
         masks = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(variables["params"]), jax.tree.leaves(masks))
         if mask_lead[:len(var_lead)] != var_lead:

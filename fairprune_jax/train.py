@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 
 from fairprune_jax import optim, sharding
 from fairprune_jax.models import ModelSpec, path_str
+from fairprune_jax.validation import check_images, check_labels
 
 PyTree = Any
 Variables = dict[str, Any]
@@ -434,13 +435,12 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     """
     keys = as_keys(seed_keys)
     n = int(keys.shape[0])
-    images, labels = jnp.asarray(x_train), jnp.asarray(y_train)
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"y_train: {labels.shape[0]} labels for {images.shape[0]} images")
-    if tuple(images.shape[1:]) != tuple(spec.input_shape):
-        raise ValueError(f"x_train: example shape {tuple(images.shape[1:])} != model input {spec.input_shape}")
+    check_images(x_train, spec.input_shape, name="x_train")
+    images = jnp.asarray(x_train)
     if images.dtype != jnp.float32:
         raise ValueError(f"x_train: dtype {images.dtype}; expected normalised float32")
+    check_labels(y_train, spec.num_outputs, n=int(images.shape[0]), multilabel=spec.multilabel, name="y_train")
+    labels = jnp.asarray(y_train)
     make_tx(tcfg, int(images.shape[0]))  # validates the config
     one = jax.eval_shape(spec.init, jax.random.key(0))
     if masks is not None:
