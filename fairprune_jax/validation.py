@@ -31,11 +31,15 @@ def _concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _dtype(x: Any) -> np.dtype:
+    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
 def check_labels(labels: Any, num_classes: int, *, n: int | None = None, multilabel: bool = False,
                  name: str = "labels") -> None:
     """ValueError naming `name` unless `labels` are int class indices [N] in [0, num_classes), or, for a
     multi-label head, {0, 1} (int or bool) targets [N, num_classes]. `n` is the expected number of examples."""
-    shape, dtype = tuple(np.shape(labels)), np.dtype(getattr(labels, "dtype", np.asarray(labels).dtype))
+    shape, dtype = tuple(np.shape(labels)), _dtype(labels)
     want = (n if n is not None else "N",) + ((num_classes,) if multilabel else ())
     if len(shape) != len(want) or (n is not None and shape[0] != n) or (multilabel and shape[1] != num_classes):
         raise ValueError(f"{name}: shape {shape}, expected [{', '.join(map(str, want))}]")
@@ -58,7 +62,7 @@ def check_images(images: Any, input_shape: tuple[int, ...], *, n: int | None = N
     shape = tuple(np.shape(images))
     if len(shape) < 1 or shape[1:] != tuple(input_shape) or (n is not None and shape[0] != n):
         raise ValueError(f"{name}: shape {shape} is not [{'N' if n is None else n}, *{tuple(input_shape)}]")
-    dtype = np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
+    dtype = _dtype(images)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"{name}: dtype {dtype} is not floating (normalise uint8 images with data.normalize)")
     if not _concrete(images) or not shape[0]:
@@ -102,6 +106,6 @@ def leading_shape(tree: PyTree, base: PyTree, what: str) -> tuple[int, ...]:
 def check_bool_leaves(tree: PyTree, what: str = "masks") -> None:
     """ValueError naming the first leaf of `tree` whose dtype is not bool."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        dtype = np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype))
+        dtype = _dtype(leaf)
         if dtype != np.bool_:
             raise ValueError(f"{what}/{path_str(path)}: dtype {dtype} is not bool")
