@@ -240,11 +240,12 @@ def balanced_accuracy(counts: np.ndarray) -> np.ndarray:
         return np.where(present.any(-1), np.nansum(r, -1) / np.maximum(present.sum(-1), 1), np.nan)
 
 
-def _broadcast(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _broadcast(name: str, value: Any, shape: tuple[int, ...], to: tuple[int, ...]) -> np.ndarray:
+    """`value` broadcast trailing-aligned to the population's `shape` ([P] -> [S, M, P]; a scalar everywhere),
+    then reshaped to the table's `to` = (S, M, P)."""
     a = np.asarray(value)
-    # Broadcast trailing-aligned ([P] -> [S, M, P]); a scalar goes everywhere.
     try:
-        return np.broadcast_to(a, shape)
+        return np.broadcast_to(a, shape).reshape(to)
     except ValueError:
         raise ValueError(f"{name}: shape {a.shape} does not broadcast to the population's {shape}") from None
 
@@ -253,26 +254,31 @@ def recall_table(counts: np.ndarray, *, dataset: str, model: str, criteria: Sequ
                  requested_sparsity: Any, actual_sparsity: Any, levels: Sequence[int] | None = None,
                  mean_confidence: np.ndarray | None = None, frac_uncertain: np.ndarray | None = None
                  ) -> pd.DataFrame:
-    """Tidy table, one row per model x class, from counts [S, M, P, K, K] (or dense [S, K, K]).
+    """Tidy table, one row per model x class, from counts [*lead, K, K] of any population layout.
 
+    lead = [S, M, P] (seeds, criteria/mask kinds, sparsities) as `evaluate_population` returns for masks
+    [S, M, P]; fewer axes mean 1 criterion / 1 sparsity ([S] dense, [S, M] one iterative level, [] one model);
+    more than three are flattened, row-major, into the sparsity index.
     Columns: dataset, model, criterion, seed, level, sparsity_index, requested_sparsity, actual_sparsity
     (realised t, read from the mask), class, n, correct, recall (NaN when n = 0), accuracy (and
-    mean_confidence / frac_uncertain when given). `requested_sparsity`, `actual_sparsity` broadcast to
-    [S, M, P] (e.g. [P] or [S, M, P]); `levels` [P] defaults to the sparsity index.
+    mean_confidence / frac_uncertain when given). `requested_sparsity`, `actual_sparsity`, `mean_confidence`,
+    `frac_uncertain` broadcast to lead (trailing-aligned, e.g. [P] or lead itself); `levels` [P] defaults to
+    the sparsity index.
     """
     counts = np.asarray(counts)
-    if counts.ndim == 3:
-        counts = counts[:, None, None]
-    if counts.ndim != 5 or counts.shape[-1] != counts.shape[-2]:
-        raise ValueError(f"counts: expected [S, M, P, K, K] or [S, K, K], got {counts.shape}")
-    s, m, p, k, _ = counts.shape
+    if counts.ndim < 2 or counts.shape[-1] != counts.shape[-2]:
+        raise ValueError(f"counts: expected [..., K, K], got {counts.shape}")
+    full = counts.shape[:-2]
+    k = counts.shape[-1]
+    s, m, p = (tuple(full) + (1, 1, 1))[:2] + (int(np.prod(full[2:], dtype=np.int64)),)
+    counts = counts.reshape(s, m, p, k, k)
     if len(seeds) != s:
         raise ValueError(f"seeds: {len(seeds)} given for {s} seeds in counts")
     if len(criteria) != m:
         raise ValueError(f"criteria: {len(criteria)} given for {m} criteria in counts")
     lead = (s, m, p)
-    req = _broadcast("requested_sparsity", requested_sparsity, lead).astype(float)
-    act = _broadcast("actual_sparsity", actual_sparsity, lead).astype(float)
+    req = _broadcast("requested_sparsity", requested_sparsity, full, lead).astype(float)
+    act = _broadcast("actual_sparsity", actual_sparsity, full, lead).astype(float)
     lv = np.arange(p) if levels is None else np.asarray(levels)
     if lv.shape != (p,):
         raise ValueError(f"levels: expected {p} values, got shape {lv.shape}")
@@ -296,7 +302,9 @@ def recall_table(counts: np.ndarray, *, dataset: str, model: str, criteria: Sequ
         "accuracy": np.repeat(accuracy(counts).ravel(), k),
     }
     if mean_confidence is not None:
-        cols["mean_confidence"] = np.repeat(_broadcast("mean_confidence", mean_confidence, lead).ravel(), k)
+        conf = _broadcast("mean_confidence", mean_confidence, full, lead)
+        cols["mean_confidence"] = np.repeat(conf.ravel(), k)
     if frac_uncertain is not None:
-        cols["frac_uncertain"] = np.repeat(_broadcast("frac_uncertain", frac_uncertain, lead).ravel(), k)
+        unc = _broadcast("frac_uncertain", frac_uncertain, full, lead)
+        cols["frac_uncertain"] = np.repeat(unc.ravel(), k)
     return pd.DataFrame(cols)
