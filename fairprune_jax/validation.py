@@ -49,7 +49,8 @@ def check_labels(labels: Any, num_classes: int, *, n: int | None = None, multila
         raise ValueError(f"{name}: dtype {dtype}, expected {what} (e.g. labels.astype(np.int32))")
     if not _concrete(labels) or not np.prod(shape):
         return
-    lo, hi = (int(v) for v in jax.device_get((jnp.min(labels), jnp.max(labels))))
+    with jax.ensure_compile_time_eval():  # concrete labels closed over inside a jit are still checked
+        lo, hi = (int(v) for v in jax.device_get((jnp.min(labels), jnp.max(labels))))
     top = 2 if multilabel else num_classes
     if lo < 0 or hi >= top:
         rule = "binary {0, 1}" if multilabel else f"in [0, {num_classes})"
@@ -67,10 +68,11 @@ def check_images(images: Any, input_shape: tuple[int, ...], *, n: int | None = N
         raise ValueError(f"{name}: dtype {dtype} is not floating (normalise uint8 images with data.normalize)")
     if not _concrete(images) or not shape[0]:
         return
-    x = jnp.asarray(images, jnp.float32)
-    axes = tuple(range(x.ndim - 1))
-    finite, mean, std, lo, hi = jax.device_get((jnp.all(jnp.isfinite(x)), jnp.mean(x, axes), jnp.std(x, axes),
-                                                jnp.min(x), jnp.max(x)))
+    with jax.ensure_compile_time_eval():
+        x = jnp.asarray(images, jnp.float32)
+        axes = tuple(range(x.ndim - 1))
+        finite, mean, std, lo, hi = jax.device_get((jnp.all(jnp.isfinite(x)), jnp.mean(x, axes),
+                                                    jnp.std(x, axes), jnp.min(x), jnp.max(x)))
     if not finite:
         raise ValueError(f"{name}: contains NaN or infinite values")
     spread = std[std > 0]
