@@ -28,7 +28,8 @@ STD_RANGE = (0.4, 2.5)
 
 
 def _concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    """Values can be read (not a tracer inside jit/vmap, nor an abstract `jax.ShapeDtypeStruct`)."""
+    return not isinstance(x, (jax.core.Tracer, jax.ShapeDtypeStruct))
 
 
 def _dtype(x: Any) -> np.dtype:
