@@ -9,8 +9,9 @@ Mask convention (everyone relies on it)
   (``ModelSpec.prunable(exclude_output)``); the same predicate is used by every criterion.
 - Every function here works on ONE model. Populations (params ``[S, ...]``, masks ``[S, M, P, ...]``) are handled
   with ``jax.vmap``; ``sparsity``, ``layer_sparsity`` and ``count_zeros`` take ``lead=k`` to do it for the first k
-  axes. The predicate of ``ModelSpec.prunable`` knows the model's shapes and refuses a stacked leaf (naming the
-  fix), so ``threshold`` cannot silently rank the seeds of a population together.
+  axes. The predicate of ``ModelSpec.prunable`` knows the model's shapes: the functions that rank or count refuse a
+  stacked tree (naming the fix), so ``threshold`` cannot silently rank the seeds of a population together;
+  elementwise ones (``complement``, ``to_jaxpruner``) accept populations as they are.
 
 Threshold rule (SCIENCE.md §4, "Library threshold rule")
 -------------------------------------------------------
@@ -188,7 +189,15 @@ def union(a: Mask, b: Mask) -> Mask:
 # ----------------------------------------------------------------------------------------------- counting
 
 
+def _check_one_model(tree: PyTree, prunable: PathPredicate, what: str) -> None:
+    """Refuse a stacked population when the predicate knows the model's shapes (`ModelSpec.prunable`)."""
+    check = getattr(prunable, "check_one_model", None)
+    if check is not None:
+        check(tree, what)
+
+
 def _prunable_leaves(mask: Mask, prunable: PathPredicate) -> list[tuple[tuple, Any]]:
+    _check_one_model(mask, prunable, "mask")
     leaves = [(p, m) for p, m in _flatten(mask)[0] if prunable(p, m)]
     if not leaves:
         raise ValueError("prunable: selects no leaf of the tree")
@@ -364,6 +373,7 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
         raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
     if layer_sparsities is not None and scope != "layerwise":
         raise ValueError("layer_sparsities: only valid with scope='layerwise'")
+    _check_one_model(scores, prunable, "scores")
     leaves, treedef = _flatten(scores)
     elig = _eligible(leaves, prunable)
     if not any(elig):

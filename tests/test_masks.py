@@ -415,11 +415,14 @@ def test_spec_predicate_refuses_stacked_trees_and_lead_equals_nested_vmap():
     spec = get_model("mlp_100_30")
     pred = spec.prunable()
     params = _population("mlp_100_30", 2)
-    with pytest.raises(ValueError, match=r"'head/bias' has shape \(2, 10\) but the model's is \(10,\).*vmap"):
+    with pytest.raises(ValueError, match=r"scores: leaf 'head/bias' has shape \(2, 10\) but the model's is "
+                                         r"\(10,\).*vmap"):
         masks.threshold(scores.magnitude(params), 0.5, prunable=pred)
     per_seed = jax.vmap(lambda p: masks.threshold(scores.magnitude(p), 0.5, prunable=pred))(params)
-    with pytest.raises(ValueError, match="vmap"):
+    with pytest.raises(ValueError, match="mask: leaf 'head/bias'.*vmap"):
         masks.sparsity(per_seed, pred)
+    # elementwise functions take populations as they are
+    assert trees_equal(masks.complement(per_seed, pred), jax.vmap(lambda m: masks.complement(m, pred))(per_seed))
     # each seed gets exactly its own 50% (ranking the seeds together would not)
     np.testing.assert_array_equal(np.asarray(masks.sparsity(per_seed, pred, lead=1)), [0.5, 0.5])
     grid = jnp.array([0.3, 0.6, 0.9])

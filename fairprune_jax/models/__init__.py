@@ -43,27 +43,38 @@ def path_str(path: tuple) -> str:
     return "/".join(parts)
 
 
-def kernel_predicate(exclude_output: bool = False, output_layer: str = "head",
-                     shapes: Mapping[str, tuple[int, ...]] | None = None) -> PathPredicate:
+@dataclasses.dataclass(frozen=True)
+class KernelPredicate:
     """Prunable = a `kernel` leaf with ndim >= 2, optionally not under the output layer.
 
-    With `shapes` (path string -> one model's param shape) a leaf with more dimensions than the model's is a
-    ValueError: functions of one model's tree were given a stacked population (vmap over it, or `lead=`).
+    `shapes` ((path string, one model's param shape) pairs, set by `ModelSpec.prunable`) lets the mask functions
+    that rank or count (`masks.threshold`, `masks.sparsity`, ...) refuse a stacked population (`check_one_model`).
     """
 
-    def prunable(path: tuple, leaf: Any) -> bool:
-        name = path_str(path)
-        ref = None if shapes is None else shapes.get(name)
-        if ref is not None and getattr(leaf, "ndim", 0) > len(ref):
-            raise ValueError(f"prunable: leaf {name!r} has shape {tuple(leaf.shape)} but the model's is {ref}: a "
-                             f"stacked population? Mask functions take ONE model: jax.vmap over the leading "
-                             f"axes (masks.sparsity / masks.layer_sparsity take lead=...)")
-        names = name.split("/")
+    exclude_output: bool = False
+    output_layer: str = "head"
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] | None = None
+
+    def __call__(self, path: tuple, leaf: Any) -> bool:
+        names = path_str(path).split("/")
         if names[-1] != "kernel" or getattr(leaf, "ndim", 0) < 2:
             return False
-        return not (exclude_output and output_layer in names[:-1])
+        return not (self.exclude_output and self.output_layer in names[:-1])
 
-    return prunable
+    def check_one_model(self, tree: Any, what: str = "tree") -> None:
+        """ValueError naming the first leaf of `tree` with more dimensions than the model's (vmap it instead)."""
+        ref = dict(self.shapes or ())
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            name = path_str(path)
+            if name in ref and len(jnp.shape(leaf)) > len(ref[name]):
+                raise ValueError(f"{what}: leaf {name!r} has shape {tuple(jnp.shape(leaf))} but the model's is "
+                                 f"{ref[name]}: a stacked population? This function takes ONE model: jax.vmap "
+                                 f"over the leading axes (masks.sparsity / layer_sparsity / count_zeros take lead=)")
+
+
+def kernel_predicate(exclude_output: bool = False, output_layer: str = "head") -> PathPredicate:
+    """Prunable = a `kernel` leaf with ndim >= 2, optionally not under the output layer."""
+    return KernelPredicate(exclude_output, output_layer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,11 +104,11 @@ class ModelSpec:
         return self.module.apply(variables, x, train=train), {}
 
     def prunable(self, exclude_output: bool = False) -> PathPredicate:
-        """Predicate on (key path, leaf) of ONE model's params tree selecting prunable leaves; a leaf with more
-        dimensions than the model's (a stacked population) is a ValueError naming the fix."""
-        shapes = {path_str(p): tuple(x.shape)
-                  for p, x in jax.tree_util.tree_flatten_with_path(check_spec(self)["params"])[0]}
-        return kernel_predicate(exclude_output, self.output_layer, shapes)
+        """Predicate on (key path, leaf) of the params tree selecting prunable leaves; it knows the model's shapes,
+        so the mask functions that rank or count refuse a stacked population naming the fix (vmap / lead=)."""
+        shapes = tuple((path_str(p), tuple(x.shape))
+                       for p, x in jax.tree_util.tree_flatten_with_path(check_spec(self)["params"])[0])
+        return KernelPredicate(exclude_output, self.output_layer, shapes)
 
 
 def _unhashable_fields(module: nn.Module) -> list[str]:
