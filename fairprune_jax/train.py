@@ -444,7 +444,11 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     make_tx(tcfg, int(images.shape[0]))  # validates the config
     one = jax.eval_shape(spec.init, jax.random.key(0))
     if masks is not None:
-        _check_population("masks", masks, one["params"], n)
+        try:
+            _check_population("masks", masks, one["params"], n)
+        except ValueError as e:  # the common case: a mask population [S, M, ...] over dense models [S]
+            raise ValueError(f"{e} (one mask per key; to fine-tune masks [S, *lead] of dense models [S] use "
+                             f"protocols.finetune)") from None
         bad = [leaf.dtype for leaf in jax.tree.leaves(masks) if leaf.dtype != jnp.bool_]
         if bad:
             raise ValueError(f"masks: leaves must be bool, got {bad[0]}")

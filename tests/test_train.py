@@ -152,7 +152,7 @@ def test_keys_and_config_validation(mnist_slice):
     with pytest.raises(ValueError, match="masks"):
         train.fit(spec, _cfg(), [0], x, y, masks=bad)
     wrong = jax.tree.map(lambda p: jnp.ones((2, *p.shape), jnp.bool_), params)
-    with pytest.raises(ValueError, match="masks: leaf 'head/bias' has shape"):
+    with pytest.raises(ValueError, match="masks: leaf 'head/bias' has shape.*use protocols.finetune"):
         train.fit(spec, _cfg(), [0], x, y, masks=wrong)
 
 
