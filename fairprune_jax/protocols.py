@@ -30,7 +30,7 @@ from fairprune_jax import schedules
 from fairprune_jax import scores as scores_lib
 from fairprune_jax import train
 from fairprune_jax import validation
-from fairprune_jax.models import ModelSpec
+from fairprune_jax.models import ModelSpec, check_spec
 
 PyTree = Any
 Variables = dict[str, Any]
@@ -149,7 +149,9 @@ def prune_population(spec: ModelSpec, criterion: str, variables: Variables, spar
 
 
 def _check_data(spec: ModelSpec, x_train: Any, y_train: Any) -> tuple[jax.Array, jax.Array]:
-    """Training images and labels checked like `train.fit` does, before any scoring uses them."""
+    """The model contract and the training images and labels, checked like `train.fit` does, before any scoring
+    (whose compiled functions are cached per spec) uses them."""
+    check_spec(spec)
     validation.check_images(x_train, spec.input_shape, name="x_train")
     validation.check_labels(y_train, spec.num_outputs, n=int(np.shape(x_train)[0]), multilabel=spec.multilabel,
                             name="y_train")

@@ -58,6 +58,14 @@ def check_labels(labels: Any, num_classes: int, *, n: int | None = None, multila
         raise ValueError(f"{name}: values must be {rule}, got range [{lo}, {hi}]")
 
 
+@jax.jit
+def _image_stats(x: jax.Array) -> tuple[jax.Array, ...]:
+    """(all finite, per-channel mean, per-channel mean of squares, min, max) in fused passes (no image-sized
+    temporaries, which matters for large splits on an accelerator)."""
+    axes = tuple(range(x.ndim - 1))
+    return jnp.all(jnp.isfinite(x)), jnp.mean(x, axes), jnp.mean(jnp.square(x), axes), jnp.min(x), jnp.max(x)
+
+
 def check_images(images: Any, input_shape: tuple[int, ...], *, n: int | None = None, name: str = "images") -> None:
     """ValueError naming `name` unless `images` are floating [N, *input_shape] and finite; a UserWarning when
     their statistics do not look normalised (module doc)."""
@@ -70,12 +78,10 @@ def check_images(images: Any, input_shape: tuple[int, ...], *, n: int | None = N
     if not _concrete(images) or not shape[0]:
         return
     with jax.ensure_compile_time_eval():
-        x = jnp.asarray(images, jnp.float32)
-        axes = tuple(range(x.ndim - 1))
-        finite, mean, std, lo, hi = jax.device_get((jnp.all(jnp.isfinite(x)), jnp.mean(x, axes),
-                                                    jnp.std(x, axes), jnp.min(x), jnp.max(x)))
+        finite, mean, sq, lo, hi = jax.device_get(_image_stats(jnp.asarray(images, jnp.float32)))
     if not finite:
         raise ValueError(f"{name}: contains NaN or infinite values")
+    std = np.sqrt(np.maximum(sq - mean ** 2, 0.0))
     spread = std[std > 0]
     if np.any(np.abs(mean) > MAX_ABS_MEAN) or np.any((spread < STD_RANGE[0]) | (spread > STD_RANGE[1])):
         warnings.warn(f"{name}: values look unnormalised (range [{lo:.3g}, {hi:.3g}], per-channel mean "

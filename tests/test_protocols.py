@@ -216,3 +216,12 @@ def test_protocols_refuse_bad_labels_before_scoring(setup, bad, match):
     with pytest.raises(ValueError, match="y_train: dtype float32"):
         protocols.finetune(SPEC, CFG, dense, jax.vmap(masks.ones_like)(dense["params"]), keys, x,
                            y.astype(jnp.float32))
+
+
+def test_protocols_check_the_model_contract_first(setup):
+    from fairprune_jax.models import ModelSpec, mlp
+
+    x, y, keys, dense = setup
+    listy = ModelSpec("listy", mlp.MLP([100, 30], 10), (28, 28, 1), 10)
+    with pytest.raises(ValueError, match="spec.module: MLP is not hashable.*tuples instead of lists"):
+        protocols.one_shot(listy, CFG, dense, ["mp"], [0.5], keys, x, y)
