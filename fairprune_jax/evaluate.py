@@ -258,7 +258,8 @@ def recall_table(counts: np.ndarray, *, dataset: str, model: str, criteria: Sequ
 
     lead = [S, M, P] (seeds, criteria/mask kinds, sparsities) as `evaluate_population` returns for masks
     [S, M, P]; fewer axes mean 1 criterion / 1 sparsity ([S] dense, [S, M] one iterative level, [] one model);
-    more than three are flattened, row-major, into the sparsity index.
+    more than three are flattened, row-major, into the sparsity index. With ONE criterion the criteria axis may
+    be left out: counts [S, P, K, K] with `criteria=[name]` are read as [S, 1, P, K, K].
     Columns: dataset, model, criterion, seed, level, sparsity_index, requested_sparsity, actual_sparsity
     (realised t, read from the mask), class, n, correct, recall (NaN when n = 0), accuracy (and
     mean_confidence / frac_uncertain when given). `requested_sparsity`, `actual_sparsity`, `mean_confidence`,
@@ -270,7 +271,8 @@ def recall_table(counts: np.ndarray, *, dataset: str, model: str, criteria: Sequ
         raise ValueError(f"counts: expected [..., K, K], got {counts.shape}")
     full = counts.shape[:-2]
     k = counts.shape[-1]
-    s, m, p = (tuple(full) + (1, 1, 1))[:2] + (int(np.prod(full[2:], dtype=np.int64)),)
+    layout = full[:1] + (1,) + full[1:] if len(criteria) == 1 and len(full) >= 2 and full[1] != 1 else full
+    s, m, p = (tuple(layout) + (1, 1, 1))[:2] + (int(np.prod(layout[2:], dtype=np.int64)),)
     counts = counts.reshape(s, m, p, k, k)
     if len(seeds) != s:
         raise ValueError(f"seeds: {len(seeds)} given for {s} seeds in counts")

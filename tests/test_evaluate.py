@@ -250,6 +250,11 @@ def test_recall_table_takes_any_leading_axes():
     level = evaluate.recall_table(counts[:, :, 0, 0], dataset="d", model="m", criteria=list("abc"), seeds=[0, 1],
                                   requested_sparsity=0.2, actual_sparsity=act[:, :, 0, 0])  # [S, M]
     assert len(level) == 2 * 3 * 4 and (level.sparsity_index == 0).all()
+    grid = evaluate.recall_table(counts[:, 0, :, 0], dataset="d", model="m", criteria=["mp"], seeds=[0, 1],
+                                 requested_sparsity=[0.5, 0.9], actual_sparsity=act[:, 0, :, 0])  # [S, P]: 1 criterion
+    row = grid[(grid.seed == 1) & (grid.sparsity_index == 1) & (grid["class"] == 2)]
+    assert len(grid) == 2 * 2 * 4 and row.requested_sparsity.item() == 0.9 and row.criterion.item() == "mp"
+    assert row.correct.item() == counts[1, 0, 1, 0][2, 2] and row.actual_sparsity.item() == act[1, 0, 1, 0]
     one = evaluate.recall_table(counts[0, 0, 0, 0], dataset="d", model="m", criteria=["x"], seeds=[7],
                                 requested_sparsity=0.0, actual_sparsity=0.0)  # one model [K, K]
     np.testing.assert_allclose(one.recall, evaluate.recall(counts[0, 0, 0, 0]))
