@@ -5,7 +5,9 @@ Populations. Criteria (M) and sparsities (P) become extra model axes next to the
 variables and masks `[S, M, P, ...]` (one-shot, GMP) or `[S, M, ...]` per level (iterative). Training flattens
 those axes into one model axis and trains it with `train.fit`/`train.run_population` (vmapped, chunked: one
 compiled program for the whole grid). Pairing: every (criterion, sparsity) model of seed s starts from seed s's
-dense/initial weights and sees the same data order, so differences between algorithms are paired.
+dense/initial weights and sees the same data order, so differences between algorithms are paired. `finetune`
+fine-tunes ANY mask population `[S, *lead]` (e.g. masks composed by hand) from its seeds' dense models the same
+way; `one_shot` is pruning followed by `finetune`.
 
 Scoring. Scores are computed from each model's current (masked) weights; gradient criteria (gp, up) use
 `scores.batch_gradient` on the fixed batch (`scores.fixed_batch`: the first 128 training examples in storage

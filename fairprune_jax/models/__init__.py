@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -142,8 +142,8 @@ def _check_spec(spec: ModelSpec) -> Variables:
     try:
         variables, logits = jax.eval_shape(probe, jax.random.key(0))
     except (ValueError, TypeError, ZeroDivisionError, IndexError) as e:
-        raise ValueError(f"spec.input_shape: {tuple(spec.input_shape)} does not fit model {spec.name!r} "
-                         f"({type(e).__name__}: {e})") from e
+        raise ValueError(f"spec.input_shape: model {spec.name!r} fails on one input of shape "
+                         f"{tuple(spec.input_shape)} ({type(e).__name__}: {e})") from e
     variables = dict(variables)
     empty = [path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(variables)[0] if 0 in x.shape]
     if empty:
