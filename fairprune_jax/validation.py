@@ -78,7 +78,8 @@ def check_images(images: Any, input_shape: tuple[int, ...], *, n: int | None = N
     if not _concrete(images) or not shape[0]:
         return
     with jax.ensure_compile_time_eval():
-        finite, mean, sq, lo, hi = jax.device_get(_image_stats(jnp.asarray(images, jnp.float32)))
+        finite, mean, sq, lo, hi = (np.asarray(v, np.float64) for v in
+                                    jax.device_get(_image_stats(jnp.asarray(images, jnp.float32))))
     if not finite:
         raise ValueError(f"{name}: contains NaN or infinite values")
     std = np.sqrt(np.maximum(sq - mean ** 2, 0.0))
