@@ -339,8 +339,30 @@ def _normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
 
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
     """(x/255 − mean)/std per channel, computed once on the device as float32 (one fused kernel; the uint8
-    images travel to the device, not the 4x larger floats)."""
+    images travel to the device, not the 4x larger floats). `images` must be uint8 pixels (0–255)."""
+    dtype = np.dtype(images.dtype) if hasattr(images, "dtype") else np.asarray(images).dtype
+    if dtype != np.uint8:
+        raise ValueError(f"images: dtype {dtype}; normalize expects uint8 pixels 0-255 (rescale other data to "
+                         f"0-255 and cast, e.g. np.round(x * 255 / x_max).astype(np.uint8))")
     return _normalize(jnp.asarray(images), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+
+
+def check_normalized(images: Any, ds: DatasetInfo, *, name: str = "images") -> None:
+    """ValueError unless `images` [N, H, W, C] could be `normalize`d pixels of `ds`: every value of channel c
+    within [(0 − mean_c)/std_c, (1 − mean_c)/std_c] (the strict, DatasetInfo-aware form of the check
+    `train.fit` and `evaluate` make, which only warn)."""
+    x = np.asarray(images, np.float64)
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(ds.image_shape):
+        raise ValueError(f"{name}: shape {x.shape} is not [N, *{tuple(ds.image_shape)}] of dataset {ds.name!r}")
+    mean, std = np.asarray(ds.mean, np.float64), np.asarray(ds.std, np.float64)
+    lo, hi = -mean / std - 1e-4, (1 - mean) / std + 1e-4
+    got_lo, got_hi = x.min(axis=(0, 1, 2)), x.max(axis=(0, 1, 2))
+    bad = (got_lo < lo) | (got_hi > hi)
+    if np.any(bad):
+        c = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name}: channel {c} has values in [{got_lo[c]:.4g}, {got_hi[c]:.4g}], outside the "
+                         f"[{lo[c]:.4g}, {hi[c]:.4g}] that normalised pixels of {ds.name!r} can take; use "
+                         f"data.normalize(uint8_images, info.mean, info.std)")
 
 
 def to_device(split: Split, ds: DatasetInfo) -> DeviceSplit:

@@ -32,7 +32,8 @@ import pandas as pd
 from jax.sharding import Mesh
 
 from fairprune_jax import sharding
-from fairprune_jax.models import ModelSpec, path_str
+from fairprune_jax.models import ModelSpec
+from fairprune_jax.validation import check_bool_leaves, check_images, check_labels, leading_shape
 
 PyTree = Any
 
@@ -54,33 +55,6 @@ class EvalResult(NamedTuple):
 def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:
     """Zero pruned weights (the masks.apply convention), mask leaves first so the structures must agree."""
     return jax.tree.map(lambda m, p: jnp.where(m, p, jnp.zeros((), p.dtype)), mask, params)
-
-
-def _leading_shape(tree: PyTree, base: PyTree, what: str) -> tuple[int, ...]:
-    """Leading axes shared by every leaf of `tree` on top of the single-model shapes in `base`."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    base_leaves = jax.tree_util.tree_flatten_with_path(base)[0]
-    paths, base_paths = [path_str(p) for p, _ in leaves], [path_str(p) for p, _ in base_leaves]
-    if paths != base_paths:
-        extra, missing = sorted(set(paths) - set(base_paths)), sorted(set(base_paths) - set(paths))
-        raise ValueError(f"{what}: leaves differ from the model's: unexpected {extra}, missing {missing}")
-    lead: tuple[int, ...] | None = None
-    for (path, leaf), (_, ref) in zip(leaves, base_leaves):
-        shape, ref_shape = tuple(np.shape(leaf)), tuple(ref.shape)
-        k = len(shape) - len(ref_shape)
-        if k < 0 or shape[k:] != ref_shape:
-            raise ValueError(f"{what}/{path_str(path)}: shape {shape} does not end with the model's {ref_shape}")
-        if lead is None:
-            lead = shape[:k]
-        elif shape[:k] != lead:
-            raise ValueError(f"{what}/{path_str(path)}: leading axes {shape[:k]} differ from {lead} of other leaves")
-    return lead if lead is not None else ()
-
-
-def _check_masks_dtype(masks: PyTree) -> None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(masks)[0]:
-        if np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype)) != np.bool_:
-            raise ValueError(f"masks/{path_str(path)}: dtype {leaf.dtype} is not bool")
 
 
 # ----------------------------------------------------------------------------------------- compiled core
@@ -176,16 +150,10 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError("variables: expected a dict with a 'params' collection")
 
+    check_images(images, spec.input_shape, name="images")
     images = jnp.asarray(images)
+    check_labels(labels, k, n=images.shape[0], name="labels")
     labels_np = np.asarray(labels)
-    if images.ndim < 1 or images.shape[1:] != tuple(spec.input_shape):
-        raise ValueError(f"images: shape {images.shape} is not [N, *{tuple(spec.input_shape)}]")
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(f"images: dtype {images.dtype} is not floating (normalise the uint8 images first)")
-    if labels_np.shape != (images.shape[0],) or not np.issubdtype(labels_np.dtype, np.integer):
-        raise ValueError(f"labels: expected int [{images.shape[0]}], got {labels_np.dtype} {labels_np.shape}")
-    if labels_np.size and (labels_np.min() < 0 or labels_np.max() >= k):
-        raise ValueError(f"labels: values must lie in [0, {k}), got [{labels_np.min()}, {labels_np.max()}]")
     n = images.shape[0]
     if n == 0:
         raise ValueError("images: the test split is empty")
@@ -195,12 +163,12 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
     if missing:
         raise ValueError(f"variables: missing collection(s) {missing} of model {spec.name!r}")
     variables = {col: variables[col] for col in base}  # extra collections are not used by apply
-    var_lead = _leading_shape(variables, base, "variables")
+    var_lead = leading_shape(variables, base, "variables")
     if masks is None:
         mask_lead = var_lead
     else:
-        _check_masks_dtype(masks)
-        mask_lead = _leading_shape(masks, base["params"], "masks")
+        check_bool_leaves(masks, "masks")
+        mask_lead = leading_shape(masks, base["params"], "masks")
         # same key paths; adopt the params' container types (dict vs FrozenDict) so tree maps line up
         masks = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(variables["params"]), jax.tree.leaves(masks))
         if mask_lead[:len(var_lead)] != var_lead:
@@ -272,11 +240,12 @@ def balanced_accuracy(counts: np.ndarray) -> np.ndarray:
         return np.where(present.any(-1), np.nansum(r, -1) / np.maximum(present.sum(-1), 1), np.nan)
 
 
-def _broadcast(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _broadcast(name: str, value: Any, shape: tuple[int, ...], to: tuple[int, ...]) -> np.ndarray:
+    """`value` broadcast trailing-aligned to the population's `shape` ([P] -> [S, M, P]; a scalar everywhere),
+    then reshaped to the table's `to` = (S, M, P)."""
     a = np.asarray(value)
-    # Broadcast trailing-aligned ([P] -> [S, M, P]); a scalar goes everywhere.
     try:
-        return np.broadcast_to(a, shape)
+        return np.broadcast_to(a, shape).reshape(to)
     except ValueError:
         raise ValueError(f"{name}: shape {a.shape} does not broadcast to the population's {shape}") from None
 
@@ -285,26 +254,33 @@ def recall_table(counts: np.ndarray, *, dataset: str, model: str, criteria: Sequ
                  requested_sparsity: Any, actual_sparsity: Any, levels: Sequence[int] | None = None,
                  mean_confidence: np.ndarray | None = None, frac_uncertain: np.ndarray | None = None
                  ) -> pd.DataFrame:
-    """Tidy table, one row per model x class, from counts [S, M, P, K, K] (or dense [S, K, K]).
+    """Tidy table, one row per model x class, from counts [*lead, K, K] of any population layout.
 
+    lead = [S, M, P] (seeds, criteria/mask kinds, sparsities) as `evaluate_population` returns for masks
+    [S, M, P]; fewer axes mean 1 criterion / 1 sparsity ([S] dense, [S, M] one iterative level, [] one model);
+    more than three are flattened, row-major, into the sparsity index. With ONE criterion the criteria axis may
+    be left out: counts [S, P, K, K] with `criteria=[name]` are read as [S, 1, P, K, K].
     Columns: dataset, model, criterion, seed, level, sparsity_index, requested_sparsity, actual_sparsity
     (realised t, read from the mask), class, n, correct, recall (NaN when n = 0), accuracy (and
-    mean_confidence / frac_uncertain when given). `requested_sparsity`, `actual_sparsity` broadcast to
-    [S, M, P] (e.g. [P] or [S, M, P]); `levels` [P] defaults to the sparsity index.
+    mean_confidence / frac_uncertain when given). `requested_sparsity`, `actual_sparsity`, `mean_confidence`,
+    `frac_uncertain` broadcast to lead (trailing-aligned, e.g. [P] or lead itself); `levels` [P] defaults to
+    the sparsity index.
     """
     counts = np.asarray(counts)
-    if counts.ndim == 3:
-        counts = counts[:, None, None]
-    if counts.ndim != 5 or counts.shape[-1] != counts.shape[-2]:
-        raise ValueError(f"counts: expected [S, M, P, K, K] or [S, K, K], got {counts.shape}")
-    s, m, p, k, _ = counts.shape
+    if counts.ndim < 2 or counts.shape[-1] != counts.shape[-2]:
+        raise ValueError(f"counts: expected [..., K, K], got {counts.shape}")
+    full = counts.shape[:-2]
+    k = counts.shape[-1]
+    layout = full[:1] + (1,) + full[1:] if len(criteria) == 1 and len(full) >= 2 and full[1] != 1 else full
+    s, m, p = (tuple(layout) + (1, 1, 1))[:2] + (int(np.prod(layout[2:], dtype=np.int64)),)
+    counts = counts.reshape(s, m, p, k, k)
     if len(seeds) != s:
         raise ValueError(f"seeds: {len(seeds)} given for {s} seeds in counts")
     if len(criteria) != m:
         raise ValueError(f"criteria: {len(criteria)} given for {m} criteria in counts")
     lead = (s, m, p)
-    req = _broadcast("requested_sparsity", requested_sparsity, lead).astype(float)
-    act = _broadcast("actual_sparsity", actual_sparsity, lead).astype(float)
+    req = _broadcast("requested_sparsity", requested_sparsity, full, lead).astype(float)
+    act = _broadcast("actual_sparsity", actual_sparsity, full, lead).astype(float)
     lv = np.arange(p) if levels is None else np.asarray(levels)
     if lv.shape != (p,):
         raise ValueError(f"levels: expected {p} values, got shape {lv.shape}")
@@ -328,7 +304,9 @@ def recall_table(counts: np.ndarray, *, dataset: str, model: str, criteria: Sequ
         "accuracy": np.repeat(accuracy(counts).ravel(), k),
     }
     if mean_confidence is not None:
-        cols["mean_confidence"] = np.repeat(_broadcast("mean_confidence", mean_confidence, lead).ravel(), k)
+        conf = _broadcast("mean_confidence", mean_confidence, full, lead)
+        cols["mean_confidence"] = np.repeat(conf.ravel(), k)
     if frac_uncertain is not None:
-        cols["frac_uncertain"] = np.repeat(_broadcast("frac_uncertain", frac_uncertain, lead).ravel(), k)
+        unc = _broadcast("frac_uncertain", frac_uncertain, full, lead)
+        cols["frac_uncertain"] = np.repeat(unc.ravel(), k)
     return pd.DataFrame(cols)

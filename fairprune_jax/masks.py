@@ -8,7 +8,10 @@ Mask convention (everyone relies on it)
 - Which leaves are prunable is a static predicate ``prunable(path, leaf) -> bool`` on ``jax.tree_util`` key paths
   (``ModelSpec.prunable(exclude_output)``); the same predicate is used by every criterion.
 - Every function here works on ONE model. Populations (params ``[S, ...]``, masks ``[S, M, P, ...]``) are handled
-  with ``jax.vmap``; the predicates look at leaf ``ndim``, so do not pass stacked trees without vmapping.
+  with ``jax.vmap``; ``sparsity``, ``layer_sparsity`` and ``count_zeros`` take ``lead=k`` to do it for the first k
+  axes. The predicate of ``ModelSpec.prunable`` knows the model's shapes: the functions that rank or count refuse a
+  stacked tree (naming the fix), so ``threshold`` cannot silently rank the seeds of a population together;
+  elementwise ones (``complement``, ``to_jaxpruner``) accept populations as they are.
 
 Threshold rule (SCIENCE.md §4, "Library threshold rule")
 -------------------------------------------------------
@@ -185,7 +188,15 @@ def union(a: Mask, b: Mask) -> Mask:
 # ----------------------------------------------------------------------------------------------- counting
 
 
+def _check_one_model(tree: PyTree, prunable: PathPredicate, what: str) -> None:
+    """Refuse a stacked population when the predicate knows the model's shapes (`ModelSpec.prunable`)."""
+    check = getattr(prunable, "check_one_model", None)
+    if check is not None:
+        check(tree, what)
+
+
 def _prunable_leaves(mask: Mask, prunable: PathPredicate) -> list[tuple[tuple, Any]]:
+    _check_one_model(mask, prunable, "mask")
     leaves = [(p, m) for p, m in _flatten(mask)[0] if prunable(p, m)]
     if not leaves:
         raise ValueError("prunable: selects no leaf of the tree")
@@ -198,9 +209,20 @@ def _zero_fraction(leaves: list[Any]) -> jax.Array:
     return zeros / jnp.asarray(total, jnp.result_type(float))
 
 
-def sparsity(mask: Mask, prunable: PathPredicate) -> jax.Array:
-    """Fraction of prunable weights that are pruned (the realised t of SCIENCE.md §2)."""
-    return _zero_fraction([m for _, m in _prunable_leaves(mask, prunable)])
+def _over_lead(fn: Callable, lead: int) -> Callable:
+    """`fn` of one model vmapped over `lead` leading axes."""
+    if int(lead) != lead or lead < 0:
+        raise ValueError(f"lead: need a non-negative integer, got {lead!r}")
+    for _ in range(int(lead)):
+        fn = jax.vmap(fn)
+    return fn
+
+
+def sparsity(mask: Mask, prunable: PathPredicate, *, lead: int = 0) -> jax.Array:
+    """Fraction of prunable weights that are pruned (the realised t of SCIENCE.md §2); [*lead] for a mask
+    population with `lead` leading axes (e.g. lead=3 for masks [S, M, P, ...])."""
+    one = lambda m: _zero_fraction([x for _, x in _prunable_leaves(m, prunable)])  # noqa: E731
+    return _over_lead(one, lead)(mask)
 
 
 def kernel_sparsity(mask: Mask) -> jax.Array:
@@ -211,14 +233,17 @@ def kernel_sparsity(mask: Mask) -> jax.Array:
     return _zero_fraction(leaves)
 
 
-def layer_sparsity(mask: Mask, prunable: PathPredicate) -> dict[str, jax.Array]:
-    """Path string -> fraction pruned, for each prunable leaf."""
-    return {path_str(p): _zero_fraction([m]) for p, m in _prunable_leaves(mask, prunable)}
+def layer_sparsity(mask: Mask, prunable: PathPredicate, *, lead: int = 0) -> dict[str, jax.Array]:
+    """Path string -> fraction pruned, for each prunable leaf ([*lead] arrays with `lead` leading axes)."""
+    one = lambda m: {path_str(p): _zero_fraction([x]) for p, x in _prunable_leaves(m, prunable)}  # noqa: E731
+    return _over_lead(one, lead)(mask)
 
 
-def count_zeros(mask: Mask, prunable: PathPredicate) -> jax.Array:
-    """Number of pruned prunable weights (int32)."""
-    return sum(jnp.sum(jnp.logical_not(m), dtype=jnp.int32) for _, m in _prunable_leaves(mask, prunable))
+def count_zeros(mask: Mask, prunable: PathPredicate, *, lead: int = 0) -> jax.Array:
+    """Number of pruned prunable weights (int32; [*lead] with `lead` leading axes)."""
+    one = lambda m: sum(jnp.sum(jnp.logical_not(x), dtype=jnp.int32)  # noqa: E731
+                        for _, x in _prunable_leaves(m, prunable))
+    return _over_lead(one, lead)(mask)
 
 
 def num_prunable(tree: PyTree, prunable: PathPredicate) -> int:
@@ -364,6 +389,7 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
         raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
     if layer_sparsities is not None and scope != "layerwise":
         raise ValueError("layer_sparsities: only valid with scope='layerwise'")
+    _check_one_model(scores, prunable, "scores")
     leaves, treedef = _flatten(scores)
     elig = _eligible(leaves, prunable)
     if not any(elig):
@@ -442,8 +468,10 @@ def save(path: str | os.PathLike, mask: Mask) -> None:
 def load(path: str | os.PathLike, like_params: PyTree | None = None) -> Mask:
     """Read a mask written by ``save``.
 
-    With ``like_params`` the result has its tree structure and is validated against it (keys, shapes, bool);
-    without it the result is a nested dict built from the path strings.
+    With ``like_params`` the result has its tree structure and is validated against it (keys, bool, shapes);
+    without it the result is a nested dict built from the path strings. Leading axes broadcast as in
+    ``evaluate``: the file may hold a population with more leading axes than ``like_params`` (one model's params,
+    or dense ``[S]`` params for masks ``[S, M, P]``), the same extra axes on every leaf.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -479,11 +507,23 @@ def load(path: str | os.PathLike, like_params: PyTree | None = None) -> Mask:
     if extra:
         raise ValueError(f"{path}: has leaf {extra[0]!r} not in params")
     mask = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(arrays[k]) for k in keys])
-    try:
-        validate(like_params, mask)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    splits: set | None = None  # {(j, extra)} with leaf shape = params[:j] + extra + params[j:], on every leaf
+    for k, (_, px) in zip(keys, p_leaves):
+        here = _lead_splits(arrays[k].shape, _shape(px))
+        splits = here if splits is None else splits & here
+        if not splits:
+            raise ValueError(f"{path}: leaf {k!r} has shape {arrays[k].shape}, params has {_shape(px)} (leading "
+                             f"axes must be params' with the same extra axes on every leaf)")
     return mask
+
+
+def _lead_splits(shape: tuple[int, ...], pshape: tuple[int, ...]) -> set:
+    """Ways to read `shape` as `pshape` with extra axes inserted after its first j axes: {(j, extra)}."""
+    k = len(shape) - len(pshape)
+    if k < 0:
+        return set()
+    return {(j, shape[j:j + k]) for j in range(len(pshape) + 1)
+            if shape[:j] == pshape[:j] and shape[j + k:] == pshape[j:]}
 
 
 def to_jaxpruner(mask: Mask, prunable: PathPredicate) -> dict:

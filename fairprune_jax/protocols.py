@@ -5,7 +5,9 @@ Populations. Criteria (M) and sparsities (P) become extra model axes next to the
 variables and masks `[S, M, P, ...]` (one-shot, GMP) or `[S, M, ...]` per level (iterative). Training flattens
 those axes into one model axis and trains it with `train.fit`/`train.run_population` (vmapped, chunked: one
 compiled program for the whole grid). Pairing: every (criterion, sparsity) model of seed s starts from seed s's
-dense/initial weights and sees the same data order, so differences between algorithms are paired.
+dense/initial weights and sees the same data order, so differences between algorithms are paired. `finetune`
+fine-tunes ANY mask population `[S, *lead]` (e.g. masks composed by hand) from its seeds' dense models the same
+way; `one_shot` is pruning followed by `finetune`.
 
 Scoring. Scores are computed from each model's current (masked) weights; gradient criteria (gp, up) use
 `scores.batch_gradient` on the fixed batch (`scores.fixed_batch`: the first 128 training examples in storage
@@ -29,7 +31,8 @@ from fairprune_jax import masks as masks_lib
 from fairprune_jax import schedules
 from fairprune_jax import scores as scores_lib
 from fairprune_jax import train
-from fairprune_jax.models import ModelSpec
+from fairprune_jax import validation
+from fairprune_jax.models import ModelSpec, check_spec
 
 PyTree = Any
 Variables = dict[str, Any]
@@ -147,6 +150,16 @@ def prune_population(spec: ModelSpec, criterion: str, variables: Variables, spar
     return fn(variables, prior, keys, s, *batch)
 
 
+def _check_data(spec: ModelSpec, x_train: Any, y_train: Any) -> tuple[jax.Array, jax.Array]:
+    """The model contract and the training images and labels, checked like `train.fit` does, before any scoring
+    (whose compiled functions are cached per spec) uses them."""
+    check_spec(spec)
+    validation.check_images(x_train, spec.input_shape, name="x_train")
+    validation.check_labels(y_train, spec.num_outputs, n=int(np.shape(x_train)[0]), multilabel=spec.multilabel,
+                            name="y_train")
+    return jnp.asarray(x_train), jnp.asarray(y_train)
+
+
 def _score_batch(x_train: Any, y_train: Any, size: int = 128) -> tuple[jax.Array, jax.Array]:
     xb, yb = scores_lib.fixed_batch(x_train, y_train, size=size)
     return jnp.asarray(xb), jnp.asarray(yb)
@@ -166,29 +179,58 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
     tcfg: the FINE-TUNING config (reduced lr, e.g. `finetune_config(dense_cfg, lr_scale=0.1, epochs=...)`);
         tcfg.epochs = 0 returns the pruned models without fine-tuning. A fresh optimizer state is used.
     Returns (variables [S, M, P, ...], masks [S, M, P, ...], history {"loss": [S, M, P, epochs],
-    "criteria", "sparsities"}). All S·M·P models are fine-tuned as one flattened, chunked population; the
-    models of one seed share its data order (`purpose_key(seed, "finetune_data")`).
+    "criteria", "sparsities"}). The fine-tuning is `finetune` of these masks: all S·M·P models as one flattened,
+    chunked population; the models of one seed share its data order (`purpose_key(seed, "finetune_data")`).
     """
     criteria = _check_criteria(criteria)
     grid = _check_sparsities(sparsities)
     keys = train.as_keys(seed_keys)
-    s_, m_, p_ = int(keys.shape[0]), len(criteria), len(grid)
+    s_ = int(keys.shape[0])
     if _leading(dense_variables) != s_:
         raise ValueError(f"dense_variables: leading axis {_leading(dense_variables)} != {s_} seed keys")
-    images, labels = jnp.asarray(x_train), jnp.asarray(y_train)
+    images, labels = _check_data(spec, x_train, y_train)
     batch = _score_batch(images, labels, grad_batch)
     rkeys = _random_keys(keys, 0)
     per_criterion = [prune_population(spec, c, dense_variables, grid, rkeys, batch, grid=True,
                                       exclude_output=exclude_output, lam=lam) for c in criteria]
     mask = _stack(per_criterion, axis=1)  # [S, M, P, ...]
-    flat_mask = _flatten_lead(mask, 3)
-    init = _repeat(dense_variables, m_ * p_)
-    ft_keys = jnp.repeat(jax.vmap(lambda k: train.purpose_key(k, "finetune_data"))(keys), m_ * p_)
-    out, hist = train.fit(spec, tcfg, ft_keys, images, labels, masks=flat_mask, init_variables=init, chunk=chunk,
-                          progress=progress, mesh=mesh)
-    variables = _reshape_lead(out, (s_, m_, p_))
-    loss = hist["loss"].reshape(s_, m_, p_, -1)
-    return variables, mask, {"loss": loss, "criteria": criteria, "sparsities": grid}
+    variables, hist = finetune(spec, tcfg, dense_variables, mask, keys, images, labels, chunk=chunk,
+                               progress=progress, mesh=mesh)
+    return variables, mask, {"loss": hist["loss"], "criteria": criteria, "sparsities": grid}
+
+
+def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTree, seed_keys: Any, x_train: Any,
+             y_train: Any, *, chunk: int | None = None, progress: Callable[[dict], None] | None = None,
+             mesh: Any = None) -> tuple[Variables, dict[str, Any]]:
+    """Masked fine-tuning of any mask population: every mask of seed s starts from seed s's dense weights.
+
+    dense_variables: [S, ...] (e.g. from `train.fit`); seed_keys [S] their seeds' keys.
+    masks: bool trees like params with leading axes [S, *lead] (any composition: criteria, sparsities, ...);
+        the dense models broadcast over `lead` like `evaluate.evaluate_population` does.
+    tcfg: the fine-tuning config (`finetune_config`); a fresh optimizer state; tcfg.epochs = 0 returns the
+        masked dense models. Data order: the seed's fine-tuning stream (`purpose_key(seed, "finetune_data")`),
+        shared by all its masks (paired), the one `one_shot` uses.
+    Returns (variables [S, *lead, ...], {"loss": [S, *lead, epochs]}); all S·prod(lead) models are trained as one
+    flattened, chunked population.
+    """
+    keys = train.as_keys(seed_keys)
+    s_ = int(keys.shape[0])
+    one = jax.eval_shape(spec.init, jax.random.key(0))
+    var_lead = validation.leading_shape(dense_variables, one, "dense_variables")
+    if var_lead != (s_,):
+        raise ValueError(f"dense_variables: leading axes {var_lead}, expected ({s_},) for {s_} seed keys")
+    validation.check_bool_leaves(masks, "masks")
+    mask_lead = validation.leading_shape(masks, one["params"], "masks")
+    if mask_lead[:1] != (s_,):
+        raise ValueError(f"masks: leading axes {mask_lead} do not start with the {s_} seeds of dense_variables")
+    lead = mask_lead[1:]
+    r = int(np.prod(lead, dtype=np.int64))
+    # adopt the params' container types (dict vs FrozenDict), as evaluate does
+    masks = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(one["params"]), jax.tree.leaves(masks))
+    ft_keys = jnp.repeat(jax.vmap(lambda k: train.purpose_key(k, "finetune_data"))(keys), r)
+    out, hist = train.fit(spec, tcfg, ft_keys, x_train, y_train, masks=_flatten_lead(masks, len(mask_lead)),
+                          init_variables=_repeat(dense_variables, r), chunk=chunk, progress=progress, mesh=mesh)
+    return _reshape_lead(out, mask_lead), {"loss": hist["loss"].reshape(*mask_lead, -1)}
 
 
 # ----------------------------------------------------------------------------------------------- iterative
@@ -235,7 +277,7 @@ def iterative(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train:
     criteria = _check_criteria(criteria)
     keys = train.as_keys(seed_keys)
     s_, m_ = int(keys.shape[0]), len(criteria)
-    images, labels = jnp.asarray(x_train), jnp.asarray(y_train)
+    images, labels = _check_data(spec, x_train, y_train)
     batch = _score_batch(images, labels, grad_batch)
     if levels < 0 or int(levels) != levels:
         raise ValueError(f"levels: need a non-negative integer, got {levels!r}")
@@ -301,7 +343,7 @@ def gmp(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     steps = schedules.gmp_steps(start, end, every)
     keys = train.as_keys(seed_keys)
     s_, m_, p_ = int(keys.shape[0]), len(criteria), len(finals)
-    images, labels = jnp.asarray(x_train), jnp.asarray(y_train)
+    images, labels = _check_data(spec, x_train, y_train)
     epochs = train.read_config(tcfg).epochs
     if epochs <= steps[-1]:
         raise ValueError(f"tcfg.epochs: {epochs} epochs never reach the last pruning epoch {steps[-1]}")

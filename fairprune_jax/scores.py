@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from fairprune_jax import masks as masks_lib
+from fairprune_jax.validation import check_labels
 
 PyTree = Any
 LAMBDA_UP = 5e-4
@@ -123,7 +124,9 @@ def batch_gradient(spec: Any, variables: dict, mask: Any, images: jax.Array, lab
     """∂(mean CE)/∂params of the masked network on one batch (BN in train mode, its new state discarded).
 
     ``images`` are model inputs (already normalised); ``mask`` may be None (dense). Returns a params-shaped tree.
+    ``labels`` are checked like ``train.fit``'s (values only when concrete, not under jit).
     """
+    check_labels(labels, spec.num_outputs, n=int(jnp.shape(images)[0]), multilabel=spec.multilabel, name="labels")
     params = _masked(variables["params"], mask)
 
     def loss(p: PyTree) -> jax.Array:

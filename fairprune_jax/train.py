@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 
 from fairprune_jax import optim, sharding
 from fairprune_jax.models import ModelSpec, path_str
+from fairprune_jax.validation import check_images, check_labels
 
 PyTree = Any
 Variables = dict[str, Any]
@@ -439,17 +440,20 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     """
     keys = as_keys(seed_keys)
     n = int(keys.shape[0])
-    images, labels = jnp.asarray(x_train), jnp.asarray(y_train)
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"y_train: {labels.shape[0]} labels for {images.shape[0]} images")
-    if tuple(images.shape[1:]) != tuple(spec.input_shape):
-        raise ValueError(f"x_train: example shape {tuple(images.shape[1:])} != model input {spec.input_shape}")
+    check_images(x_train, spec.input_shape, name="x_train")
+    images = jnp.asarray(x_train)
     if images.dtype != jnp.float32:
         raise ValueError(f"x_train: dtype {images.dtype}; expected normalised float32")
+    check_labels(y_train, spec.num_outputs, n=int(images.shape[0]), multilabel=spec.multilabel, name="y_train")
+    labels = jnp.asarray(y_train)
     make_tx(tcfg, int(images.shape[0]))  # validates the config
     one = jax.eval_shape(spec.init, jax.random.key(0))
     if masks is not None:
-        _check_population("masks", masks, one["params"], n)
+        try:
+            _check_population("masks", masks, one["params"], n)
+        except ValueError as e:  # the common case: a mask population [S, M, ...] over dense models [S]
+            raise ValueError(f"{e} (one mask per key; to fine-tune masks [S, *lead] of dense models [S] use "
+                             f"protocols.finetune)") from None
         bad = [leaf.dtype for leaf in jax.tree.leaves(masks) if leaf.dtype != jnp.bool_]
         if bad:
             raise ValueError(f"masks: leaves must be bool, got {bad[0]}")

@@ -234,3 +234,47 @@ def test_bad_inputs_raise_value_error(spec, trained, masks, test_split):
         evaluate.confusion_counts(spec, bad, x, y)
     with pytest.raises(ValueError, match="num_classes"):
         evaluate.confusion_counts(spec, trained, x, y, num_classes=5)
+
+
+def test_recall_table_takes_any_leading_axes():
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 20, size=(2, 3, 2, 2, 4, 4))  # [S, M, P1, P2, K, K]: P1 x P2 become the index
+    act = rng.random((2, 3, 2, 2))
+    full = evaluate.recall_table(counts, dataset="d", model="m", criteria=list("abc"), seeds=[0, 1],
+                                 requested_sparsity=0.5, actual_sparsity=act, mean_confidence=act)
+    assert len(full) == 2 * 3 * 4 * 4 and sorted(set(full.sparsity_index)) == [0, 1, 2, 3]
+    row = full[(full.seed == 1) & (full.criterion == "c") & (full.sparsity_index == 2) & (full["class"] == 3)]
+    c = counts[1, 2, 1, 0]  # flat index 2 of (2, 2) is (1, 0)
+    assert row.correct.item() == c[3, 3] and row.actual_sparsity.item() == act[1, 2, 1, 0]
+    assert row.mean_confidence.item() == act[1, 2, 1, 0]
+    level = evaluate.recall_table(counts[:, :, 0, 0], dataset="d", model="m", criteria=list("abc"), seeds=[0, 1],
+                                  requested_sparsity=0.2, actual_sparsity=act[:, :, 0, 0])  # [S, M]
+    assert len(level) == 2 * 3 * 4 and (level.sparsity_index == 0).all()
+    grid = evaluate.recall_table(counts[:, 0, :, 0], dataset="d", model="m", criteria=["mp"], seeds=[0, 1],
+                                 requested_sparsity=[0.5, 0.9], actual_sparsity=act[:, 0, :, 0])  # [S, P]: 1 criterion
+    row = grid[(grid.seed == 1) & (grid.sparsity_index == 1) & (grid["class"] == 2)]
+    assert len(grid) == 2 * 2 * 4 and row.requested_sparsity.item() == 0.9 and row.criterion.item() == "mp"
+    assert row.correct.item() == counts[1, 0, 1, 0][2, 2] and row.actual_sparsity.item() == act[1, 0, 1, 0]
+    one = evaluate.recall_table(counts[0, 0, 0, 0], dataset="d", model="m", criteria=["x"], seeds=[7],
+                                requested_sparsity=0.0, actual_sparsity=0.0)  # one model [K, K]
+    np.testing.assert_allclose(one.recall, evaluate.recall(counts[0, 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"counts: expected \[\.\.\., K, K\]"):
+        evaluate.recall_table(counts[..., :3], dataset="d", model="m", criteria=list("abc"), seeds=[0, 1],
+                              requested_sparsity=0.0, actual_sparsity=0.0)
+    with pytest.raises(ValueError, match="actual_sparsity"):
+        evaluate.recall_table(counts, dataset="d", model="m", criteria=list("abc"), seeds=[0, 1],
+                              requested_sparsity=0.0, actual_sparsity=act[:, :, 0])
+
+
+def test_evaluate_label_errors_name_the_range(spec, trained, test_split):
+    x, y = test_split
+    x, y = x[:50], np.asarray(y[:50])
+    for bad, got in ((10, r"\[\d, 10\]"), (-1, r"\[-1, \d\]")):
+        yb = y.copy()
+        yb[3] = bad
+        with pytest.raises(ValueError, match=r"labels: values must be in \[0, 10\), got range " + got):
+            evaluate.confusion_counts(spec, trained, x, yb)
+    with pytest.raises(ValueError, match="labels: dtype float32"):
+        evaluate.confusion_counts(spec, trained, x, y.astype(np.float32))
+    with pytest.warns(UserWarning, match="images: values look unnormalised"):
+        evaluate.confusion_counts(spec, trained, x * 0.3081 * 16 + 0.1307 * 16, y)  # raw 0-16 scale

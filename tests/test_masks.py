@@ -478,3 +478,58 @@ def test_jaxpruner_roundtrip():
     missing = {k: v for k, v in jp.items() if k != "head"}
     with pytest.raises(ValueError, match="head"):
         masks.from_jaxpruner(missing, params)
+
+
+# ----------------------------------------------------------------------------------------------- populations
+
+
+def _population(name, n):
+    """Params of n models stacked on a leading axis (different values per model)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[model_like(name, seed=s) for s in range(n)])
+
+
+def test_spec_predicate_refuses_stacked_trees_and_lead_equals_nested_vmap():
+    spec = get_model("mlp_100_30")
+    pred = spec.prunable()
+    params = _population("mlp_100_30", 2)
+    with pytest.raises(ValueError, match=r"scores: leaf 'head/bias' has shape \(2, 10\) but the model's is "
+                                         r"\(10,\).*vmap"):
+        masks.threshold(scores.magnitude(params), 0.5, prunable=pred)
+    per_seed = jax.vmap(lambda p: masks.threshold(scores.magnitude(p), 0.5, prunable=pred))(params)
+    with pytest.raises(ValueError, match="mask: leaf 'head/bias'.*vmap"):
+        masks.sparsity(per_seed, pred)
+    # elementwise functions take populations as they are
+    assert trees_equal(masks.complement(per_seed, pred), jax.vmap(lambda m: masks.complement(m, pred))(per_seed))
+    # each seed gets exactly its own 50% (ranking the seeds together would not)
+    np.testing.assert_array_equal(np.asarray(masks.sparsity(per_seed, pred, lead=1)), [0.5, 0.5])
+    grid = jnp.array([0.3, 0.6, 0.9])
+    pop = jax.vmap(lambda p: jax.vmap(lambda s: masks.threshold(scores.magnitude(p), s, prunable=pred))(grid))(
+        params)  # [2, 3]
+    nested = jax.vmap(jax.vmap(lambda m: masks.sparsity(m, pred)))(pop)
+    np.testing.assert_array_equal(np.asarray(masks.sparsity(pop, pred, lead=2)), np.asarray(nested))
+    n = masks.num_prunable(model_like("mlp_100_30"), pred)
+    np.testing.assert_array_equal(np.asarray(masks.count_zeros(pop, pred, lead=2)),
+                                  np.broadcast_to(np.round(np.asarray(grid) * n), (2, 3)))
+    layers = masks.layer_sparsity(pop, pred, lead=2)
+    assert sorted(layers) == ["head/kernel", "hidden_0/kernel", "hidden_1/kernel"]
+    one = masks.layer_sparsity(jax.tree.map(lambda a: a[1, 2], pop), pred)
+    assert all(layers[k].shape == (2, 3) and float(layers[k][1, 2]) == float(one[k]) for k in one)
+    with pytest.raises(ValueError, match="lead"):
+        masks.sparsity(pop, pred, lead=-1)
+
+
+def test_load_broadcasts_leading_axes(tmp_path):
+    spec = get_model("mlp_100_30")
+    pred = spec.prunable()
+    params = _population("mlp_100_30", 2)  # dense [S]
+    grid = jnp.array([0.5, 0.9])
+    pop = jax.vmap(lambda p: jax.vmap(lambda s: masks.threshold(scores.magnitude(p), s, prunable=pred))(grid))(
+        params)  # [S, P]
+    masks.save(tmp_path / "pop.npz", pop)
+    one_model = jax.tree.map(lambda a: a[0], params)
+    for like in (params, one_model):  # [S] params or one model's: both broadcast to the file's [S, P]
+        loaded = masks.load(tmp_path / "pop.npz", like_params=like)
+        assert trees_equal(loaded, pop)
+    other = _population("mlp_100_30", 3)  # [3] params: not a prefix of the file's [2, 2]
+    with pytest.raises(ValueError, match=r"pop\.npz: leaf 'head/bias' has shape \(2, 2, 10\)"):
+        masks.load(tmp_path / "pop.npz", like_params=other)

@@ -4,13 +4,15 @@ state per model under vmap."""
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fairprune_jax.models import available, get_model, path_str, resnet
+from fairprune_jax.models import ModelSpec, available, check_spec, get_model, path_str, resnet
 from fairprune_jax.models.layers import BatchNorm, Dense
 
 CIFAR = {"conv2", "conv4", "conv6", "resnet20", "resnet32", "resnet56", "vgg11", "vgg16"}
@@ -155,3 +157,59 @@ def test_batchnorm_momentum_and_per_model_state_under_vmap():
     p = v["params"]
     h = np.asarray(x[0]) @ np.asarray(p["hidden_0"]["kernel"][0]) + np.asarray(p["hidden_0"]["bias"][0])
     np.testing.assert_allclose(out, np.asarray(p["bn"]["scale"][0]) * h / np.sqrt(1 + 1e-5), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- custom models
+
+
+class _Net(nn.Module):
+    """A hand-written model with configurable mistakes."""
+
+    hidden: Sequence[int] = (16,)
+    width: int = 10
+    out_name: str = "head"
+    batchnorm: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape((x.shape[0], -1))
+        for i, w in enumerate(self.hidden):
+            x = nn.relu(nn.Dense(w, name=f"hidden_{i}")(x))
+        if self.batchnorm:
+            x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+        return nn.Dense(self.width, name=self.out_name)(x)
+
+
+@pytest.mark.parametrize("module, kwargs, match", [
+    (_Net(hidden=[16]), {}, r"spec\.module: _Net is not hashable.*tuples instead of lists.*\['hidden'\]"),
+    (_Net(width=12), {}, r"spec\.num_outputs: model 'net' returns logits of shape \(1, 12\).*\(1, 10\)"),
+    (_Net(out_name="logits"), {}, r"spec\.output_layer: model 'net' has no top-level params entry 'head'"),
+    (_Net(batchnorm=True), {}, r"spec\.has_batch_stats: False .* it has BatchNorm: pass has_batch_stats=True"),
+    (_Net(), {"has_batch_stats": True}, r"spec\.has_batch_stats: True .* no BatchNorm"),
+])
+def test_custom_model_contract_is_checked_on_first_use(module, kwargs, match):
+    spec = ModelSpec("net", module, (4, 4, 1), 10, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        spec.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=match):
+        check_spec(spec)
+
+
+def test_custom_model_passes_and_predicate_knows_its_shapes():
+    spec = ModelSpec("net", _Net(out_name="logits"), (4, 4, 1), 10, output_layer="logits")
+    abstract = check_spec(spec)
+    assert abstract["params"]["logits"]["kernel"].shape == (16, 10)
+    pred = spec.prunable(exclude_output=True)
+    params = spec.init(jax.random.key(0))["params"]
+    kept = {path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(params)[0] if pred(p, x)}
+    assert kept == {"hidden_0/kernel"}
+    assert check_spec(spec) is abstract  # cached: checked once per spec
+
+
+def test_input_shape_too_small_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"spec\.input_shape: model 'lenet5' fails on one input of shape "
+                                         r"\(8, 8, 1\).*at least 12x12"):
+        get_model("lenet5", input_shape=(8, 8, 1)).init(jax.random.key(0))
+    assert check_spec(get_model("lenet5", input_shape=(12, 12, 1)))["params"]["hidden_0"]["kernel"].shape == (16, 120)
+    with pytest.raises(ValueError, match=r"spec\.input_shape: .*'conv4'.*\(2, 2, 3\)"):
+        check_spec(get_model("conv4", input_shape=(2, 2, 3)))

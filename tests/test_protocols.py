@@ -159,3 +159,69 @@ def test_gmp_post_training_reaches_final_sparsity(setup):
     # epoch 0 trained at the schedule's initial sparsity (.05 of the converged model: a low loss), epoch 1 at
     # .9, where the loss jumps
     assert np.all(hist["loss"][..., 0] < 0.5) and np.all(hist["loss"][..., 1] > hist["loss"][..., 0])
+
+
+def test_finetune_is_one_shot_fine_tuning_in_the_finetune_data_order(setup):
+    x, y, keys, dense = setup
+    ft = protocols.finetune_config(CFG, lr_scale=0.1, epochs=1)
+    v, m, hist = protocols.one_shot(SPEC, ft, dense, ["mp", "random"], [0.5, 0.8], keys, x, y)
+    v2, hist2 = protocols.finetune(SPEC, ft, dense, m, keys, x, y)
+    for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(v2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(hist["loss"], hist2["loss"])
+    # independent: model (seed 1, random, 0.8) trained alone with seed 1's fine-tuning key, and NOT the dense order
+    one = lambda tree: jax.tree.map(lambda a: a[1, 1, 1][None], tree)  # noqa: E731
+    for purpose, same in (("finetune_data", True), ("data", False)):
+        alone, _ = train.fit(SPEC, ft, train.purpose_key(keys[1], purpose)[None], x, y, masks=one(m),
+                             init_variables=jax.tree.map(lambda a: a[1:2], dense))
+        close = all(np.allclose(a, b, atol=1e-5) for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(one(v))))
+        assert close == same
+
+
+def test_finetune_broadcasts_dense_over_any_mask_population(setup):
+    x, y, keys, dense = setup
+    pred = SPEC.prunable()
+    grid = jnp.array([0.5, 0.9])
+    mp = jax.vmap(lambda p: jax.vmap(lambda s: masks.threshold(scores.magnitude(p), s, prunable=pred))(grid))(
+        dense["params"])  # [S, P]
+    layer = jax.vmap(lambda p: jax.vmap(lambda s: masks.threshold(scores.magnitude(p), s, prunable=pred,
+                                                                 scope="layerwise"))(grid))(dense["params"])
+    composed = jax.tree.map(lambda *a: jnp.stack(a, axis=1), mp, masks.intersect(mp, layer))  # [S, 2, P]
+    ft = protocols.finetune_config(CFG, lr_scale=0.1, epochs=1)
+    v, hist = protocols.finetune(SPEC, ft, dense, composed, keys, x, y)
+    assert jax.tree.leaves(v["params"])[0].shape[:3] == (2, 2, 2) and hist["loss"].shape == (2, 2, 2, 1)
+    _assert_pruned_zero(jax.tree.map(lambda a: a.reshape(8, *a.shape[3:]), v),
+                        jax.tree.map(lambda a: a.reshape(8, *a.shape[3:]), composed))
+    # masks [S] (no extra axes) fine-tune one model per seed
+    v1, hist1 = protocols.finetune(SPEC, ft, dense, _at(mp, slice(None), 0), keys, x, y)
+    assert hist1["loss"].shape == (2, 1)
+    np.testing.assert_allclose(hist1["loss"], hist["loss"][:, 0, 0], rtol=1e-5)
+    with pytest.raises(ValueError, match="masks: leading axes"):
+        protocols.finetune(SPEC, ft, dense, _at(composed, slice(0, 1)), keys, x, y)
+    with pytest.raises(ValueError, match="dense_variables"):
+        protocols.finetune(SPEC, ft, _at(dense, slice(0, 1)), composed, keys, x, y)
+    with pytest.raises(ValueError, match="masks/head/bias: dtype int32 is not bool"):
+        protocols.finetune(SPEC, ft, dense, jax.tree.map(lambda a: a.astype(jnp.int32), composed), keys, x, y)
+
+
+@pytest.mark.parametrize("bad, match", [(10, r"y_train: values must be in \[0, 10\), got range \[0, 10\]"),
+                                        (-1, r"y_train: values must be in \[0, 10\), got range \[-1, 9\]")])
+def test_protocols_refuse_bad_labels_before_scoring(setup, bad, match):
+    x, y, keys, dense = setup
+    y_bad = y.at[5].set(bad)
+    with pytest.raises(ValueError, match=match):
+        protocols.one_shot(SPEC, CFG, dense, ["gp"], [0.5], keys, x, y_bad)
+    with pytest.raises(ValueError, match=match):
+        next(protocols.iterative(SPEC, CFG, keys, x, y_bad, ["mp"], 1))
+    with pytest.raises(ValueError, match="y_train: dtype float32"):
+        protocols.finetune(SPEC, CFG, dense, jax.vmap(masks.ones_like)(dense["params"]), keys, x,
+                           y.astype(jnp.float32))
+
+
+def test_protocols_check_the_model_contract_first(setup):
+    from fairprune_jax.models import ModelSpec, mlp
+
+    x, y, keys, dense = setup
+    listy = ModelSpec("listy", mlp.MLP([100, 30], 10), (28, 28, 1), 10)
+    with pytest.raises(ValueError, match="spec.module: MLP is not hashable.*tuples instead of lists"):
+        protocols.one_shot(listy, CFG, dense, ["mp"], [0.5], keys, x, y)

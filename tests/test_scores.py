@@ -301,3 +301,17 @@ def test_compute_refuses_grads_that_do_not_match_params(criterion):
         jax.jit(lambda g: scores.compute(criterion, w, grads=g))(bad)
     with pytest.raises(ValueError, match="grads: missing leaf 'b/kernel'"):
         scores.compute(criterion, w, grads={"a": good["a"]})
+
+
+def test_batch_gradient_checks_labels(mnist_batch):
+    x, y = mnist_batch
+    spec = get_model("mlp_100_30")
+    variables = {"params": jax.eval_shape(spec.init, jax.random.key(0))["params"]}
+    with pytest.raises(ValueError, match=r"labels: values must be in \[0, 10\), got range \[0, 10\]"):
+        scores.batch_gradient(spec, variables, None, x, jnp.asarray(y).at[0].set(10))
+    with pytest.raises(ValueError, match=r"labels: values must be in \[0, 10\), got range \[-1, 9\]"):
+        scores.batch_gradient(spec, variables, None, x, jnp.asarray(y).at[0].set(-1))
+    with pytest.raises(ValueError, match="labels: dtype float32"):  # static checks also under jit
+        jax.jit(lambda v, yy: scores.batch_gradient(spec, v, None, x, yy))(variables, jnp.asarray(y, jnp.float32))
+    with pytest.raises(ValueError, match=r"labels: shape \(5,\)"):
+        scores.batch_gradient(spec, variables, None, x, jnp.asarray(y)[:5])

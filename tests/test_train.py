@@ -189,7 +189,7 @@ def test_keys_and_config_validation(mnist_slice):
     with pytest.raises(ValueError, match="masks"):
         train.fit(spec, _cfg(), [0], x, y, masks=bad)
     wrong = jax.tree.map(lambda p: jnp.ones((2, *p.shape), jnp.bool_), params)
-    with pytest.raises(ValueError, match="masks: leaf 'head/bias' has shape"):
+    with pytest.raises(ValueError, match="masks: leaf 'head/bias' has shape.*use protocols.finetune"):
         train.fit(spec, _cfg(), [0], x, y, masks=wrong)
 
 
@@ -382,3 +382,33 @@ def test_training_with_augmentation_runs_and_bad_value_is_refused():
     assert not np.allclose(out["params"]["head"]["kernel"], plain["params"]["head"]["kernel"])
     with pytest.raises(ValueError, match="tcfg.augment: unknown augmentation 'mixup'"):
         train.fit(spec, dict(cfg, augment="mixup"), train.seed_keys([0]), x, y)
+
+
+def test_fit_refuses_bad_labels_and_warns_on_unnormalised_images(mnist_slice):
+    x, y = mnist_slice
+    spec = get_model("mlp_100_30")
+    cfg = _cfg(epochs=1)
+    for bad, rng in ((10, r"\[0, 10\]"), (-1, r"\[-1, 9\]")):
+        with pytest.raises(ValueError, match=r"y_train: values must be in \[0, 10\), got range " + rng):
+            train.fit(spec, cfg, [0], x, y.at[7].set(bad))
+    with pytest.raises(ValueError, match="y_train: dtype float32, expected int class indices"):
+        train.fit(spec, cfg, [0], x, y.astype(jnp.float32))
+    with pytest.raises(ValueError, match=r"y_train: shape \(2047,\), expected \[2048\]"):
+        train.fit(spec, cfg, [0], x, y[:-1])
+    with pytest.raises(ValueError, match="x_train: contains NaN"):
+        train.fit(spec, cfg, [0], x.at[0, 0, 0, 0].set(jnp.nan), y)
+    raw16 = np.asarray(x, np.float64) * 0.3081 * 16 + 0.1307 * 16  # float64 pixels on a 0-16 scale
+    with pytest.warns(UserWarning, match=r"x_train: values look unnormalised.*data\.normalize"):
+        train.fit(spec, cfg, [0], raw16, y)
+
+
+def test_fit_checks_multilabel_targets_are_binary(mnist_slice):
+    x, _ = mnist_slice
+    spec = ModelSpec("ml", get_model("mlp_100_30").module, (28, 28, 1), 10, multilabel=True)
+    targets = jnp.zeros((x.shape[0], 10), jnp.int32).at[0, 3].set(1)
+    with pytest.raises(ValueError, match=r"y_train: values must be binary \{0, 1\}, got range \[0, 2\]"):
+        train.fit(spec, _cfg(epochs=1), [0], x, targets.at[1, 1].set(2))
+    with pytest.raises(ValueError, match=r"y_train: shape \(2048,\), expected \[2048, 10\]"):
+        train.fit(spec, _cfg(epochs=1), [0], x, targets[:, 0])
+    out, hist = train.fit(spec, _cfg(epochs=1), [0], x, targets.astype(bool))
+    assert np.isfinite(hist["loss"]).all()

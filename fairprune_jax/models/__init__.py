@@ -7,14 +7,22 @@ Conventions shared by all models:
   parameters never are. `exclude_output=True` also keeps `head/kernel` dense, identically for every criterion.
 - `apply(variables, x, train=...)` returns `(logits, new_model_state)`; `new_model_state` is `{}` unless the
   model has BatchNorm and `train=True`.
+
+Bringing your own model: wrap any `flax.linen.Module` whose `__call__(x, train=False)` returns logits [B, K] in
+a `ModelSpec` (or a factory decorated with `register`). The contract is checked on first use (`check_spec`, once
+per spec, with `jax.eval_shape`, so nothing is computed): the module is hashable (tuples, not lists, in its
+fields), the input shape survives the model, the output layer is a top-level params entry named `output_layer`,
+the logits are `num_outputs` wide, and a "batch_stats" collection exists exactly when `has_batch_stats=True`.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from fairprune_jax.models import conv, mlp, mobilenet, resnet, vgg
 
@@ -35,16 +43,38 @@ def path_str(path: tuple) -> str:
     return "/".join(parts)
 
 
-def kernel_predicate(exclude_output: bool = False, output_layer: str = "head") -> PathPredicate:
-    """Prunable = a `kernel` leaf with ndim >= 2, optionally not under the output layer."""
+@dataclasses.dataclass(frozen=True)
+class KernelPredicate:
+    """Prunable = a `kernel` leaf with ndim >= 2, optionally not under the output layer.
 
-    def prunable(path: tuple, leaf: Any) -> bool:
+    `shapes` ((path string, one model's param shape) pairs, set by `ModelSpec.prunable`) lets the mask functions
+    that rank or count (`masks.threshold`, `masks.sparsity`, ...) refuse a stacked population (`check_one_model`).
+    """
+
+    exclude_output: bool = False
+    output_layer: str = "head"
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] | None = None
+
+    def __call__(self, path: tuple, leaf: Any) -> bool:
         names = path_str(path).split("/")
         if names[-1] != "kernel" or getattr(leaf, "ndim", 0) < 2:
             return False
-        return not (exclude_output and output_layer in names[:-1])
+        return not (self.exclude_output and self.output_layer in names[:-1])
 
-    return prunable
+    def check_one_model(self, tree: Any, what: str = "tree") -> None:
+        """ValueError naming the first leaf of `tree` with more dimensions than the model's (vmap it instead)."""
+        ref = dict(self.shapes or ())
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            name = path_str(path)
+            if name in ref and len(jnp.shape(leaf)) > len(ref[name]):
+                raise ValueError(f"{what}: leaf {name!r} has shape {tuple(jnp.shape(leaf))} but the model's is "
+                                 f"{ref[name]}: a stacked population? This function takes ONE model: jax.vmap "
+                                 f"over the leading axes (masks.sparsity / layer_sparsity / count_zeros take lead=)")
+
+
+def kernel_predicate(exclude_output: bool = False, output_layer: str = "head") -> PathPredicate:
+    """Prunable = a `kernel` leaf with ndim >= 2, optionally not under the output layer."""
+    return KernelPredicate(exclude_output, output_layer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,27 +91,96 @@ class ModelSpec:
 
     def init(self, key: jax.Array) -> Variables:
         """Variables of one model; vmap over keys for a population."""
-        import jax.numpy as jnp
-
+        check_spec(self)
         x = jnp.zeros((1, *self.input_shape), jnp.float32)
         return dict(self.module.init(key, x, train=False))
 
     def apply(self, variables: Variables, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, Variables]:
         """Logits for a batch, and the updated BatchNorm state when training."""
+        check_spec(self)
         if train and self.has_batch_stats:
             logits, state = self.module.apply(variables, x, train=True, mutable=["batch_stats"])
             return logits, dict(state)
         return self.module.apply(variables, x, train=train), {}
 
     def prunable(self, exclude_output: bool = False) -> PathPredicate:
-        """Predicate on (key path, leaf) of the params tree selecting prunable leaves."""
-        return kernel_predicate(exclude_output, self.output_layer)
+        """Predicate on (key path, leaf) of the params tree selecting prunable leaves; it knows the model's shapes,
+        so the mask functions that rank or count refuse a stacked population naming the fix (vmap / lead=)."""
+        shapes = tuple((path_str(p), tuple(x.shape))
+                       for p, x in jax.tree_util.tree_flatten_with_path(check_spec(self)["params"])[0])
+        return KernelPredicate(exclude_output, self.output_layer, shapes)
+
+
+def _unhashable_fields(module: nn.Module) -> list[str]:
+    return [f.name for f in dataclasses.fields(module)
+            if isinstance(getattr(module, f.name, None), (list, dict, set))]
+
+
+def check_spec(spec: ModelSpec) -> Variables:
+    """Check the custom-model contract (module doc) once per spec; returns the abstract variables of one model.
+
+    Cheap: `jax.eval_shape` traces init and apply without computing, and the result is cached per spec.
+    ValueError naming the field to fix otherwise.
+    """
+    try:
+        hash(spec)
+    except TypeError:
+        fields = _unhashable_fields(spec.module)
+        raise ValueError(f"spec.module: {type(spec.module).__name__} is not hashable (jit needs it static); use "
+                         f"tuples instead of lists/dicts in its fields {fields or ''}, e.g. hidden=(100, 30)"
+                         ) from None
+    return _check_spec(spec)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_spec(spec: ModelSpec) -> Variables:
+    def probe(key: jax.Array) -> tuple[Any, jax.Array]:
+        x = jnp.zeros((1, *spec.input_shape), jnp.float32)
+        variables = spec.module.init(key, x, train=False)
+        return variables, spec.module.apply(variables, x, train=False)
+
+    try:
+        variables, logits = jax.eval_shape(probe, jax.random.key(0))
+    except (ValueError, TypeError, ZeroDivisionError, IndexError) as e:
+        raise ValueError(f"spec.input_shape: model {spec.name!r} fails on one input of shape "
+                         f"{tuple(spec.input_shape)} ({type(e).__name__}: {e})") from e
+    variables = dict(variables)
+    empty = [path_str(p) for p, x in jax.tree_util.tree_flatten_with_path(variables)[0] if 0 in x.shape]
+    if empty:
+        raise ValueError(f"spec.input_shape: {tuple(spec.input_shape)} is too small for model {spec.name!r} "
+                         f"(leaf {empty[0]!r} is empty)")
+    params = variables.get("params", {})
+    if spec.output_layer not in params:
+        raise ValueError(f"spec.output_layer: model {spec.name!r} has no top-level params entry "
+                         f"{spec.output_layer!r} (it has {sorted(params)}); name the output layer "
+                         f"{spec.output_layer!r} or pass output_layer=... to ModelSpec")
+    if getattr(logits, "shape", None) != (1, spec.num_outputs):
+        raise ValueError(f"spec.num_outputs: model {spec.name!r} returns logits of shape "
+                         f"{getattr(logits, 'shape', type(logits).__name__)} for one example, expected "
+                         f"(1, {spec.num_outputs})")
+    if ("batch_stats" in variables) != bool(spec.has_batch_stats):
+        fix = ("it has BatchNorm: pass has_batch_stats=True" if "batch_stats" in variables
+               else "it has no BatchNorm: pass has_batch_stats=False")
+        raise ValueError(f"spec.has_batch_stats: {spec.has_batch_stats} for model {spec.name!r}, but {fix}")
+    return variables
 
 
 _REGISTRY: dict[str, Callable[..., ModelSpec]] = {}
 
 
 def register(name: str) -> Callable[[Callable[..., ModelSpec]], Callable[..., ModelSpec]]:
+    """Decorator adding a model factory to the registry under `name` (then `get_model(name, ...)` builds it).
+
+    The factory takes keyword arguments `num_outputs: int`, `input_shape: tuple[int, ...]` and
+    `multilabel: bool` and returns a `ModelSpec` (module doc for the contract, checked on first use). Registering
+    an existing name replaces it. Example::
+
+        @models.register("my_mlp")
+        def _my_mlp(num_outputs, input_shape, multilabel):
+            return models.ModelSpec("my_mlp", MyMLP(hidden=(64,), num_outputs=num_outputs), input_shape,
+                                    num_outputs, multilabel)
+    """
+
     def deco(fn: Callable[..., ModelSpec]) -> Callable[..., ModelSpec]:
         _REGISTRY[name] = fn
         return fn

@@ -2,7 +2,7 @@
 Conv-2/4/6 (Frankle & Carbin, "The Lottery Ticket Hypothesis", their CIFAR-10 conv ladder)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,10 +22,14 @@ class LeNet5(nn.Module):
     """
 
     num_outputs: int = 10
+    min_size: ClassVar[int] = 12  # pool 2, VALID conv 5, pool 2 must leave at least 1x1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train
+        if min(x.shape[1:3]) < self.min_size:
+            raise ValueError(f"lenet5 needs images of at least {self.min_size}x{self.min_size} pixels, got "
+                             f"{x.shape[1]}x{x.shape[2]} (upsample them, or use an MLP such as mlp_100_30)")
         x = _max_pool(nn.relu(Conv(6, (5, 5), padding="SAME", name="conv_0")(x)))
         x = _max_pool(nn.relu(Conv(16, (5, 5), padding="VALID", name="conv_1")(x)))
         x = x.reshape((x.shape[0], -1))
