@@ -232,6 +232,8 @@ summary8 = stats.summarize(intensification.alpha(intensification.long_table(rows
 summary8[summary8["subset"] == "all"][["criterion", "requested_sparsity", "t_mean", "n_seeds", "mean", "ci_low",
                                        "ci_high", "verdict"]].round(3)"""),
 ]
+for i, cell in enumerate(cells):  # stable ids: regenerating an unchanged notebook changes nothing
+    cell["id"] = f"cell-{i:02d}"
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
     "language_info": {"name": "python"}, "colab": {"provenance": []}})
