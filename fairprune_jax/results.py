@@ -56,6 +56,7 @@ RESULTS_DIR = "results"
 STAGES_DIR = "stages"
 ARTIFACTS_DIR = "artifacts"
 PART_SUFFIX = ".parquet"
+LOCK_FILE = ".lock"
 TMP_SUFFIX = ".tmp"
 
 #: Top-level config keys that never change results (where to write, how chatty), left out of the fingerprint.
@@ -316,6 +317,8 @@ class Workdir:
           ``config.json`` refreshed if only ignored keys changed, stale temp files of killed writers removed.
         * Different config, or a non-empty directory that is not a workdir: ``ValueError`` naming the differing
           fields, unless ``fresh=True``, which renames the old directory to ``<path>.old-<timestamp>`` first.
+          ``fresh=True`` with the same config resumes (nothing is moved).
+        A lone :data:`LOCK_FILE` does not make a directory non-empty; hold :class:`WorkdirLock` around this call.
         """
         path = pathlib.Path(path).expanduser().absolute()
         ignore = tuple(ignore)
@@ -324,9 +327,10 @@ class Workdir:
         if path.exists() and not path.is_dir():
             raise ValueError(f"workdir {str(path)!r} exists and is not a directory")
 
-        if fresh and path.is_dir() and any(path.iterdir()):
-            cls._move_aside(path)
-        elif path.is_dir() and any(path.iterdir()):
+        occupied = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())
+        if fresh and occupied and cls.stored_fingerprint(path, ignore) != fp:
+            cls.move_aside(path)
+        elif occupied:
             stored = cls._read_config_file(path)
             old_config = stored["config"]
             if fingerprint(old_config, ignore) != fp:
@@ -348,6 +352,15 @@ class Workdir:
         path = pathlib.Path(path).expanduser().absolute()
         stored = cls._read_config_file(path)
         return cls(path, str(stored.get("fingerprint", "")))
+
+    @classmethod
+    def stored_fingerprint(cls, path: str | os.PathLike, ignore: Iterable[str] = DEFAULT_IGNORE) -> str | None:
+        """Fingerprint of the config stored in ``path`` (recomputed with ``ignore``), or None when there is none
+        or it is unreadable."""
+        try:
+            return fingerprint(cls._read_config_file(pathlib.Path(path))["config"], tuple(ignore))
+        except ValueError:
+            return None
 
     @staticmethod
     def _read_config_file(path: pathlib.Path) -> dict[str, Any]:
@@ -383,7 +396,8 @@ class Workdir:
         return "\n".join(lines)
 
     @staticmethod
-    def _move_aside(path: pathlib.Path) -> pathlib.Path:
+    def move_aside(path: pathlib.Path) -> pathlib.Path:
+        """Rename ``path`` to ``<path>.old-<timestamp>[-n]`` (never deletes); returns the new path."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         target = path.with_name(f"{path.name}.old-{stamp}")
         n = 1
@@ -550,6 +564,9 @@ class Workdir:
         status = "ok"
         try:
             yield
+        except (KeyboardInterrupt, SystemExit):
+            status = "interrupted"
+            raise
         except BaseException as e:
             status = f"error: {type(e).__name__}"
             raise
