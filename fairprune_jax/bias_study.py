@@ -47,7 +47,8 @@ from fairprune_jax import models as models_lib
 from fairprune_jax import planted as planted_lib
 from fairprune_jax import protocols, schedules, scores, train
 from fairprune_jax.analysis import bias as B
-from fairprune_jax.results import Workdir, atomic_write, make_key
+from fairprune_jax.results import atomic_write, make_key
+from fairprune_jax.studies import spine
 
 PyTree = Any
 
@@ -78,102 +79,8 @@ _RANDOM_BASELINE = 0xB1A5  # fold_in constant of the random identification basel
 
 
 # ================================================================================================================
-# config
+# config (the schema is `fairprune_jax.studies.schema.bias_config`)
 # ================================================================================================================
-def _opt(name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(name=name, lr=lr, momentum=momentum, nesterov=False,
-                                          weight_decay=weight_decay, b1=0.9, b2=0.999, eps=1e-8))
-
-
-def _schedule(name: str = "constant", warmup_epochs: int = 0) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(name=name, boundaries=(), factor=0.1, warmup_epochs=warmup_epochs,
-                                          end_value=0.0))
-
-
-def base_config(dataset: str) -> ml_collections.ConfigDict:
-    """Defaults of the bias study (CPU scale on the planted data). Fields are documented inline; every one can be
-    overridden on the command line (``--config.prune.sparsities='(0.9, 0.99)'``)."""
-    c = ml_collections.ConfigDict()
-    c.study = "bias"
-    c.dataset = dataset  # planted_mnist | planted_fashion_mnist | celeb_a
-    c.model = "lenet_300_100"  # any registered model (sigmoid head)
-    c.num_seeds = 5  # odd: CIEs use modal predictions
-    c.seed = 0  # seed s uses jax.random.key(seed + s)
-    c.exclude_output = False  # paper 2 prunes the output layer
-
-    c.data = ml_collections.ConfigDict()
-    c.data.source_dir = ""  # planted: root holding <mnist|fashion_mnist>/ idx files; "" = library default
-    c.data.tfds_dir = ""  # TFDS data dir ("" = $FAIRPRUNE_TFDS_DIR or ~/.cache/fairprune_jax/tfds)
-    c.data.download = False  # celeb_a: allow TFDS to download (network)
-    c.data.image_size = (64, 64)  # celeb_a: resize (bilinear) to (h, w)
-    c.data.protected = tuple(data_lib.CELEB_A_PROTECTED)  # celeb_a: protected attributes (true labels)
-    c.data.max_train_examples = 0  # 0 = all (a prefix in storage order otherwise)
-    c.data.max_eval_examples = 0  # 0 = all validation / test examples (prefix otherwise)
-    c.data.planted = ml_collections.ConfigDict(dict(
-        target="",  # "" = the dataset's default target a* (MNIST 'even', Fashion-MNIST 'upper_body')
-        p1=0.95, p0=0.05,  # training P(g=1 | a*=1), P(g=1 | a*=0): strong link
-        test_p1=0.5, test_p0=0.5,  # test planting, independent of the labels
-        trigger="patch", patch_size=4, corner="top_left", val_size=5000, key_seed=0))
-
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 5
-    c.train.batch_size = 128
-    c.train.optimizer = _opt("sgd", 0.05, momentum=0.9)
-    c.train.schedule = _schedule()
-    c.train.chunk = 0  # models trained at once; 0 = all seeds
-
-    c.prune = ml_collections.ConfigDict()
-    c.prune.protocol = "gmp"  # gmp (post-training, paper 2) | one_shot (+ fine-tuning)
-    c.prune.criterion = "mp"  # any of scores.CRITERIA
-    c.prune.sparsities = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
-    c.prune.lambda_up = 5e-4  # up: λ (gp/up gradients use the first 128 training examples)
-    # GMP: prune at the start of fine-tuning epochs range(start, end, every), cubic from `initial` to the target;
-    # end = 0 means finetune.epochs - 1 (the last epoch trains at the final sparsity).
-    c.prune.gmp = ml_collections.ConfigDict(dict(initial=0.05, start=0, end=0, every=1))
-
-    c.finetune = ml_collections.ConfigDict()
-    c.finetune.epochs = 4
-    c.finetune.batch_size = 128
-    c.finetune.optimizer = _opt("adam", 1e-4)  # paper 2's post-training GMP fine-tunes with Adam 1e-4
-    c.finetune.schedule = _schedule()
-    c.finetune.chunk = 0  # one_shot only (GMP trains all seeds of a sparsity at once)
-
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 10000  # prediction batch
-    c.eval.band = 0.4  # dense criterion U = 1[|p̄ − .5| < band]
-    c.eval.bands = (0.3, 0.45)  # variants also scored
-
-    c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
-    c.variant = ""
-    c.progress = True
-    return c
-
-
-def planted_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Apply a planted-data variant: "" (default, strong link), "smoke" (tests), "weak" (link .65/.35)."""
-    if variant == "smoke":
-        return smoke(c)
-    if variant == "weak":
-        c.data.planted.p1, c.data.planted.p0 = 0.65, 0.35
-    elif variant:
-        raise ValueError(f"variant: unknown variant {variant!r}; use '', 'smoke' or 'weak'")
-    c.variant = variant
-    return c
-
-
-def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Seconds-long variant for tests: 3 seeds, 1 epoch on 3000 training examples, 2000 validation and test
-    examples, 2 sparsities."""
-    c.num_seeds = 3
-    c.train.epochs = 1
-    c.data.max_train_examples = 3000
-    c.data.max_eval_examples = 2000
-    c.finetune.epochs = 1
-    c.prune.sparsities = (0.5, 0.95)
-    c.variant = "smoke"
-    return c
-
-
 def _field(cfg: Any, dotted: str, default: Any = None) -> Any:
     node = cfg
     for part in dotted.split("."):
@@ -214,28 +121,13 @@ def validate_config(cfg: Any) -> None:
     if crit not in scores.CRITERIA:
         raise ValueError(f"config.prune.criterion: unknown criterion {crit!r}; known: {', '.join(scores.CRITERIA)}")
     sp = _field(cfg, "prune.sparsities")
-    if isinstance(sp, (int, float)):
-        sp = (sp,)
-    if not sp:
-        raise ValueError("config.prune.sparsities: empty grid")
-    for s in sp:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= float(s) < 1.0:
-            raise ValueError(f"config.prune.sparsities: {s!r} outside [0, 1)")
-    if len(set(float(s) for s in sp)) != len(sp):
-        raise ValueError(f"config.prune.sparsities: repeated values in {tuple(sp)}")
-    _int(cfg, "train.epochs", 1)
-    _int(cfg, "train.batch_size", 1)
-    _int(cfg, "train.chunk", 0)
-    _int(cfg, "finetune.epochs", 0)
-    _int(cfg, "finetune.batch_size", 1)
-    _int(cfg, "finetune.chunk", 0)
+    spine.check_sparsities((sp,) if isinstance(sp, (int, float)) else tuple(sp or ()))
+    spine.check_training(cfg, "train", min_epochs=1)
+    spine.check_training(cfg, "finetune", min_epochs=1 if protocol == "gmp" else 0)
     for part in ("train", "finetune"):
         name = _field(cfg, f"{part}.optimizer.name")
         if name not in ("sgd", "adam"):
             raise ValueError(f"config.{part}.optimizer.name: unknown optimizer {name!r}; use 'sgd' or 'adam'")
-        lr = _field(cfg, f"{part}.optimizer.lr")
-        if not isinstance(lr, (int, float)) or lr < 0:
-            raise ValueError(f"config.{part}.optimizer.lr: {lr!r} is not a non-negative number")
     if protocol == "gmp":
         ft = _int(cfg, "finetune.epochs", 1)
         initial = _prob(cfg, "prune.gmp.initial")
@@ -294,13 +186,8 @@ def validate_config(cfg: Any) -> None:
 
 
 def resolve_workdir(cfg: Any, override: str | os.PathLike | None = None) -> pathlib.Path:
-    """``override``, else ``config.workdir``, else ``workdirs/<dataset>[-<variant>]``."""
-    if override:
-        return pathlib.Path(os.fspath(override)).expanduser()
-    if _field(cfg, "workdir", ""):
-        return pathlib.Path(_field(cfg, "workdir")).expanduser()
-    variant = _field(cfg, "variant", "")
-    return pathlib.Path("workdirs") / (cfg.dataset + (f"-{variant}" if variant else ""))
+    """``override``, else the spine's default (``config.workdir`` or ``workdirs/<dataset>[-<variant>]``)."""
+    return pathlib.Path(os.fspath(override)).expanduser() if override else spine.default_workdir(cfg)
 
 
 # ================================================================================================================
@@ -420,18 +307,13 @@ def population_keys(cfg: Any) -> jax.Array:
 # ================================================================================================================
 # checkpoints (orbax, through `fairprune_jax.checkpoints`: a checkpoint exists completely or not at all)
 # ================================================================================================================
-def _population_like(spec: models_lib.ModelSpec, n: int) -> PyTree:
-    one = jax.eval_shape(spec.init, jax.random.key(0))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), one)
-
-
 def _mask_like(spec: models_lib.ModelSpec, n: int) -> PyTree:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bool_), _population_like(spec, n)["params"])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bool_), spine.population_like(spec, n)["params"])
 
 
 def sparse_like(spec: models_lib.ModelSpec, n: int) -> PyTree:
     """Abstract tree of a pruned-population checkpoint: {"variables": [n, ...], "masks": [n, ...] bool}."""
-    return {"variables": _population_like(spec, n), "masks": _mask_like(spec, n)}
+    return {"variables": spine.population_like(spec, n), "masks": _mask_like(spec, n)}
 
 
 # ================================================================================================================
@@ -719,176 +601,222 @@ class RunSummary(NamedTuple):
     report: pathlib.Path | None
 
 
-def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+class _Run(NamedTuple):
+    """What every stage of one run reads: the config, the claimed workdir, the data, the model, the counters and a
+    cache holding the dense population once restored or trained (only trained when something needs it)."""
 
-    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=True,
-                unit="unit")
+    cfg: Any
+    wd: Any
+    data: StudyData
+    spec: models_lib.ModelSpec
+    computed: Counter
+    skipped: Counter
+    seconds: Counter
+    echo: Callable[[str], None]
+    cache: dict
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            with self.wd.stage_timer(stage):
+                yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t0
+
+    def ckdir(self) -> pathlib.Path:
+        return self.wd.path_for("ckpt")
+
+    def logits_path(self, key: str) -> pathlib.Path:
+        return self.wd.path_for(f"logits/{key}.npz")
+
+    def load_logits(self, key: str) -> dict:
+        with np.load(self.logits_path(key)) as z:
+            return {"val": z["val"], "test": z["test"]}
+
+    def save_logits(self, key: str, variables: PyTree) -> None:
+        bs = int(self.cfg.eval.batch_size)
+        arrays = {"val": predict_logits(self.spec, variables, self.data.x_val, bs),
+                  "test": predict_logits(self.spec, variables, self.data.x_test, bs)}
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write(self.logits_path(key), buf.getvalue())
 
 
 def sparsity_key(s: float) -> str:
     return make_key(sparsity=float(s))
 
 
-def run(cfg: Any, *, workdir: str | os.PathLike | None = None, fresh: bool = False, report: bool = True,
-        echo: Callable[[str], None] | None = None) -> RunSummary:
-    """Run (or resume) the whole study; returns what was computed and skipped. See the module docstring."""
-    validate_config(cfg)
-    echo = echo or (lambda s: print(s, file=sys.stderr))
-    show = bool(_field(cfg, "progress", True))
-    path = resolve_workdir(cfg, workdir)
-    wd = Workdir.open(path, cfg, fresh=fresh)
-    computed, skipped, seconds = Counter(), Counter(), Counter()
-    sparsities = [float(s) for s in cfg.prune.sparsities]
-    echo(f"bias study: {cfg.dataset} / {cfg.model} / {cfg.num_seeds} seeds / {cfg.prune.protocol} "
-         f"{cfg.prune.criterion} at {sparsities} -> {wd.path}")
+def _prepare(cfg: Any) -> StudyData:
+    """Load the data and check what depends on it (batch sizes), before the workdir is claimed."""
+    data = spine.load_guard(lambda: load_study_data(cfg), cfg.data.tfds_dir or data_lib.tfds_dir())
+    spine.check_batch_sizes(cfg, int(data.x_train.shape[0]), ("train", "finetune"))
+    return data
 
-    if int(cfg.num_seeds) % 2 == 0:
-        echo(f"warning: {cfg.num_seeds} seeds (even): modal predictions can tie (ties go to 1); use an odd count")
-    cache: dict[str, Any] = {}
 
-    @contextlib.contextmanager
-    def timed(stage: str):
-        t0 = time.perf_counter()
-        try:
-            with wd.stage_timer(stage):
-                yield
-        finally:
-            seconds[stage] += time.perf_counter() - t0
+def _dense(r: _Run) -> PyTree:
+    """The dense population: restored from its checkpoint, or trained, guarded and saved."""
+    if "dense" in r.cache:
+        return r.cache["dense"]
+    n_seeds, cfg = int(r.cfg.num_seeds), r.cfg
+    if checkpoints.exists(r.ckdir(), "dense"):
+        r.cache["dense"] = checkpoints.restore(r.ckdir(), "dense", like=spine.population_like(r.spec, n_seeds))
+        return r.cache["dense"]
+    progress = spine.Progress(bool(_field(cfg, "progress", True)))
+    epochs = int(cfg.train.epochs)
+    with progress.bar(epochs * spine.chunks(n_seeds, int(cfg.train.chunk)), "dense training", "epoch") as bar, \
+            r.timed("dense"):
+        variables, losses = train_dense(r.spec, cfg, r.data, progress=progress.epochs(bar))
+        spine.check_dense(variables, losses, list(range(int(cfg.seed), int(cfg.seed) + n_seeds)), cfg.model)
+        hist = pd.DataFrame([{"seed": s, "epoch": e, "loss": float(losses[s, e])}
+                             for s in range(losses.shape[0]) for e in range(losses.shape[1])])
+        r.wd.append_table("train_history", "dense", hist, overwrite=True)
+        checkpoints.save(r.ckdir(), "dense", variables)  # the checkpoint commits the unit
+    r.cache["dense"] = variables
+    r.computed["dense"] += 1
+    r.echo(f"dense: trained {n_seeds} seeds × {epochs} epochs in {r.seconds['dense']:.1f}s, final loss "
+           f"{float(losses[:, -1].mean()):.4f}")
+    return variables
 
-    def get_data() -> StudyData:
-        if "data" not in cache:
-            with timed("data"):
-                d = load_study_data(cfg)
-            cache["data"] = d
-            wd.write_json("meta.json", {"names": list(d.names), "protected": list(d.protected),
-                                        "input_shape": list(d.input_shape), **d.meta})
-            echo(f"data: {d.meta['n_train']} train / {d.meta['n_val']} val / {d.meta['n_test']} test, "
-                 f"{len(d.names)} attributes, protected {list(d.protected)} ({seconds['data']:.1f}s)")
-        return cache["data"]
 
-    def get_spec() -> models_lib.ModelSpec:
-        if "spec" not in cache:
-            cache["spec"] = make_spec(cfg, get_data())
-        return cache["spec"]
-
-    def logits_path(key: str) -> pathlib.Path:
-        return wd.path_for(f"logits/{key}.npz")
-
-    def load_logits(key: str) -> dict:
-        with np.load(logits_path(key)) as z:
-            return {"val": z["val"], "test": z["test"]}
-
-    def save_logits(key: str, variables: PyTree) -> None:
-        spec, d = get_spec(), get_data()
-        bs = int(cfg.eval.batch_size)
-        arrays = {"val": predict_logits(spec, variables, d.x_val, bs), "test": predict_logits(spec, variables,
-                                                                                              d.x_test, bs)}
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        atomic_write(logits_path(key), buf.getvalue())
-
-    # ---- dense ---------------------------------------------------------------------------------------------
-    ckdir = wd.path_for("ckpt")
-    n_seeds = int(cfg.num_seeds)
-
-    def get_dense() -> PyTree:
-        """The dense population: restored from its checkpoint, or trained (only when something needs it)."""
-        if "dense" in cache:
-            return cache["dense"]
-        if checkpoints.exists(ckdir, "dense"):
-            cache["dense"] = checkpoints.restore(ckdir, "dense", like=_population_like(get_spec(), n_seeds))
-            return cache["dense"]
-        d, spec = get_data(), get_spec()
-        epochs = int(cfg.train.epochs)
-        chunks = -(-n_seeds // (int(cfg.train.chunk) or n_seeds))
-        with _progress_bar(epochs * chunks, "dense training (epochs)", show) as bar, timed("dense"):
-            def on_epoch(info: dict) -> None:
-                bar.set_postfix(loss=f"{float(np.mean(info['loss'])):.4f}")
-                bar.update(1)
-
-            variables, losses = train_dense(spec, cfg, d, progress=on_epoch)
-            hist = pd.DataFrame([{"seed": s, "epoch": e, "loss": float(losses[s, e])}
-                                 for s in range(losses.shape[0]) for e in range(losses.shape[1])])
-            wd.append_table("train_history", "dense", hist, overwrite=True)
-            checkpoints.save(ckdir, "dense", variables)  # the checkpoint commits the unit
-        cache["dense"] = variables
-        computed["dense"] += 1
-        echo(f"dense: trained {n_seeds} seeds × {epochs} epochs in {seconds['dense']:.1f}s, final loss "
-             f"{float(losses[:, -1].mean()):.4f}")
-        return variables
-
-    if logits_path("dense").is_file():
-        skipped["predict"] += 1
+def _dense_unit(r: _Run) -> None:
+    """Dense logits and metrics (each skipped when stored)."""
+    if r.logits_path("dense").is_file():
+        r.skipped["predict"] += 1
     else:
-        dense = get_dense()  # trains (timed as "dense") when there is no checkpoint yet
-        with timed("predict"):
-            save_logits("dense", dense)
-        computed["predict"] += 1
+        dense = _dense(r)
+        with r.timed("predict"):
+            r.save_logits("dense", dense)
+        r.computed["predict"] += 1
+    if r.wd.has("metrics", DENSE_KEY):
+        r.skipped["evaluate"] += 1
+        return
+    with r.timed("evaluate"):
+        lg = r.load_logits("dense")
+        r.wd.append_table("metrics", DENSE_KEY, _tag(population_metrics(lg["val"], lg["test"], r.data), "dense", 0.0))
+    r.computed["evaluate"] += 1
 
-    if wd.has("metrics", DENSE_KEY):
-        skipped["evaluate"] += 1
+
+def _prune_unit(r: _Run, s: float, key: str) -> None:
+    """Prune (or restore) the population at sparsity ``s`` and store its logits; diverged seeds are recorded."""
+    ck = f"sparse-{key}"
+    if checkpoints.exists(r.ckdir(), ck):
+        r.skipped["prune"] += 1
+        variables = checkpoints.restore(r.ckdir(), ck, like=sparse_like(r.spec, int(r.cfg.num_seeds)))["variables"]
     else:
-        with timed("evaluate"):
-            lg = load_logits("dense")
-            m = population_metrics(lg["val"], lg["test"], get_data())
-            wd.append_table("metrics", DENSE_KEY, _tag(m, "dense", 0.0))
-        computed["evaluate"] += 1
+        dense = _dense(r)
+        with r.timed("prune"):
+            t0 = time.perf_counter()
+            variables, mask, losses, realised = prune_population(r.spec, r.cfg, r.data, dense, s)
+            bad_epoch = spine.first_bad_epoch(losses)
+            diverged = spine.diverged_models(variables, 1) | (bad_epoch >= 0)
+            rows = [{"seed": i, "target": s, "realised": float(realised[i]),
+                     "final_loss": float(losses[i, -1]) if losses.shape[1] else float("nan"),
+                     "seconds": time.perf_counter() - t0, "diverged": bool(diverged[i]),
+                     "diverged_epoch": int(bad_epoch[i])} for i in range(len(realised))]
+            r.wd.append_table("prune", key, _tag(pd.DataFrame(rows), "sparse", s), overwrite=True)
+            checkpoints.save(r.ckdir(), ck, {"variables": variables, "masks": mask})  # commits the unit
+        if diverged.any():
+            r.echo(f"warning: sparsity {s}: seeds {np.flatnonzero(diverged).tolist()} diverged; excluded from "
+                   "the statistics")
+        r.computed["prune"] += 1
+    with r.timed("predict"):
+        r.save_logits(key, variables)
+    r.computed["predict"] += 1
 
-    # ---- sparsities ------------------------------------------------------------------------------------------
-    with _progress_bar(len(sparsities), "prune + evaluate (sparsities)", show) as bar:
+
+def _diverged_seeds(r: _Run, key: str) -> np.ndarray:
+    """bool [S]: seeds of the unit recorded as diverged (older workdirs have no column: none)."""
+    p = r.wd.read_table("prune", key_column="unit") if r.wd.has("prune", key) else pd.DataFrame()
+    p = p[p["unit"] == key] if len(p) else p
+    out = np.zeros(int(r.cfg.num_seeds), bool)
+    if len(p) and "diverged" in p:
+        out[p["seed"].to_numpy(int)] = p["diverged"].to_numpy(bool)
+    return out
+
+
+def _evaluate_unit(r: _Run, s: float, key: str) -> None:
+    """Every evaluation table of sparsity ``s`` over the seeds that did not diverge (metrics part last: it marks
+    the unit evaluated)."""
+    dense_m = pd.read_parquet(r.wd.part_path("metrics", DENSE_KEY))
+    dense_m = dense_m[dense_m["population"] == "dense"].drop(columns=["population", "sparsity"])
+    keep = np.flatnonzero(~_diverged_seeds(r, key))
+    dl, sl = r.load_logits("dense"), r.load_logits(key)
+    if len(keep) == 0:
+        tables = {t: pd.DataFrame() for t in EVAL_TABLES}
+    elif len(keep) < int(r.cfg.num_seeds):
+        pick = lambda lg: {k: v[keep] for k, v in lg.items()}  # noqa: E731
+        renumber = dict(enumerate(keep))
+        dense_m = dense_m[dense_m["seed"].isin(keep)].assign(seed=lambda f: f["seed"].map(
+            {v: k for k, v in renumber.items()}))
+        tables = evaluate_sparse(pick(dl), pick(sl), dense_m, r.data, s, r.cfg)
+        tables = {t: f.assign(seed=f["seed"].map(renumber)) if "seed" in f else f for t, f in tables.items()}
+    else:
+        tables = evaluate_sparse(dl, sl, dense_m, r.data, s, r.cfg)
+    for t in EVAL_TABLES:
+        if t != "metrics" and not r.wd.has(t, key):
+            r.wd.append_table(t, key, tables[t])
+    if not r.wd.has("metrics", key):
+        r.wd.append_table("metrics", key, tables["metrics"])
+
+
+def _sparsity_units(r: _Run, sparsities: list[float]) -> None:
+    with spine.Progress(bool(_field(r.cfg, "progress", True))).bar(len(sparsities), "prune + evaluate",
+                                                                   "sparsity") as bar:
         for s in sparsities:
             key = sparsity_key(s)
             bar.set_postfix(sparsity=s)
-            ck = f"sparse-{key}"
-            if logits_path(key).is_file():
-                skipped["prune"] += 1
-                skipped["predict"] += 1
+            if r.logits_path(key).is_file():
+                r.skipped["prune"] += 1
+                r.skipped["predict"] += 1
             else:
-                spec = get_spec()
-                if checkpoints.exists(ckdir, ck):
-                    skipped["prune"] += 1
-                    variables = checkpoints.restore(ckdir, ck, like=sparse_like(spec, n_seeds))["variables"]
-                else:
-                    dense = get_dense()
-                    with timed("prune"):
-                        t0 = time.perf_counter()
-                        variables, mask, losses, realised = prune_population(spec, cfg, get_data(), dense, s)
-                        rows = [{"seed": i, "target": s, "realised": float(realised[i]),
-                                 "final_loss": float(losses[i, -1]) if losses.shape[1] else float("nan"),
-                                 "seconds": time.perf_counter() - t0} for i in range(len(realised))]
-                        wd.append_table("prune", key, _tag(pd.DataFrame(rows), "sparse", s), overwrite=True)
-                        checkpoints.save(ckdir, ck, {"variables": variables, "masks": mask})  # commits the unit
-                    computed["prune"] += 1
-                with timed("predict"):
-                    save_logits(key, variables)
-                computed["predict"] += 1
-            if all(wd.has(t, key) for t in EVAL_TABLES):
-                skipped["evaluate"] += 1
+                _prune_unit(r, s, key)
+            if all(r.wd.has(t, key) for t in EVAL_TABLES):
+                r.skipped["evaluate"] += 1
             else:
-                with timed("evaluate"):
-                    dense_m = pd.read_parquet(wd.part_path("metrics", DENSE_KEY))
-                    dense_m = dense_m[dense_m["population"] == "dense"].drop(columns=["population", "sparsity"])
-                    tables = evaluate_sparse(load_logits("dense"), load_logits(key), dense_m, get_data(), s, cfg)
-                    for t in EVAL_TABLES:  # metrics last: its part marks the whole unit as evaluated
-                        if t != "metrics" and not wd.has(t, key):
-                            wd.append_table(t, key, tables[t])
-                    if not wd.has("metrics", key):
-                        wd.append_table("metrics", key, tables["metrics"])
-                computed["evaluate"] += 1
+                with r.timed("evaluate"):
+                    _evaluate_unit(r, s, key)
+                r.computed["evaluate"] += 1
             bar.update(1)
 
-    if not computed["dense"]:
-        skipped["dense"] += 1  # trained in an earlier run (or not needed: every population has its logits)
-    report_path = None
-    if report:
-        from fairprune_jax import bias_study_report
 
-        with timed("report"):
-            report_path = bias_study_report.write_report(wd)
-        echo(bias_study_report.terminal_summary(wd))
-        echo(f"report: {report_path}")
-    echo("this run: computed " + (", ".join(f"{k}={v}" for k, v in sorted(computed.items())) or "nothing")
-         + "; skipped " + (", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "nothing")
-         + "; seconds " + ", ".join(f"{k}={v:.1f}" for k, v in seconds.items()))
-    return RunSummary(wd.path, dict(computed), dict(skipped), dict(seconds), report_path)
+def run(cfg: Any, *, workdir: str | os.PathLike | None = None, fresh: bool = False, report: bool = True,
+        echo: Callable[[str], None] | None = None) -> RunSummary:
+    """Run (or resume) the whole study; returns what was computed and skipped. See the module docstring.
+
+    The config is validated and the data loaded (batch sizes checked against it) before the workdir is claimed;
+    the workdir is locked for the whole run."""
+    validate_config(cfg)
+    echo = echo or (lambda s: print(s, file=sys.stderr))
+    path = resolve_workdir(cfg, workdir)
+    sparsities = [float(s) for s in cfg.prune.sparsities]
+    with spine.claim(path, cfg, fresh=fresh, ignore=IGNORED_FIELDS, log=echo, prepare=lambda: _prepare(cfg)) \
+            as (wd, data):
+        echo(f"bias study: {cfg.dataset} / {cfg.model} / {cfg.num_seeds} seeds / {cfg.prune.protocol} "
+             f"{cfg.prune.criterion} at {sparsities} -> {wd.path}")
+        if int(cfg.num_seeds) % 2 == 0:
+            echo(f"warning: {cfg.num_seeds} seeds (even): modal predictions can tie (ties go to 1); use an odd count")
+        wd.write_json("meta.json", {"names": list(data.names), "protected": list(data.protected),
+                                    "input_shape": list(data.input_shape), **data.meta})
+        echo(f"data: {data.meta['n_train']} train / {data.meta['n_val']} val / {data.meta['n_test']} test, "
+             f"{len(data.names)} attributes, protected {list(data.protected)}")
+        r = _Run(cfg, wd, data, make_spec(cfg, data), Counter(), Counter(), Counter(), echo, {})
+        _dense_unit(r)
+        _sparsity_units(r, sparsities)
+        if not r.computed["dense"]:
+            r.skipped["dense"] += 1  # trained in an earlier run (or not needed: every population has its logits)
+        report_path = None
+        if report:
+            from fairprune_jax import bias_study_report
+
+            with r.timed("report"):
+                report_path = bias_study_report.write_report(wd)
+            echo(bias_study_report.terminal_summary(wd))
+            echo(f"report: {report_path}")
+    echo("this run: computed " + (", ".join(f"{k}={v}" for k, v in sorted(r.computed.items())) or "nothing")
+         + "; skipped " + (", ".join(f"{k}={v}" for k, v in sorted(r.skipped.items())) or "nothing")
+         + "; seconds " + ", ".join(f"{k}={v:.1f}" for k, v in r.seconds.items()))
+    return RunSummary(wd.path, dict(r.computed), dict(r.skipped), dict(r.seconds), report_path)
+
+
+IGNORED_FIELDS = ("workdir", "fresh", "progress")

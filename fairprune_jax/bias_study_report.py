@@ -7,7 +7,6 @@ exceeds twice the combined seed sd); nothing is hard-coded.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 import pathlib
@@ -64,8 +63,10 @@ def metric_series(summary: pd.DataFrame, metric: str, *, scheme: str = "default"
 
 
 def _fmt(x: Any, digits: int = 3, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
         return "nan"
+    if isinstance(x, float) and math.isinf(x):  # e.g. an enrichment when the base rate is 0
+        return ("+inf" if signed else "inf") if x > 0 else "-inf"
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
@@ -424,9 +425,16 @@ def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
         plot_identification(ident, cies, grid, wd.file("identification.png"))
     plot_calibration(summary, grid, protected, wd.file("calibration.png"))
 
+    from fairprune_jax.bias_study import DENSE_KEY, sparsity_key
+    from fairprune_jax.studies import spine
+
+    expected = [DENSE_KEY] + [sparsity_key(s) for s in cfg.prune.sparsities]
+    n_diverged = int(prune["diverged"].sum()) if "diverged" in prune else 0
     lines = [f"# Bias study: `{cfg.dataset}` / `{cfg.model}`", "",
-             f"Generated {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} from the tables in "
-             f"`{wd.path}` (rebuild with `python -m experiments.bias_report --workdir={wd.path}`).", "",
+             *spine.incomplete_warning(expected, wd.keys("metrics")),
+             "Built from the stored tables of this workdir (rebuild with `fairprune-report --workdir=<this "
+             "folder>`; the same tables give the same bytes, timings live in `timings.json`).", "",
+             f"Diverged networks (non-finite loss or parameters; excluded from every statistic): {n_diverged}.", "",
              "## Set-up", "", *_config_lines(cfg, meta),
              f"- populations evaluated: dense + {len(grid)} of {len(cfg.prune.sparsities)} sparsities", ""]
     lines += ["## Reading (generated from the numbers)", ""]

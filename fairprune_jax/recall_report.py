@@ -31,16 +31,30 @@ class Analysis:
     pooled_all: Any  # stats.PooledOLS with every network
     welch: pd.DataFrame  # per-class Welch tests with BH
     accuracy: pd.DataFrame  # accuracy per cell
+    diverged: pd.DataFrame  # one row per diverged network (excluded from every statistic above)
 
 
 def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000, chance: float = 1.5,
             welch_q: float = 0.05, seed: int = 0) -> Analysis:
-    """Run every tier of SCIENCE.md §3 on a tidy recall table (`evaluate.recall_table`, concatenated)."""
+    """Run every tier of SCIENCE.md §3 on a tidy recall table (`evaluate.recall_table`, concatenated).
+
+    Networks flagged ``diverged`` (the divergence guard) are left out of every tier and listed in ``diverged``."""
     import warnings
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        return _analyze(recall, level=level, bootstrap=bootstrap, chance=chance, welch_q=welch_q, seed=seed)
+
+
+def _analyze(recall: pd.DataFrame, *, level: float, bootstrap: int, chance: float, welch_q: float,
+             seed: int) -> Analysis:
     from fairprune_jax.analysis import intensification, stats
 
-    warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+    net_cols = ["dataset", "model", "criterion", "seed", "level", "requested_sparsity"]
+    bad = recall["diverged"].astype(bool) if "diverged" in recall else pd.Series(False, index=recall.index)
+    diverged = (recall[bad].groupby(net_cols, as_index=False).agg(epoch=("diverged_epoch", "first"))
+                if bad.any() else pd.DataFrame(columns=net_cols + ["epoch"]))
+    recall = recall[~bad].reset_index(drop=True)
     long = intensification.long_table(recall, chance=chance)
     alpha = intensification.alpha(long)
     tier_a = stats.summarize(alpha, level=level)
@@ -59,7 +73,7 @@ def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000,
     pooled_all = stats.pooled_ols(long, exclude_flagged=False, **pooled_kw)
     welch = stats.welch_per_class(long, q=welch_q)
     acc = accuracy_table(recall, level=level)
-    return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, pooled_all, welch, acc)
+    return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, pooled_all, welch, acc, diverged)
 
 
 def accuracy_table(recall: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
@@ -191,7 +205,9 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
                  .agg(classes=("class", "count"), rejected=("reject", "sum"),
                       rejected_losing=("reject", lambda s: int((s & welch.loc[s.index, "t_stat"].gt(0)).sum())))
                  if not welch.empty else pd.DataFrame())
-    lines = [f"# {title}", "", *header, "",
+    notes = [f"- Diverged networks (non-finite loss or parameters; excluded from every statistic): "
+             f"{len(an.diverged)}.", *EXTENSION_NOTES]
+    lines = [f"# {title}", "", *header, "", "## Notes", "", *notes, "",
              "## Reading (generated from the numbers below)", "", *reading(an), "",
              "## E[α_t] per cell (Tier A: mean over seeds, 95% t-interval, t-test vs 1, Holm across cells)", "",
              "α_t is the through-origin slope of δ_t on δ_0 over the classes of one network (SCIENCE.md §2). "
@@ -221,6 +237,13 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
     return "\n".join(lines)
 
 
+EXTENSION_NOTES = (
+    "- Where this library extends the specification: the near-chance and one-class flags also consult the dense "
+    "partner of each network; with fewer than 2 seeds Tier B gives a pooled estimate without an interval; a "
+    "MixedLM that does not converge falls back to OLS clustered by seed (its `method` column says which).",
+)
+
+
 def timings_table(stage_seconds: dict[str, float]) -> pd.DataFrame:
     df = pd.DataFrame(sorted(stage_seconds.items()), columns=["stage", "seconds"])
     return pd.concat([df, pd.DataFrame([{"stage": "total", "seconds": df["seconds"].sum()}])], ignore_index=True)
@@ -248,11 +271,15 @@ def build_report(wd, *, out: Path | None = None) -> str:
     recall = wd.read_table(RECALL_TABLE)
     if recall.empty:
         raise ValueError(f"{wd.path}: no results yet (table {RECALL_TABLE!r} is empty); run the sweep first")
+    from fairprune_jax.recall_study import unit_keys
+    from fairprune_jax.studies import spine
+
     cfg = wd.config
     an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
                  chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
-    return write(an, out or wd.path, title=f"Recall distortion under pruning: {cfg.dataset}", header=header_lines(cfg),
-                 timings=timings_table(wd.stage_seconds()))
+    warning = spine.incomplete_warning(unit_keys(cfg), wd.keys(RECALL_TABLE))
+    return write(an, out or wd.path, title=f"Recall distortion under pruning: {cfg.dataset}",
+                 header=[*warning, *header_lines(cfg)], timings=timings_table(wd.stage_seconds()))
 
 
 def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings: pd.DataFrame | None) -> str:

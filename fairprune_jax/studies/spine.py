@@ -224,6 +224,15 @@ class Progress:
         return callback
 
 
+def incomplete_warning(expected: list[str], committed: list[str]) -> list[str]:
+    """Report lines (to go at the top) naming the units a killed or running study has not committed yet."""
+    missing = [k for k in expected if k not in set(committed)]
+    if not missing:
+        return []
+    return [f"> **Incomplete run: {len(missing)} of {len(expected)} units missing** ({', '.join(missing)}); "
+            "rerun the same command to finish it, then rebuild this report.", ""]
+
+
 def load_guard(load: Callable[[], Any], tfds_dir: str | os.PathLike) -> Any:
     """Run a data loader, turning an unreadable prepared-TFDS file (a bare Riegeli/ArrayRecord error that names
     neither file nor dataset) into a ``ValueError`` naming the folder to delete so it is prepared again."""
