@@ -45,7 +45,10 @@ def _parse(argv: list[str]) -> list[str]:
                 _die(f"no config field {missing!r} (from {arg.split('=', 1)[0]})")
         raise
     except flags.Error as e:
-        _die(str(e) or "bad command line")
+        text = str(e)
+        if "Traceback" in text:  # a config file whose get_config raised: its own message is the last line
+            text = text.split("Error whilst parsing config file:")[0] + text.strip().splitlines()[-1]
+        _die(text or "bad command line")
 
 
 def _config_by_path(spec_arg: str) -> Any:
