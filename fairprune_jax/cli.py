@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging as py_logging
+import os
 import pathlib
 import sys
 from typing import Any, Callable, NoReturn
@@ -90,7 +91,9 @@ def _guard(body: Callable[[], None]) -> None:
         if debug:
             raise
         print(INTERRUPTED, file=sys.stderr)
-        sys.exit(130)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)  # skip interpreter teardown: XLA's threads can crash it after an interrupt
     except (ValueError, OSError, spine.DivergenceError) as e:
         if debug:
             raise

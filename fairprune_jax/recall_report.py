@@ -275,6 +275,11 @@ def build_report(wd, *, out: Path | None = None) -> str:
     from fairprune_jax.studies import spine
 
     cfg = wd.config
+    pruned = recall[recall["criterion"] != "dense"]
+    if len(pruned) and "diverged" in pruned and pruned["diverged"].all():
+        n = pruned.groupby(["model", "criterion", "seed", "level"]).ngroups
+        raise ValueError(f"{wd.path}: every pruned network diverged ({n} networks, flagged in table "
+                         f"{RECALL_TABLE!r}); nothing to analyse — lower config.finetune.optimizer.lr")
     an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
                  chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
     warning = spine.incomplete_warning(unit_keys(cfg), wd.keys(RECALL_TABLE))
