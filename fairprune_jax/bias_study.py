@@ -45,7 +45,7 @@ from fairprune_jax import data as data_lib
 from fairprune_jax import masks as masks_lib
 from fairprune_jax import models as models_lib
 from fairprune_jax import planted as planted_lib
-from fairprune_jax import protocols, schedules, scores, train
+from fairprune_jax import evaluate, protocols, schedules, scores, train
 from fairprune_jax.analysis import bias as B
 from fairprune_jax.results import atomic_write, make_key
 from fairprune_jax.studies import spine
@@ -323,7 +323,7 @@ def train_dense(spec: models_lib.ModelSpec, cfg: Any, data: StudyData, *,
                 progress: Callable[[dict], None] | None = None) -> tuple[PyTree, np.ndarray]:
     """Dense population [S, ...] and per-epoch losses [S, E]."""
     variables, hist = train.fit(spec, cfg.train, population_keys(cfg), data.x_train, data.y_train,
-                                chunk=int(cfg.train.chunk) or None, progress=progress)
+                                chunk=int(cfg.train.chunk) or None, progress=progress, mesh=spine.mesh_of(cfg))
     return variables, np.asarray(hist["loss"])
 
 
@@ -361,7 +361,7 @@ def prune_population(spec: models_lib.ModelSpec, cfg: Any, data: StudyData, dens
     keys = population_keys(cfg)
     crit, excl = str(cfg.prune.criterion), bool(cfg.exclude_output)
     common = dict(exclude_output=excl, lam=float(cfg.prune.lambda_up), chunk=int(cfg.finetune.chunk) or None,
-                  progress=progress)
+                  progress=progress, mesh=spine.mesh_of(cfg))
     if cfg.prune.protocol == "one_shot":
         variables, mask, hist = protocols.one_shot(spec, cfg.finetune, dense, (crit,), (float(sparsity),), keys,
                                                    data.x_train, data.y_train, **common)
@@ -377,9 +377,10 @@ def prune_population(spec: models_lib.ModelSpec, cfg: Any, data: StudyData, dens
     return variables, mask, np.asarray(hist["loss"])[:, 0, 0], realised
 
 
-def predict_logits(spec: models_lib.ModelSpec, variables: PyTree, images: jax.Array, batch_size: int) -> np.ndarray:
-    """float32 logits [S, N, A] on the host."""
-    return np.asarray(train.predict(spec, variables, images, batch_size=batch_size), np.float32)
+def predict_logits(spec: models_lib.ModelSpec, variables: PyTree, images: jax.Array, cfg: Any) -> np.ndarray:
+    """float32 logits [S, N, A] on the host, through `evaluate.population_logits` (chunked, mesh-aware)."""
+    return evaluate.population_logits(spec, variables, images, chunk=int(cfg.eval.chunk),
+                                      batch_size=int(cfg.eval.batch_size), mesh=spine.mesh_of(cfg))
 
 
 # ================================================================================================================
@@ -635,9 +636,8 @@ class _Run(NamedTuple):
             return {"val": z["val"], "test": z["test"]}
 
     def save_logits(self, key: str, variables: PyTree) -> None:
-        bs = int(self.cfg.eval.batch_size)
-        arrays = {"val": predict_logits(self.spec, variables, self.data.x_val, bs),
-                  "test": predict_logits(self.spec, variables, self.data.x_test, bs)}
+        arrays = {"val": predict_logits(self.spec, variables, self.data.x_val, self.cfg),
+                  "test": predict_logits(self.spec, variables, self.data.x_test, self.cfg)}
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         atomic_write(self.logits_path(key), buf.getvalue())
@@ -819,4 +819,4 @@ def run(cfg: Any, *, workdir: str | os.PathLike | None = None, fresh: bool = Fal
     return RunSummary(wd.path, dict(r.computed), dict(r.skipped), dict(r.seconds), report_path)
 
 
-IGNORED_FIELDS = ("workdir", "fresh", "progress")
+IGNORED_FIELDS = ("workdir", "fresh", "progress", "mesh", "eval.chunk")  # never change a result

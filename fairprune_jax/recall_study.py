@@ -179,7 +179,7 @@ def _evaluate_rows(config, spec, study: StudyData, variables, masks, *, criteria
 
     res = evaluate.evaluate_population(spec, variables, study.test.images, study.test.labels, masks=masks,
                                        num_classes=study.num_classes, chunk=int(config.eval.chunk),
-                                       batch_size=int(config.eval.batch_size), mesh=mesh_of(config))
+                                       batch_size=int(config.eval.batch_size), mesh=spine.mesh_of(config))
     counts = res.counts
     if counts.ndim == 3:  # dense [S, K, K]
         counts = counts[:, None, None]
@@ -204,17 +204,10 @@ def _evaluate_rows(config, spec, study: StudyData, variables, masks, *, criteria
     return rows
 
 
-def mesh_of(config):
-    """The `seed` mesh over every device when config.mesh.enabled, else None (one device)."""
-    from fairprune_jax import sharding
-
-    return sharding.seed_mesh() if bool(config.mesh.enabled) else None
-
-
 def _protocol_kwargs(config) -> dict:
     """Keyword arguments every protocol call shares."""
     return dict(exclude_output=bool(config.exclude_output), lam=float(config.prune.lambda_up),
-                grad_batch=int(config.prune.grad_batch), mesh=mesh_of(config))
+                grad_batch=int(config.prune.grad_batch), mesh=spine.mesh_of(config))
 
 
 def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: spine.Progress):
@@ -232,7 +225,8 @@ def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: s
     with wd.stage_timer(f"dense.{spec.name}"), progress.bar(
             int(config.train.epochs) * spine.chunks(n, chunk or n), f"dense {spec.name} ×{n} seeds", "epoch") as bar:
         dense, hist = train.fit(spec, config.train, keys, study.train.images, study.train.labels, chunk=chunk,
-                                progress=progress.epochs(bar), capture_step=capture or None, mesh=mesh_of(config))
+                                progress=progress.epochs(bar), capture_step=capture or None,
+                                mesh=spine.mesh_of(config))
         spine.check_dense(dense, np.asarray(hist["loss"]), seeds_of(config), spec.name)
     rewind = hist["snapshot"] if capture else train.init_population(spec, keys)
     checkpoints.save(_ckpt_dir(wd), name, {"dense": dense, "rewind": rewind})

@@ -213,3 +213,21 @@ def test_refactored_studies_reproduce_the_stored_tables(tmp_path):
     (bwd.part_path("metrics", "sparsity=0.95")).unlink()
     bias_study_report.write_report(bwd)
     assert "Incomplete run: 1 of 3 units missing** (sparsity=0.95)" in (bwd.path / "report.md").read_text()
+
+
+def test_population_logits_match_a_per_model_forward_in_any_chunking():
+    import jax
+
+    from fairprune_jax import evaluate, models, sharding, train
+
+    spec = models.get_model("mlp_100_30", num_outputs=5, input_shape=(4, 4, 1), multilabel=True)
+    variables = train.init_population(spec, train.seed_keys([0, 1, 2]))
+    x = jax.random.normal(jax.random.key(1), (37, 4, 4, 1))
+    want = np.stack([np.asarray(spec.apply(jax.tree.map(lambda v: v[i], variables), x, train=False)[0])
+                     for i in range(3)])
+    for chunk, bs, mesh in ((0, 100, None), (2, 10, None), (1, 37, sharding.seed_mesh())):
+        got = evaluate.population_logits(spec, variables, x, chunk=chunk, batch_size=bs, mesh=mesh)
+        assert got.shape == (3, 37, 5) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="images: shape"):
+        evaluate.population_logits(spec, variables, x[..., 0])

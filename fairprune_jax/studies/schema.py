@@ -224,9 +224,13 @@ def bias_config(dataset: str) -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 10000  # prediction batch
+    c.eval.chunk = 0  # models per prediction call; 0 = all seeds
     c.eval.band = 0.4  # dense criterion U = 1[|p̄ − .5| < band]
     c.eval.bands = (0.3, 0.45)  # variants also scored
 
+    # Scale-out (results are identical; excluded from the workdir fingerprint): spread each chunk of models over
+    # every device on a `seed` mesh axis.
+    c.mesh = ml_collections.ConfigDict(dict(enabled=False))
     c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
     c.variant = ""
     c.progress = True

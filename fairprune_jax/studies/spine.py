@@ -198,6 +198,14 @@ def population_like(spec: Any, n: int) -> PyTree:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), one)
 
 
+def mesh_of(config: Any):
+    """The `seed` mesh over every device when ``config.mesh.enabled``, else None (one device)."""
+    from fairprune_jax import sharding
+
+    mesh = config.get("mesh", None)
+    return sharding.seed_mesh() if mesh is not None and bool(mesh.enabled) else None
+
+
 def chunks(n: int, chunk: int) -> int:
     """Number of chunks of ``chunk`` models (0 = all at once) in a population of ``n``."""
     return -(-n // chunk) if chunk else 1
