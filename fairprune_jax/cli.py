@@ -130,12 +130,12 @@ def _study_main(study: str) -> None:
             from fairprune_jax.studies import spine
 
             if study == "recall":
-                from fairprune_jax import recall_study
+                from fairprune_jax.studies import recall as recall_study
 
                 path = workdir_flag.value or spine.default_workdir(config)
                 recall_study.run(config, workdir=path, fresh=fresh_flag.value)
             else:
-                from fairprune_jax import bias_study
+                from fairprune_jax.studies import bias as bias_study
 
                 bias_study.run(config, workdir=workdir_flag.value, fresh=fresh_flag.value)
 
@@ -159,13 +159,13 @@ def _report_one(path: pathlib.Path, out: str | None) -> str:
 
     wd = results.Workdir.existing(path)
     if wd.config.get("study", "recall") == "bias":
-        from fairprune_jax import bias_study_report
+        from fairprune_jax.report import bias as bias_study_report
 
         if out:
             raise ValueError("--out: a bias-study report is written into its workdir; drop --out")
         report = bias_study_report.write_report(wd)
         return bias_study_report.terminal_summary(wd) + f"\nreport: {report}"
-    from fairprune_jax import recall_report
+    from fairprune_jax.report import recall as recall_report
 
     return recall_report.build_report(wd, out=pathlib.Path(out) if out else None)
 
@@ -184,7 +184,8 @@ def report() -> None:
         _quiet()
 
         def body() -> None:
-            from fairprune_jax import recall_report, results
+            from fairprune_jax import results
+            from fairprune_jax.report import recall as recall_report
 
             paths = [pathlib.Path(p).expanduser() for p in workdirs.value]
             for p in paths:

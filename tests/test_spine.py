@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 
 from configs import mnist, planted_mnist
-from fairprune_jax import bias_study, recall_study, results
+from fairprune_jax import results
+from fairprune_jax.studies import bias as bias_study
+from fairprune_jax.studies import recall as recall_study
 from fairprune_jax.studies import spine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,7 +207,7 @@ def test_refactored_studies_reproduce_the_stored_tables(tmp_path):
         table = path.stem[len("planted_mnist_smoke_"):]
         _same(bwd.read_table(table, key_column="unit"), pd.read_parquet(path))
     # The report is rebuilt byte for byte; a missing unit is announced at the top.
-    from fairprune_jax import bias_study_report
+    from fairprune_jax.report import bias as bias_study_report
 
     first = (bwd.path / "report.md").read_bytes()
     bias_study_report.write_report(bwd)

@@ -1,6 +1,6 @@
 """The spine both studies run on: a locked workdir, config checks, progress bars, divergence guard, data errors.
 
-Each study module (`fairprune_jax.recall_study`, `fairprune_jax.bias_study`) keeps only what is specific to its
+Each study module (`fairprune_jax.studies.recall`, `fairprune_jax.studies.bias`) keeps only what is specific to its
 science; what a long statistical run needs regardless of the study lives here:
 
 * :func:`claim` — validate first, then hold an exclusive ``fcntl.flock`` on ``<workdir>/.lock`` for the whole run

@@ -408,7 +408,7 @@ def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool =
     The config is validated and the data loaded (batch sizes checked against it) before the workdir is claimed;
     the workdir is locked for the whole run (`spine.claim`)."""
     from fairprune_jax import sharding, train
-    from fairprune_jax import recall_report as report_lib
+    from fairprune_jax.report import recall as report_lib
 
     validate_config(config)
     sharding.initialize_distributed(config.distributed)  # multi-host pods; a no-op unless enabled

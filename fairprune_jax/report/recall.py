@@ -271,7 +271,7 @@ def build_report(wd, *, out: Path | None = None) -> str:
     recall = wd.read_table(RECALL_TABLE)
     if recall.empty:
         raise ValueError(f"{wd.path}: no results yet (table {RECALL_TABLE!r} is empty); run the sweep first")
-    from fairprune_jax.recall_study import unit_keys
+    from fairprune_jax.studies.recall import unit_keys
     from fairprune_jax.studies import spine
 
     cfg = wd.config

@@ -425,7 +425,7 @@ def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
         plot_identification(ident, cies, grid, wd.file("identification.png"))
     plot_calibration(summary, grid, protected, wd.file("calibration.png"))
 
-    from fairprune_jax.bias_study import DENSE_KEY, sparsity_key
+    from fairprune_jax.studies.bias import DENSE_KEY, sparsity_key
     from fairprune_jax.studies import spine
 
     expected = [DENSE_KEY] + [sparsity_key(s) for s in cfg.prune.sparsities]
