@@ -19,7 +19,6 @@ from fairprune_jax.studies import bias as BS
 from fairprune_jax.studies import bias_data as BD
 from fairprune_jax import checkpoints, models
 from fairprune_jax.report import bias as BR
-from fairprune_jax.analysis import bias as B
 from fairprune_jax.results import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,10 +180,11 @@ def test_smoke_run_end_to_end(smoke_run):
     cfg, wd, summary = smoke_run
     assert summary.computed == {"dense": 1, "prune": 2, "predict": 3, "evaluate": 3}
     assert summary.skipped == {}
-    for f in ("report.md", "metrics_vs_sparsity.png", "identification.png", "calibration.png", "meta.json"):
+    for f in ("report.md", "plots/metrics_vs_sparsity.png", "plots/identification.png", "plots/calibration.png",
+              "tables/metrics_summary.csv", "meta.json"):
         assert (wd / f).is_file(), f
     text = (wd / "report.md").read_text()
-    for needle in ("## Set-up", "seeds: 3", "sparsity grid: 50%, 95%", "## Reading", "## Identification",
+    for needle in ("## Set-up", "seeds: 3", "sparsity grid: 50.0%, 95.0%", "## Reading", "## Identification",
                    "## Calibration", "## Attribute-level regression", "random"):
         assert needle in text, needle
     w = Workdir.existing(wd)
@@ -267,12 +267,12 @@ def test_interrupted_unit_resumes_from_its_checkpoint(smoke_run):
 def test_report_cli_rebuilds_from_stored_results(smoke_run):
     _, wd, _ = smoke_run
     (wd / "report.md").unlink()
-    (wd / "calibration.png").unlink()
+    (wd / "plots" / "calibration.png").unlink()
     r = subprocess.run([sys.executable, "-m", "experiments.bias_report", f"--workdir={wd}"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "AUROC u/r" in r.stdout and "95%" in r.stdout
-    assert (wd / "report.md").is_file() and (wd / "calibration.png").is_file()
+    assert "AUROC u/r" in r.stdout and "95.0%" in r.stdout
+    assert (wd / "report.md").is_file() and (wd / "plots" / "calibration.png").is_file()
     # the reading is computed, not hard-coded: its accuracy sentence quotes the dense mean of the table
     summ = BR.summarize_metrics(Workdir.existing(wd).read_table("metrics"))
     acc = BR.metric_series(summ, "acc").iloc[0]

@@ -117,7 +117,8 @@ def validate_config(cfg: Any) -> None:
         initial = _prob(cfg, "prune.gmp.initial")
         if initial >= 1.0:
             raise ValueError(f"config.prune.gmp.initial: {initial} outside [0, 1)")
-        start, every = _int(cfg, "prune.gmp.start", 0), _int(cfg, "prune.gmp.every", 1)
+        start = _int(cfg, "prune.gmp.start", 0)
+        _int(cfg, "prune.gmp.every", 1)
         end = _int(cfg, "prune.gmp.end", 0) or max(ft - 1, start + 1)
         if end <= start or start >= ft:
             raise ValueError(f"config.prune.gmp.end: need start < end and start < finetune.epochs ({ft}); got "
@@ -172,6 +173,17 @@ def validate_config(cfg: Any) -> None:
 def resolve_workdir(cfg: Any, override: str | os.PathLike | None = None) -> pathlib.Path:
     """``override``, else the spine's default (``config.workdir`` or ``workdirs/<dataset>[-<variant>]``)."""
     return pathlib.Path(os.fspath(override)).expanduser() if override else spine.default_workdir(cfg)
+
+
+def make_spec(cfg: Any, data: StudyData) -> models_lib.ModelSpec:
+    """The configured model with a sigmoid head of ``len(data.names)`` outputs."""
+    return models_lib.get_model(cfg.model, num_outputs=len(data.names), input_shape=data.input_shape,
+                                multilabel=True)
+
+
+def population_keys(cfg: Any) -> jax.Array:
+    """Typed keys [S]: ``jax.random.key(seed + s)``."""
+    return train.seed_keys(np.arange(int(cfg.num_seeds)) + int(cfg.seed))
 
 
 # ================================================================================================================

@@ -128,14 +128,3 @@ def load_study_data(cfg: Any) -> StudyData:
               image_size=size)
     splits = [data_lib.load_split("celeb_a", s, **kw) for s in ("train", "validation", "test")]
     return celeba_study_data(*splits, tuple(cfg.data.protected), max_train=max_train, max_eval=max_eval)
-
-
-def make_spec(cfg: Any, data: StudyData) -> models_lib.ModelSpec:
-    """The configured model with a sigmoid head of ``len(data.names)`` outputs."""
-    return models_lib.get_model(cfg.model, num_outputs=len(data.names), input_shape=data.input_shape,
-                                multilabel=True)
-
-
-def population_keys(cfg: Any) -> jax.Array:
-    """Typed keys [S]: ``jax.random.key(seed + s)``."""
-    return train.seed_keys(np.arange(int(cfg.num_seeds)) + int(cfg.seed))

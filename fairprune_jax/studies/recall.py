@@ -353,7 +353,6 @@ def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: spine.
 
 
 def _iter_state_like(spec, keys, m: int):
-    from fairprune_jax import masks as masks_lib
     from fairprune_jax import train
 
     one = jax.eval_shape(lambda k: train.init_population(spec, k), keys)
