@@ -3,6 +3,7 @@ errors and Ctrl-C from the entry points, incomplete-run warnings, and the refact
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,3 +234,19 @@ def test_population_logits_match_a_per_model_forward_in_any_chunking():
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="images: shape"):
         evaluate.population_logits(spec, variables, x[..., 0])
+
+
+@pytest.mark.slow
+def test_corrupt_prepared_tfds_names_the_folder_to_delete(tmp_path):
+    from fairprune_jax import data as data_lib
+
+    data_lib.prepare_offline("mnist")  # the shared prepared copy (already there) is only read
+    shutil.copytree(data_lib.tfds_dir() / "mnist_idx", tmp_path / "tfds" / "mnist_idx")
+    part = next((tmp_path / "tfds" / "mnist_idx").glob("*/mnist_idx-test.array_record-*"))
+    raw = bytearray(part.read_bytes())
+    raw[len(raw) // 3: len(raw) // 3 + 4000] = bytes(b ^ 0xFF for b in raw[len(raw) // 3: len(raw) // 3 + 4000])
+    part.write_bytes(bytes(raw))
+    proc = _cli("experiments.sweep", "--config=configs/mnist.py:smoke", f"--workdir={tmp_path / 'wd'}",
+                f"--config.data.tfds_dir={tmp_path / 'tfds'}")
+    _one_line_error(proc, f"delete {tmp_path / 'tfds' / 'mnist_idx'} so it is prepared again")
+    assert not (tmp_path / "wd").exists()

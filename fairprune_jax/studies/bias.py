@@ -323,7 +323,8 @@ def sparsity_key(s: float) -> str:
 
 def _prepare(cfg: Any) -> StudyData:
     """Load the data and check what depends on it (batch sizes), before the workdir is claimed."""
-    data = spine.load_guard(lambda: load_study_data(cfg), cfg.data.tfds_dir or data_lib.tfds_dir())
+    data = spine.load_guard(lambda: load_study_data(cfg), data_lib.tfds_dir(cfg.data.tfds_dir or None),
+                            PLANTED_SOURCE.get(cfg.dataset, cfg.dataset))
     spine.check_batch_sizes(cfg, int(data.x_train.shape[0]), ("train", "finetune"))
     return data
 

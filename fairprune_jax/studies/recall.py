@@ -372,7 +372,8 @@ def unit_keys(config: Any) -> list[str]:
 
 def _prepare(config: ml_collections.ConfigDict) -> StudyData:
     """Load the data and check what depends on it (batch sizes), before the workdir is claimed."""
-    study = spine.load_guard(lambda: load_data(config), config.data.tfds_dir or data_lib.tfds_dir())
+    study = spine.load_guard(lambda: load_data(config), data_lib.tfds_dir(config.data.tfds_dir or None),
+                             config.dataset)
     sections = ("train",) if config.prune.protocol == "iterative" else ("train", "finetune")
     spine.check_batch_sizes(config, int(study.train.images.shape[0]), sections)
     return study

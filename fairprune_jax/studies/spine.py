@@ -241,9 +241,10 @@ def incomplete_warning(expected: list[str], committed: list[str]) -> list[str]:
             "rerun the same command to finish it, then rebuild this report.", ""]
 
 
-def load_guard(load: Callable[[], Any], tfds_dir: str | os.PathLike) -> Any:
+def load_guard(load: Callable[[], Any], tfds_dir: str | os.PathLike, dataset: str) -> Any:
     """Run a data loader, turning an unreadable prepared-TFDS file (a bare Riegeli/ArrayRecord error that names
-    neither file nor dataset) into a ``ValueError`` naming the folder to delete so it is prepared again."""
+    neither file nor dataset) into a ``ValueError`` naming the folder to delete so it is prepared again
+    (``<tfds_dir>/<dataset>_idx`` for the offline route, ``<tfds_dir>/<dataset>`` for the canonical one)."""
     try:
         return load()
     except (ValueError, FileNotFoundError, KeyboardInterrupt):
@@ -252,7 +253,9 @@ def load_guard(load: Callable[[], Any], tfds_dir: str | os.PathLike) -> Any:
         text = str(e)
         if any(w in text.lower() for w in ("riegeli", "array_record", "arrayrecord", "corrupt", "checksum",
                                            "data loss", "failed to read")):
-            raise ValueError(f"prepared TFDS data under {tfds_dir} is unreadable ({type(e).__name__}: "
-                             f"{text.splitlines()[0][:200] if text else 'no message'}); delete that folder so it is "
-                             "prepared again") from e
+            root = pathlib.Path(tfds_dir)
+            folders = [str(f) for f in (root / f"{dataset}_idx", root / dataset) if f.is_dir()] or [str(root)]
+            raise ValueError(f"prepared TFDS data of {dataset} is unreadable ({type(e).__name__}: "
+                             f"{text.splitlines()[0][:160] if text else 'no message'}); delete "
+                             f"{' and '.join(folders)} so it is prepared again") from e
         raise
