@@ -12,6 +12,7 @@ import importlib.util
 import logging as py_logging
 import os
 import pathlib
+import signal
 import sys
 from typing import Any, Callable, NoReturn
 
@@ -80,11 +81,17 @@ def _quiet() -> None:
         py_logging.getLogger(name).setLevel(py_logging.WARNING)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM handler: unwind like Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def _guard(body: Callable[[], None]) -> None:
     """Run ``body`` with the one-line error and Ctrl-C conventions (tracebacks with --debug / --verbosity>0)."""
     from fairprune_jax.studies import spine
 
     debug = FLAGS.debug or (FLAGS["verbosity"].present and FLAGS.verbosity > 0)
+    signal.signal(signal.SIGTERM, _terminate)  # `kill` ends a run like Ctrl-C: stage marked, one line
     try:
         body()
     except KeyboardInterrupt:

@@ -442,7 +442,8 @@ class Workdir:
 
     def stage_timings(self) -> dict[str, list[dict[str, Any]]]:
         """``timings.json``: per stage, every attempt ``{"started", "seconds", "status", "pid", "attempt"}`` across
-        runs. ``status`` is ``"ok"``, ``"error: <Exception>"``, or ``"running"`` (still running, or killed).
+        runs. ``status`` is ``"ok"``, ``"error: <Exception>"``, ``"interrupted"`` (Ctrl-C / SIGTERM), ``"running"``
+        (still running), or ``"killed"`` (left running by a run killed hard; closed by the next run's claim).
         Updates are read-merge-write within one process; do not time stages from two processes at once."""
         return self.read_json(TIMINGS_FILE, default={})
 
@@ -475,6 +476,19 @@ class Workdir:
             raise
         finally:
             self._update_timing(stage, attempt, {**entry, "seconds": time.perf_counter() - t0, "status": status})
+
+    def close_stale_attempts(self) -> int:
+        """Mark attempts left ``running`` by another process (killed hard) as ``killed``; call it while holding
+        the workdir lock, so no other process can still be running them. Returns how many were closed."""
+        with _timings_lock:
+            timings, n = self.stage_timings(), 0
+            for runs in timings.values():
+                for entry in runs:
+                    if entry.get("status") == "running" and entry.get("pid") != os.getpid():
+                        entry["status"], n = "killed", n + 1
+            if n:
+                self.write_json(TIMINGS_FILE, timings)
+        return n
 
     def _update_timing(self, stage: str, attempt: str | None, entry: dict[str, Any]) -> None:
         validate_key(stage, what="stage")

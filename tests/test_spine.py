@@ -250,3 +250,11 @@ def test_corrupt_prepared_tfds_names_the_folder_to_delete(tmp_path):
                 f"--config.data.tfds_dir={tmp_path / 'tfds'}")
     _one_line_error(proc, f"delete {tmp_path / 'tfds' / 'mnist_idx'} so it is prepared again")
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_new_claim_closes_attempts_left_running_by_a_killed_run(tmp_path):
+    cfg = mnist.get_config("smoke")
+    with spine.claim(tmp_path / "wd", cfg, fresh=False, ignore=recall_study.IGNORED_FIELDS, log=print) as (wd, _):
+        wd._update_timing("dense.x", "a1", {"started": "t", "seconds": None, "status": "running", "pid": -5})
+    with spine.claim(tmp_path / "wd", cfg, fresh=False, ignore=recall_study.IGNORED_FIELDS, log=print) as (wd, _):
+        assert [a["status"] for a in wd.stage_timings()["dense.x"]] == ["killed"]

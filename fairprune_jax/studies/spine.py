@@ -103,7 +103,9 @@ def claim(path: str | os.PathLike, config: Any, *, fresh: bool, ignore: tuple[st
         if not (fresh and occupied and not same):
             if fresh and occupied:
                 log(f"--fresh: {path} already holds this config; resuming it (nothing moved)")
-            yield results.Workdir.open(path, config, ignore=ignore), prepared
+            wd = results.Workdir.open(path, config, ignore=ignore)
+            wd.close_stale_attempts()
+            yield wd, prepared
             return
         moved = results.Workdir.move_aside(path)
     with workdir_lock(path):
