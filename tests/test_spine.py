@@ -3,6 +3,7 @@ errors and Ctrl-C from the entry points, incomplete-run warnings, and the refact
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,8 @@ def test_two_runs_started_together_one_is_refused(tmp_path):
     assert codes == [0, 2], [o[1][-1500:] for o in outs]
     busy = [o[1] for p, o in zip(procs, outs) if p.returncode == 2][0]
     assert "is in use by another run (pid" in busy and "Traceback" not in busy
+    ok = [o[1] for p, o in zip(procs, outs) if p.returncode == 0][0]
+    assert not [line for line in ok.splitlines() if re.match(r"I\d{4} ", line)], ok[-2000:]  # absl/orbax quiet
 
 
 # ---- validation before claim ----------------------------------------------------------------------------------
