@@ -203,6 +203,11 @@ def test_refactored_studies_reproduce_the_stored_tables(tmp_path):
     wd = recall_study.run(cfg, workdir=tmp_path / "recall", log=lambda s: None)
     _same(wd.read_table("recall"), pd.read_parquet(GOLDEN / "mnist_smoke_recall.parquet"))
     assert "Incomplete run" not in (wd.path / "report.md").read_text()
+    from fairprune_jax.report import recall as recall_report
+
+    first = (wd.path / "report.md").read_bytes()
+    recall_report.build_report(wd)  # a rebuild gives the run's own report, byte for byte
+    assert (wd.path / "report.md").read_bytes() == first
     bcfg = planted_mnist.get_config("smoke")
     bcfg.progress = False
     out = bias_study.run(bcfg, workdir=tmp_path / "bias", echo=lambda s: None)
