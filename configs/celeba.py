@@ -13,16 +13,15 @@ Variants:
 """
 import ml_collections
 
-from fairprune_jax import bias_study
+from fairprune_jax.studies import schema
 
 
 def _paper_sgd(lr: float = 0.256) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(name="sgd", lr=lr, momentum=0.875, nesterov=False, weight_decay=3.05e-5,
-                                          b1=0.9, b2=0.999, eps=1e-8))
+    return schema.sgd(lr, momentum=0.875, weight_decay=3.05e-5)
 
 
 def get_config(variant: str = ""):
-    c = bias_study.base_config("celeb_a")
+    c = schema.bias_config("celeb_a")
     c.model = "resnet18"
     c.num_seeds = 3
     c.data.image_size = (64, 64)

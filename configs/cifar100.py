@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import cifar10, common
+from fairprune_jax.studies import schema
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    return cifar10.cifar(common.recall_config("cifar100"), variant)
+    return schema.cifar_variant(schema.recall_config("cifar100"), variant)

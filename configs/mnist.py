@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from fairprune_jax.studies import schema
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    return common.with_variant(common.recall_config("mnist"), variant)
+    return schema.with_variant(schema.recall_config("mnist"), variant)

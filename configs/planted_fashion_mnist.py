@@ -3,8 +3,8 @@ the trigger planted on 95% of 'upper_body' items and 5% of the others in trainin
 
 Variants: "" (default, as planted_mnist), "smoke" (seconds, for tests), "weak" (.65/.35).
 """
-from fairprune_jax import bias_study
+from fairprune_jax.studies import schema
 
 
 def get_config(variant: str = ""):
-    return bias_study.planted_variant(bias_study.base_config("planted_fashion_mnist"), variant)
+    return schema.planted_variant(schema.bias_config("planted_fashion_mnist"), variant)

@@ -310,3 +310,45 @@ def recall_table(counts: np.ndarray, *, dataset: str, model: str, criteria: Sequ
         unc = _broadcast("frac_uncertain", frac_uncertain, full, lead)
         cols["frac_uncertain"] = np.repeat(unc.ravel(), k)
     return pd.DataFrame(cols)
+
+
+# ------------------------------------------------------------------------------------------- logits (multi-label)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
+def _logits_chunk(variables: PyTree, x: jax.Array, *, spec: ModelSpec, mesh: Mesh | None = None) -> jax.Array:
+    """Eval-mode logits [C, B, K'] of a chunk of models on one batch (models spread over the mesh when given)."""
+    if mesh is not None:
+        variables = jax.lax.with_sharding_constraint(variables, sharding.model_sharding(mesh))
+    return jax.vmap(lambda v: spec.apply(v, x, train=False)[0])(variables).astype(jnp.float32)
+
+
+def population_logits(spec: ModelSpec, variables: PyTree, images: Any, *, chunk: int = 0, batch_size: int = 10000,
+                      mesh: Mesh | None = None) -> np.ndarray:
+    """Eval-mode logits float32 [S, N, K'] of a population [S] on the host, for heads whose outputs are used
+    whole (the bias study's sigmoid attributes): `chunk` models per compiled call (0 = all), `batch_size`
+    examples per call; with a `sharding.seed_mesh()` each chunk's models are spread over its devices (chunk
+    rounded up to the device count) and the result is unchanged."""
+    if chunk < 0 or batch_size < 1:
+        raise ValueError(f"chunk/batch_size: need chunk >= 0 and batch_size >= 1, got {chunk}, {batch_size}")
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise ValueError("variables: expected a dict with a 'params' collection")
+    images = jnp.asarray(images)
+    if images.ndim < 1 or images.shape[1:] != tuple(spec.input_shape):
+        raise ValueError(f"images: shape {images.shape} is not [N, *{tuple(spec.input_shape)}]")
+    base = jax.eval_shape(spec.init, jax.random.key(0))
+    lead = _leading_shape({col: variables[col] for col in base}, base, "variables")
+    if len(lead) != 1:
+        raise ValueError(f"variables: expected one leading population axis, got {lead}")
+    s = lead[0]
+    c = sharding.round_up(min(chunk or s, s), mesh)
+    if mesh is not None:
+        variables, images = sharding.replicate((variables, images), mesh)
+    rows = []
+    for start in range(0, s, c):
+        idx = jnp.asarray(np.minimum(np.arange(start, start + c), s - 1))
+        part = jax.tree.map(lambda v: v[idx], variables)
+        out = [np.asarray(_logits_chunk(part, images[i:i + batch_size], spec=spec, mesh=mesh))
+               for i in range(0, images.shape[0], batch_size)]
+        rows.append(np.concatenate(out, axis=1)[: min(c, s - start)])
+    return np.concatenate(rows, axis=0)

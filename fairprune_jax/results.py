@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import io
 import json
 import os
@@ -37,6 +36,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from fairprune_jax.config_fingerprint import DEFAULT_IGNORE, canonical_config, canonical_json, config_diff, \
+    fingerprint, short, to_json_value
 
 __all__ = [
     "DEFAULT_IGNORE",
@@ -56,10 +58,8 @@ RESULTS_DIR = "results"
 STAGES_DIR = "stages"
 ARTIFACTS_DIR = "artifacts"
 PART_SUFFIX = ".parquet"
+LOCK_FILE = ".lock"
 TMP_SUFFIX = ".tmp"
-
-#: Top-level config keys that never change results (where to write, how chatty), left out of the fingerprint.
-DEFAULT_IGNORE: tuple[str, ...] = ("workdir", "fresh", "progress")
 
 _MAX_DIFFS_SHOWN = 8
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]{0,199}")
@@ -191,102 +191,6 @@ def _remove_stale_temp_files(root: pathlib.Path) -> list[pathlib.Path]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Config canonicalisation and fingerprint
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _to_json_value(value: Any, where: str) -> Any:
-    """Plain JSON value for a config leaf: tuples -> lists, numpy scalars/arrays -> Python, paths -> str."""
-    if hasattr(value, "to_dict") and callable(value.to_dict):  # ConfigDict / FrozenConfigDict
-        value = value.to_dict()
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if isinstance(k, np.generic):
-                k = k.item()
-            if isinstance(k, bool) or not isinstance(k, (str, int)):
-                raise ValueError(f"config key {k!r} at {where or '<root>'!r} must be a str or int")
-            sk = str(k)
-            if sk in out:
-                raise ValueError(f"config keys at {where or '<root>'!r} collide as strings: {sk!r}")
-            out[sk] = _to_json_value(v, f"{where}.{sk}" if where else sk)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_to_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, np.ndarray):
-        return _to_json_value(value.tolist(), where)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise ValueError(
-        f"config field {where!r} has a value of type {type(value).__name__} ({value!r}) that cannot be stored "
-        "as JSON; use str/int/float/bool/None, lists/tuples or nested dicts"
-    )
-
-
-def canonical_config(config: Any) -> dict[str, Any]:
-    """The config (``ConfigDict``, ``FrozenConfigDict`` or mapping) as plain JSON data, field references resolved."""
-    out = _to_json_value(config, "")
-    if not isinstance(out, dict):
-        raise ValueError(f"config must be a ConfigDict or a mapping, got {type(config).__name__}")
-    return out
-
-
-def _canonical_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
-
-
-def _drop(config: dict[str, Any], ignore: Iterable[str]) -> dict[str, Any]:
-    """Copy of ``config`` without the (possibly dotted) keys in ``ignore``."""
-    config = json.loads(_canonical_json(config))  # deep copy
-    for dotted in ignore:
-        node: Any = config
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return config
-
-
-def fingerprint(config: Any, ignore: Iterable[str] = DEFAULT_IGNORE) -> str:
-    """sha256 (hex) of the canonical JSON of the config without the ``ignore``-d keys."""
-    relevant = _drop(canonical_config(config), ignore)
-    return hashlib.sha256(_canonical_json(relevant).encode("ascii")).hexdigest()
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """Dotted path -> canonical JSON text of each leaf (lists and empty dicts are leaves)."""
-    if isinstance(data, dict) and data:
-        out: dict[str, str] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
-        return out
-    return {prefix: _canonical_json(data)}
-
-
-_ABSENT = "<absent>"
-
-
-def config_diff(old: Any, new: Any, ignore: Iterable[str] = DEFAULT_IGNORE) -> list[tuple[str, str, str]]:
-    """Sorted ``(dotted_path, old_json, new_json)`` for every result-affecting field that differs;
-    a field missing on one side shows as ``<absent>``."""
-    a = _flatten(_drop(canonical_config(old), ignore))
-    b = _flatten(_drop(canonical_config(new), ignore))
-    # A dict that became a leaf (or vice versa) shows up as the leaf plus its former children.
-    return [
-        (k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
-    ]
-
-
-def _short(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Workdir
 # ----------------------------------------------------------------------------------------------------------
 
@@ -316,6 +220,8 @@ class Workdir:
           ``config.json`` refreshed if only ignored keys changed, stale temp files of killed writers removed.
         * Different config, or a non-empty directory that is not a workdir: ``ValueError`` naming the differing
           fields, unless ``fresh=True``, which renames the old directory to ``<path>.old-<timestamp>`` first.
+          ``fresh=True`` with the same config resumes (nothing is moved).
+        A lone :data:`LOCK_FILE` does not make a directory non-empty; hold :class:`WorkdirLock` around this call.
         """
         path = pathlib.Path(path).expanduser().absolute()
         ignore = tuple(ignore)
@@ -324,15 +230,16 @@ class Workdir:
         if path.exists() and not path.is_dir():
             raise ValueError(f"workdir {str(path)!r} exists and is not a directory")
 
-        if fresh and path.is_dir() and any(path.iterdir()):
-            cls._move_aside(path)
-        elif path.is_dir() and any(path.iterdir()):
+        occupied = path.is_dir() and any(p.name != LOCK_FILE for p in path.iterdir())
+        if fresh and occupied and cls.stored_fingerprint(path, ignore) != fp:
+            cls.move_aside(path)
+        elif occupied:
             stored = cls._read_config_file(path)
             old_config = stored["config"]
             if fingerprint(old_config, ignore) != fp:
                 raise ValueError(cls._mismatch_message(path, old_config, new_config, ignore))
             wd = cls(path, fp)
-            if _canonical_json(old_config) != _canonical_json(new_config) or stored.get("fingerprint") != fp:
+            if canonical_json(old_config) != canonical_json(new_config) or stored.get("fingerprint") != fp:
                 wd._write_config(new_config, ignore)
             _remove_stale_temp_files(path)
             return wd
@@ -348,6 +255,15 @@ class Workdir:
         path = pathlib.Path(path).expanduser().absolute()
         stored = cls._read_config_file(path)
         return cls(path, str(stored.get("fingerprint", "")))
+
+    @classmethod
+    def stored_fingerprint(cls, path: str | os.PathLike, ignore: Iterable[str] = DEFAULT_IGNORE) -> str | None:
+        """Fingerprint of the config stored in ``path`` (recomputed with ``ignore``), or None when there is none
+        or it is unreadable."""
+        try:
+            return fingerprint(cls._read_config_file(pathlib.Path(path))["config"], tuple(ignore))
+        except ValueError:
+            return None
 
     @staticmethod
     def _read_config_file(path: pathlib.Path) -> dict[str, Any]:
@@ -373,7 +289,7 @@ class Workdir:
             f"(fingerprint {fingerprint(old, ignore)[:12]} != {fingerprint(new, ignore)[:12]}); "
             f"{len(diffs)} field(s) differ (stored -> now):"
         ]
-        lines += [f"  {k}: {_short(o)} -> {_short(n)}" for k, o, n in diffs[:_MAX_DIFFS_SHOWN]]
+        lines += [f"  {k}: {short(o)} -> {short(n)}" for k, o, n in diffs[:_MAX_DIFFS_SHOWN]]
         if len(diffs) > _MAX_DIFFS_SHOWN:
             lines.append(f"  ... and {len(diffs) - _MAX_DIFFS_SHOWN} more")
         lines.append(
@@ -383,7 +299,8 @@ class Workdir:
         return "\n".join(lines)
 
     @staticmethod
-    def _move_aside(path: pathlib.Path) -> pathlib.Path:
+    def move_aside(path: pathlib.Path) -> pathlib.Path:
+        """Rename ``path`` to ``<path>.old-<timestamp>[-n]`` (never deletes); returns the new path."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         target = path.with_name(f"{path.name}.old-{stamp}")
         n = 1
@@ -421,7 +338,7 @@ class Workdir:
 
     def write_json(self, relpath: str | os.PathLike, obj: Any) -> pathlib.Path:
         """Atomically write ``obj`` (converted like a config: tuples, numpy scalars) as sorted, indented JSON."""
-        text = json.dumps(_to_json_value(obj, str(relpath)), sort_keys=True, indent=2, allow_nan=True) + "\n"
+        text = json.dumps(to_json_value(obj, str(relpath)), sort_keys=True, indent=2, allow_nan=True) + "\n"
         return self.write_text(relpath, text)
 
     def read_json(self, relpath: str | os.PathLike, default: Any = None) -> Any:
@@ -510,7 +427,7 @@ class Workdir:
 
     def mark_done(self, stage: str, info: Mapping[str, Any] | None = None) -> pathlib.Path:
         """Atomically mark a whole stage finished, with optional JSON-able ``info`` (counts, paths)."""
-        doc = {"stage": stage, "finished": _now_iso(), "info": _to_json_value(dict(info or {}), "info")}
+        doc = {"stage": stage, "finished": _now_iso(), "info": to_json_value(dict(info or {}), "info")}
         return atomic_write(self.done_marker(stage), (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode())
 
     def is_done(self, stage: str) -> bool:
@@ -525,7 +442,8 @@ class Workdir:
 
     def stage_timings(self) -> dict[str, list[dict[str, Any]]]:
         """``timings.json``: per stage, every attempt ``{"started", "seconds", "status", "pid", "attempt"}`` across
-        runs. ``status`` is ``"ok"``, ``"error: <Exception>"``, or ``"running"`` (still running, or killed).
+        runs. ``status`` is ``"ok"``, ``"error: <Exception>"``, ``"interrupted"`` (Ctrl-C / SIGTERM), ``"running"``
+        (still running), or ``"killed"`` (left running by a run killed hard; closed by the next run's claim).
         Updates are read-merge-write within one process; do not time stages from two processes at once."""
         return self.read_json(TIMINGS_FILE, default={})
 
@@ -550,11 +468,27 @@ class Workdir:
         status = "ok"
         try:
             yield
+        except (KeyboardInterrupt, SystemExit):
+            status = "interrupted"
+            raise
         except BaseException as e:
             status = f"error: {type(e).__name__}"
             raise
         finally:
             self._update_timing(stage, attempt, {**entry, "seconds": time.perf_counter() - t0, "status": status})
+
+    def close_stale_attempts(self) -> int:
+        """Mark attempts left ``running`` by another process (killed hard) as ``killed``; call it while holding
+        the workdir lock, so no other process can still be running them. Returns how many were closed."""
+        with _timings_lock:
+            timings, n = self.stage_timings(), 0
+            for runs in timings.values():
+                for entry in runs:
+                    if entry.get("status") == "running" and entry.get("pid") != os.getpid():
+                        entry["status"], n = "killed", n + 1
+            if n:
+                self.write_json(TIMINGS_FILE, timings)
+        return n
 
     def _update_timing(self, stage: str, attempt: str | None, entry: dict[str, Any]) -> None:
         validate_key(stage, what="stage")

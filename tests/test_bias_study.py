@@ -1,4 +1,4 @@
-"""The bias-study pipeline (fairprune_jax.bias_study): config validation, pure evaluation pieces against independent
+"""The bias-study pipeline (fairprune_jax.studies.bias): config validation, pure evaluation pieces against independent
 numpy computations, the smoke run end to end on the shipped MNIST, resume without recomputation, and the CelebA
 code path on TFDS mock data."""
 from __future__ import annotations
@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairprune_jax import bias_study as BS
+from fairprune_jax.analysis import bias_tables as BT
+from fairprune_jax.studies import bias as BS
+from fairprune_jax.studies import bias_data as BD
 from fairprune_jax import checkpoints, models
-from fairprune_jax import bias_study_report as BR
-from fairprune_jax.analysis import bias as B
+from fairprune_jax.report import bias as BR
 from fairprune_jax.results import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,17 +101,17 @@ def test_gmp_plan_follows_the_cubic_schedule():
 
 
 def test_random_baseline_flags_as_many_as_asked():
-    flags, score = BS.random_baseline(jax.random.key(3), 37, (50, 4))
+    flags, score = BT.random_baseline(jax.random.key(3), 37, (50, 4))
     assert flags.sum() == 37 and flags.shape == score.shape == (50, 4)
     assert score[flags].min() >= score[~flags].max()
 
 
-def _toy_data(n=400, nv=300, a=3, seed=0) -> BS.StudyData:
+def _toy_data(n=400, nv=300, a=3, seed=0) -> BD.StudyData:
     rng = np.random.default_rng(seed)
     y, yv = rng.integers(0, 2, (n, a)), rng.integers(0, 2, (nv, a))
     g, gv = rng.integers(0, 2, n), rng.integers(0, 2, nv)
     z = np.zeros((1, 1, 1, 1), np.float32)
-    return BS.StudyData(z, z, z, yv.astype(np.int32), z, y.astype(np.int32), ("a0", "a1", "a2")[:a], ("g",),
+    return BD.StudyData(z, z, z, yv.astype(np.int32), z, y.astype(np.int32), ("a0", "a1", "a2")[:a], ("g",),
                         gv[None], g[None], np.full((1, a), 0.6), np.full((1, a), 0.3), np.full(a, 0.5), g,
                         np.zeros((1, a), bool), {})
 
@@ -120,24 +121,24 @@ def test_population_metrics_against_numpy():
     rng = np.random.default_rng(1)
     zt = rng.normal(size=(3, 400, 3)) + 1.5 * (d.y_test - 0.5)
     zv = rng.normal(size=(3, 300, 3)) + 1.5 * (d.y_val - 0.5)
-    f = BS.population_metrics(zv, zt, d)
+    f = BT.population_metrics(zv, zt, d)
     yhat = (zt > 0).astype(int)
     # accuracy and predicted-positive rate at τ = 0
-    np.testing.assert_allclose(BS.metric_array(f, "acc", d.names), (yhat == d.y_test).mean(1))
-    np.testing.assert_allclose(BS.metric_array(f, "predpos", d.names), yhat.mean(1))
+    np.testing.assert_allclose(BT.metric_array(f, "acc", d.names), (yhat == d.y_test).mean(1))
+    np.testing.assert_allclose(BT.metric_array(f, "predpos", d.names), yhat.mean(1))
     # BA written out: S = {G = 1} since pf > nf
     g = d.g_test[0].astype(bool)[:, None]
     ba = (yhat * g).sum(1) / yhat.sum(1) - (d.y_test * g).sum(0) / d.y_test.sum(0)
-    np.testing.assert_allclose(BS.metric_array(f, "ba", d.names, protected="g"), ba)
+    np.testing.assert_allclose(BT.metric_array(f, "ba", d.names, protected="g"), ba)
     # global calibration: τ_a = k_a-th largest validation logit
     k = d.y_val.sum(0)
     tau = -np.sort(-zv, axis=1)[:, k - 1, np.arange(3)]
-    np.testing.assert_allclose(BS.metric_array(f, "acc", d.names, scheme="global"),
+    np.testing.assert_allclose(BT.metric_array(f, "acc", d.names, scheme="global"),
                                ((zt > tau[:, None, :]) == d.y_test).mean(1))
     # per-group calibration rows carry the protected attribute; threshold-free metrics appear once
     assert set(f.loc[f["scheme"] == "group", "protected"]) == {"g"}
     assert set(f.loc[f["metric"] == "uncertainty", "scheme"]) == {"default"}
-    np.testing.assert_allclose(BS.metric_array(f, "uncertainty", d.names),
+    np.testing.assert_allclose(BT.metric_array(f, "uncertainty", d.names),
                                (np.abs(1 / (1 + np.exp(-zt)) - 0.5) < 0.4).mean(1))
     assert (f["metric"] == "bba").any()  # the toy data carries a trigger
 
@@ -147,7 +148,7 @@ def test_identification_tables_against_numpy():
     rng = np.random.default_rng(2)
     zd = rng.normal(size=(3, 600, 3)) * 2
     zs = zd + rng.normal(size=zd.shape) * 1.5
-    cies, ident, flags = BS.identification_tables(zd, zs, d, key=jax.random.key(0))
+    cies, ident, flags = BT.identification_tables(zd, zs, d, key=jax.random.key(0))
     mode = lambda z: ((z > 0).sum(0) * 2 >= z.shape[0])  # noqa: E731
     cie = mode(zd) != mode(zs)
     assert cies.loc[cies["attribute"] == "all", "cie_rate"].item() == pytest.approx(cie.mean())
@@ -179,10 +180,11 @@ def test_smoke_run_end_to_end(smoke_run):
     cfg, wd, summary = smoke_run
     assert summary.computed == {"dense": 1, "prune": 2, "predict": 3, "evaluate": 3}
     assert summary.skipped == {}
-    for f in ("report.md", "metrics_vs_sparsity.png", "identification.png", "calibration.png", "meta.json"):
+    for f in ("report.md", "plots/metrics_vs_sparsity.png", "plots/identification.png", "plots/calibration.png",
+              "tables/metrics_summary.csv", "meta.json"):
         assert (wd / f).is_file(), f
     text = (wd / "report.md").read_text()
-    for needle in ("## Set-up", "seeds: 3", "sparsity grid: 50%, 95%", "## Reading", "## Identification",
+    for needle in ("## Set-up", "seeds: 3", "sparsity grid: 50.0%, 95.0%", "## Reading", "## Identification",
                    "## Calibration", "## Attribute-level regression", "random"):
         assert needle in text, needle
     w = Workdir.existing(wd)
@@ -201,17 +203,17 @@ def test_smoke_run_end_to_end(smoke_run):
     for wt, m in zip(jax.tree.leaves(ck["variables"]["params"]), jax.tree.leaves(ck["masks"])):
         assert np.all(np.asarray(wt)[~np.asarray(m)] == 0)
     # metrics against an independent computation from the stored logits and the data
-    data = BS.load_study_data(cfg)
+    data = BD.load_study_data(cfg)
     lg = np.load(w.path_for("logits/dense.npz"))
     yhat = (lg["test"] > 0).astype(int)
     m = w.read_table("metrics")
     dense = m[m["population"] == "dense"]
-    np.testing.assert_allclose(BS.metric_array(dense, "acc", data.names), (yhat == data.y_test).mean(1), atol=1e-12)
+    np.testing.assert_allclose(BT.metric_array(dense, "acc", data.names), (yhat == data.y_test).mean(1), atol=1e-12)
     g = data.g_test[0].astype(bool)
     pf, nf = data.pf[0], data.nf[0]
     s = np.where(pf > nf, g[:, None], ~g[:, None])
     ba = (yhat * s).sum(1) / yhat.sum(1) - (data.y_test * s).sum(0) / data.y_test.sum(0)
-    got = BS.metric_array(dense, "ba", data.names, protected="trigger")
+    got = BT.metric_array(dense, "ba", data.names, protected="trigger")
     ok = ~np.isnan(got)
     assert ok.sum() >= 30
     np.testing.assert_allclose(got[ok], ba[ok], atol=1e-12)
@@ -265,12 +267,12 @@ def test_interrupted_unit_resumes_from_its_checkpoint(smoke_run):
 def test_report_cli_rebuilds_from_stored_results(smoke_run):
     _, wd, _ = smoke_run
     (wd / "report.md").unlink()
-    (wd / "calibration.png").unlink()
+    (wd / "plots" / "calibration.png").unlink()
     r = subprocess.run([sys.executable, "-m", "experiments.bias_report", f"--workdir={wd}"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "AUROC u/r" in r.stdout and "95%" in r.stdout
-    assert (wd / "report.md").is_file() and (wd / "calibration.png").is_file()
+    assert "AUROC u/r" in r.stdout and "95.0%" in r.stdout
+    assert (wd / "report.md").is_file() and (wd / "plots" / "calibration.png").is_file()
     # the reading is computed, not hard-coded: its accuracy sentence quotes the dense mean of the table
     summ = BR.summarize_metrics(Workdir.existing(wd).read_table("metrics"))
     acc = BR.metric_series(summ, "acc").iloc[0]
@@ -301,7 +303,7 @@ def test_celeba_path_on_tfds_mock_data(tmp_path):
         summary = BS.run(cfg, workdir=tmp_path / "celeba", echo=lambda s: None)
     assert summary.computed == {"dense": 1, "prune": 2, "predict": 3, "evaluate": 3}
     meta = json.loads((tmp_path / "celeba" / "meta.json").read_text())
-    assert meta["names"] == list(BS.CELEB_A_ATTRIBUTES) and meta["protected"] == ["Male", "Young", "Chubby",
+    assert meta["names"] == list(BD.CELEB_A_ATTRIBUTES) and meta["protected"] == ["Male", "Young", "Chubby",
                                                                                   "Pale_Skin"]
     assert meta["input_shape"] == [16, 16, 3] and meta["n_train"] == 160
     w = Workdir.existing(tmp_path / "celeba")

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs import mnist
 from fairprune_jax import data, idx_sources
+from fairprune_jax.studies import recall as recall_study
 
 FILES = list(idx_sources.IDX_CHECKSUMS["mnist"])
 
@@ -179,9 +181,6 @@ def test_file_mirror_missing_files_are_named(mirror_root, tmp_path):
 
 def test_config_mirror_reaches_the_study_data(mirror_root, tmp_path, monkeypatch):
     """`--config.data.mirror` is what the sweep downloads from when the default data folder is absent."""
-    from configs import mnist
-    from fairprune_jax import recall_study
-
     monkeypatch.setenv("FAIRPRUNE_DATA_DIR", str(tmp_path / "nowhere"))
     monkeypatch.setenv("FAIRPRUNE_TFDS_DIR", str(tmp_path / "tfds"))
     cfg = mnist.get_config("smoke")

@@ -46,7 +46,7 @@ def test_plot_alpha(tables, tmp_path):
     labels = [line.get_label() for line in ax.lines]
     assert "MP" in labels and "UP" in labels
     mp = ax.lines[labels.index("MP")]
-    sel = (summ["criterion"] == "MP") & (summ["subset"] == "all")
+    sel = (summ["criterion"] == "mp") & (summ["subset"] == "all")  # labels are normalised; plots show upper case
     np.testing.assert_allclose(mp.get_ydata(), summ.loc[sel].sort_values("t_mean")["mean"])
     assert any(np.allclose(line.get_ydata(), 1.0) for line in ax.lines)  # the reference line at α = 1
     assert len(ax.collections) == 2  # one interval band per criterion
@@ -70,7 +70,7 @@ def test_plot_class_deviation(tables, tmp_path):
     assert len(bars) == 3 and all(len(b.patches) == 10 for b in bars)  # dense + two pruned levels, 10 classes
     assert [b.get_label() for b in bars][0] == "dense" and "L3" in bars[2].get_label()
     dense = [b.get_height() for b in bars[0].patches]
-    want = long[long.criterion == "MP"].drop_duplicates(["seed", "class"]).assign(d=lambda f: f.r0 - f.a0)
+    want = long[long.criterion == "mp"].drop_duplicates(["seed", "class"]).assign(d=lambda f: f.r0 - f.a0)
     np.testing.assert_allclose(dense, want.groupby("class")["d"].mean())
     with pytest.raises(ValueError, match="criterion"):
         plots.plot_class_deviation(long, criterion="nope")

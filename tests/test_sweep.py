@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from configs import cifar10, cifar100, fashion_mnist, mnist
-from fairprune_jax import recall_study, results
+from fairprune_jax import results
+from fairprune_jax.studies import recall as recall_study
 
 REPO = Path(__file__).resolve().parent.parent
 # A smaller smoke: 2 seeds, 2 criteria, 2 sparsities, 3000 training examples.

@@ -66,7 +66,7 @@ def plot_alpha(summary: pd.DataFrame, *, estimate: str | None = None, x: str = "
     for ax, (name, frame) in zip(axes, panels):
         for crit, f in frame.groupby("criterion", sort=True):
             f = f.sort_values(xcol)
-            line, = ax.plot(f[xcol], f[est], marker="o", ms=3, label=str(crit))
+            line, = ax.plot(f[xcol], f[est], marker="o", ms=3, label=str(crit).upper())
             ax.fill_between(f[xcol], f["ci_low"], f["ci_high"], color=line.get_color(), alpha=0.2, lw=0)
         ax.axhline(1.0, color="k", ls="--", lw=1)
         values = frame[est].abs().replace([np.inf], np.nan).dropna()
@@ -88,7 +88,7 @@ def plot_class_deviation(long_df: pd.DataFrame, *, levels: Sequence | None = Non
     need = [c for c in ("class", "seed", "level", "criterion", "r0", "a0", "rt", "at") if c not in long_df.columns]
     if need:
         raise ValueError(f"long_df: missing column(s) {need}")
-    df = long_df if criterion is None else long_df[long_df["criterion"] == criterion]
+    df = long_df if criterion is None else long_df[long_df["criterion"] == str(criterion).strip().lower()]
     if df.empty:
         raise ValueError(f"criterion: {criterion!r} not in the table")
     panels = _panels(df)
@@ -102,7 +102,8 @@ def plot_class_deviation(long_df: pd.DataFrame, *, levels: Sequence | None = Non
                 fl = fc[fc["level"] == level].assign(dev=lambda f: f["rt"] - f["at"])
                 if len(fl):
                     t = fl["t"].mean() if "t" in fl else np.nan
-                    series.append((f"{crit} L{level} (t={t:.2f})", fl.groupby("class")["dev"].agg(["mean", "std"])))
+                    label = f"{str(crit).upper()} L{level} (t={t:.2f})"
+                    series.append((label, fl.groupby("class")["dev"].agg(["mean", "std"])))
         classes = sorted(set().union(*[s.index for _, s in series]))
         width = 0.8 / len(series)
         xs = np.arange(len(classes))
@@ -144,7 +145,7 @@ def plot_accuracy(recall_df: pd.DataFrame, *, level: float = 0.95, path: str | o
             half = half.where(n >= 2)
             order = np.argsort(t.to_numpy())
             tt, mm, hh = t.to_numpy()[order], m.to_numpy()[order], half.to_numpy()[order]
-            line, = ax.plot(tt, mm, marker="o", ms=3, label=str(crit))
+            line, = ax.plot(tt, mm, marker="o", ms=3, label=str(crit).upper())
             ax.fill_between(tt, mm - hh, mm + hh, color=line.get_color(), alpha=0.2, lw=0)
         ax.set_xlabel("sparsity t")
         ax.set_ylabel("accuracy")

@@ -6,83 +6,19 @@ so the pooled regression can answer RQ2 (task difficulty) as well.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
+
+from fairprune_jax.analysis.recall_tiers import Analysis, analyze
+from fairprune_jax.report import writer as W
 
 RECALL_TABLE = "recall"
 
 
-@dataclasses.dataclass(frozen=True)
-class Analysis:
-    """All tables of the report."""
-
-    recall: pd.DataFrame  # tidy rows, one per model × class
-    long: pd.DataFrame  # §3 long table
-    alpha: pd.DataFrame  # one row per pruned network: α_t and variants
-    tier_a: pd.DataFrame  # E[α_t] per cell, t-interval, verdict (all networks, and without flagged ones)
-    tier_b: pd.DataFrame  # mixed model per cell
-    bootstrap: pd.DataFrame  # seed-bootstrap intervals per cell
-    pooled: Any  # stats.PooledOLS, flagged (near-chance / one-class) networks excluded
-    pooled_all: Any  # stats.PooledOLS with every network
-    welch: pd.DataFrame  # per-class Welch tests with BH
-    accuracy: pd.DataFrame  # accuracy per cell
-
-
-def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000, chance: float = 1.5,
-            welch_q: float = 0.05, seed: int = 0) -> Analysis:
-    """Run every tier of SCIENCE.md §3 on a tidy recall table (`evaluate.recall_table`, concatenated)."""
-    import warnings
-
-    from fairprune_jax.analysis import intensification, stats
-
-    warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-    long = intensification.long_table(recall, chance=chance)
-    alpha = intensification.alpha(long)
-    tier_a = stats.summarize(alpha, level=level)
-    tier_b = stats.mixed_model(long, level=level)
-    boot = stats.bootstrap_alpha(alpha, n_resamples=bootstrap, level=level, seed=seed) if bootstrap else pd.DataFrame()
-    moderators = [m for m in ("level", "criterion", "dataset", "model") if long[m].nunique() > 1]
-    clusters = long["traj"].nunique() if "traj" in long else 0
-    reference = {"level": int(long["level"].min())}
-    if "mp" in set(long["criterion"]):
-        reference["criterion"] = "mp"  # SCIENCE.md §3: C(algo, Treatment('MP'))
-    # Near-chance and one-class networks make δ explode (SCIENCE.md §2): the headline fit leaves them out, the
-    # report shows the fit with them as well.
-    pooled_kw = dict(moderators=moderators or ("level",), reference=reference, level=level,
-                     bootstrap=bootstrap if clusters < 30 else 0, seed=seed)
-    pooled = stats.pooled_ols(long, exclude_flagged=True, **pooled_kw)
-    pooled_all = stats.pooled_ols(long, exclude_flagged=False, **pooled_kw)
-    welch = stats.welch_per_class(long, q=welch_q)
-    acc = accuracy_table(recall, level=level)
-    return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, pooled_all, welch, acc)
-
-
-def accuracy_table(recall: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
-    """Mean test accuracy (and realised sparsity) per (dataset, model, criterion, level) with a t-interval."""
-    from scipy import stats as sps
-
-    nets = recall.groupby(["dataset", "model", "criterion", "level", "seed"], as_index=False).agg(
-        accuracy=("accuracy", "first"), t=("actual_sparsity", "first"), requested=("requested_sparsity", "first"))
-    rows = []
-    for keys, g in nets.groupby(["dataset", "model", "criterion", "level"]):
-        n = len(g)
-        sd = g["accuracy"].std(ddof=1) if n > 1 else np.nan
-        half = sps.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n) if n > 1 else np.nan
-        rows.append(dict(zip(["dataset", "model", "criterion", "level"], keys), requested=g["requested"].iloc[0],
-                         t=g["t"].mean(), n_seeds=n, accuracy=g["accuracy"].mean(), sd=sd,
-                         ci_low=g["accuracy"].mean() - half, ci_high=g["accuracy"].mean() + half))
-    return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------------------------- reading
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%" if x < 0.99 or x >= 0.9995 else f"{100 * x:.2f}%"
+_pct = W.pct
 
 
 def reading(an: Analysis) -> list[str]:
@@ -136,36 +72,17 @@ def reading(an: Analysis) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ render
 
-def _md(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    if df.empty:
-        return "_(none)_"
-    cols = list(df.columns)
-    fmt = lambda v: (format(v, floatfmt) if isinstance(v, (float, np.floating)) and np.isfinite(v)  # noqa: E731
-                     else "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+_md = W.markdown_table
 
 
-def plots(an: Analysis, folder: Path) -> list[str]:
-    """Save the report's PNGs into `folder`; returns their file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plots(an: Analysis) -> dict[str, Any]:
+    """The report's figures: file name -> a callable returning the matplotlib figure."""
     from fairprune_jax.analysis import plots as P
 
-    folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    for name, make in (("alpha.png", lambda p: P.plot_alpha(an.tier_a, path=p, title="E[α_t] (Tier A, 95% CI)")),
-                       ("accuracy.png", lambda p: P.plot_accuracy(an.recall, path=p, title="Test accuracy")),
-                       ("class_deviation.png", lambda p: P.plot_class_deviation(
-                           an.long, path=p, title="Per-class recall − accuracy, dense vs most-pruned"))):
-        fig = make(folder / name)
-        plt.close(fig)
-        names.append(name)
-    return names
+    return {"alpha.png": lambda: P.plot_alpha(an.tier_a, title="E[α_t] (Tier A, 95% CI)"),
+            "accuracy.png": lambda: P.plot_accuracy(an.recall, title="Test accuracy"),
+            "class_deviation.png": lambda: P.plot_class_deviation(
+                an.long, title="Per-class recall − accuracy, dense vs most-pruned")}
 
 
 def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[str], timings: pd.DataFrame | None,
@@ -191,7 +108,9 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
                  .agg(classes=("class", "count"), rejected=("reject", "sum"),
                       rejected_losing=("reject", lambda s: int((s & welch.loc[s.index, "t_stat"].gt(0)).sum())))
                  if not welch.empty else pd.DataFrame())
-    lines = [f"# {title}", "", *header, "",
+    notes = [f"- Diverged networks (non-finite loss or parameters; excluded from every statistic): "
+             f"{len(an.diverged)}.", *EXTENSION_NOTES]
+    lines = [f"# {title}", "", *header, "", "## Notes", "", *notes, "",
              "## Reading (generated from the numbers below)", "", *reading(an), "",
              "## E[α_t] per cell (Tier A: mean over seeds, 95% t-interval, t-test vs 1, Holm across cells)", "",
              "α_t is the through-origin slope of δ_t on δ_0 over the classes of one network (SCIENCE.md §2). "
@@ -221,6 +140,16 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
     return "\n".join(lines)
 
 
+EXTENSION_NOTES = (
+    "- Where this library extends the specification: the near-chance and one-class flags also consult the dense "
+    "partner of each network; with fewer than 2 seeds Tier B gives a pooled estimate without an interval; a "
+    "MixedLM that does not converge falls back to OLS clustered by seed (its `method` column says which).",
+)
+
+
+UNREPORTED_STAGES = ("analysis+report", "total_this_run")  # still running while the report is written
+
+
 def timings_table(stage_seconds: dict[str, float]) -> pd.DataFrame:
     df = pd.DataFrame(sorted(stage_seconds.items()), columns=["stage", "seconds"])
     return pd.concat([df, pd.DataFrame([{"stage": "total", "seconds": df["seconds"].sum()}])], ignore_index=True)
@@ -248,28 +177,34 @@ def build_report(wd, *, out: Path | None = None) -> str:
     recall = wd.read_table(RECALL_TABLE)
     if recall.empty:
         raise ValueError(f"{wd.path}: no results yet (table {RECALL_TABLE!r} is empty); run the sweep first")
+    from fairprune_jax.studies.recall import unit_keys
+    from fairprune_jax.studies import spine
+
     cfg = wd.config
+    pruned = recall[recall["criterion"] != "dense"]
+    if len(pruned) and "diverged" in pruned and pruned["diverged"].all():
+        n = pruned.groupby(["model", "criterion", "seed", "level"]).ngroups
+        raise ValueError(f"{wd.path}: every pruned network diverged ({n} networks, flagged in table "
+                         f"{RECALL_TABLE!r}); nothing to analyse — lower config.finetune.optimizer.lr")
     an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
                  chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
-    return write(an, out or wd.path, title=f"Recall distortion under pruning: {cfg.dataset}", header=header_lines(cfg),
-                 timings=timings_table(wd.stage_seconds()))
+    warning = spine.incomplete_warning(unit_keys(cfg), wd.keys(RECALL_TABLE))
+    return write(an, out or wd.path, title=f"Recall distortion under pruning: {cfg.dataset}",
+                 header=[*warning, *header_lines(cfg)], timings=timings_table(
+                     {k: v for k, v in wd.stage_seconds().items() if k not in UNREPORTED_STAGES}))
 
 
 def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings: pd.DataFrame | None) -> str:
-    """Write report.md, PNGs and CSV tables into `out` (atomically per file); returns a terminal summary."""
-    from fairprune_jax.results import atomic_write
-
-    out = Path(out)
-    images = plots(an, out / "plots")
-    text = render(an, title=title, header=header, images=images, timings=timings, image_prefix="plots/")
-    atomic_write(out / "report.md", text.encode())
-    for name, df in (("alpha_networks.csv", an.alpha), ("alpha_tier_a.csv", an.tier_a), ("alpha_tier_b.csv", an.tier_b),
-                     ("pooled_ols.csv", an.pooled.table), ("pooled_ols_all_networks.csv", an.pooled_all.table),
-                     ("welch.csv", an.welch), ("accuracy.csv", an.accuracy)):
-        atomic_write(out / "tables" / name, df.to_csv(index=False).encode())
+    """Write report.md, plots/*.png and tables/*.csv into `out` (`report.writer`); returns a terminal summary."""
+    figures = plots(an)
+    text = render(an, title=title, header=header, images=list(figures), timings=timings, image_prefix="plots/")
+    tables = {"alpha_networks": an.alpha, "alpha_tier_a": an.tier_a, "alpha_tier_b": an.tier_b,
+              "pooled_ols": an.pooled.table, "pooled_ols_all_networks": an.pooled_all.table, "welch": an.welch,
+              "accuracy": an.accuracy, "diverged_networks": an.diverged}
+    path = W.write(out, text, tables=tables, plots=figures)
     a = an.tier_a[an.tier_a["subset"] == "all"] if "subset" in an.tier_a else an.tier_a
     counts = a["verdict"].value_counts().to_dict()
-    return (f"report: {out / 'report.md'}\n"
+    return (f"report: {path}\n"
             f"cells: {len(a)}; verdicts: {json.dumps(counts)}\n" + "\n".join(reading(an)))
 
 

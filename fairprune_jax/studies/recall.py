@@ -29,6 +29,7 @@ import pandas as pd
 
 from fairprune_jax import data as data_lib
 from fairprune_jax import models as models_lib
+from fairprune_jax.studies import spine
 
 PROTOCOLS = ("one_shot", "iterative", "gmp")
 RECALL_TABLE = "recall"
@@ -41,9 +42,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     from fairprune_jax import scores
     from fairprune_jax.train import AUGMENTATIONS
 
-    def fail(field: str, message: str) -> None:
-        raise ValueError(f"config.{field}: {message}")
-
+    fail = spine.fail
     if config.dataset not in data_lib.DATASETS:
         fail("dataset", f"unknown dataset {config.dataset!r}; known: {', '.join(sorted(data_lib.DATASETS))}")
     if data_lib.DATASETS[config.dataset].multilabel:
@@ -66,11 +65,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if len(set(config.prune.criteria)) != len(config.prune.criteria):
         fail("prune.criteria", f"duplicates in {tuple(config.prune.criteria)}")
     if config.prune.protocol in ("one_shot", "gmp"):
-        if not config.prune.sparsities:
-            fail("prune.sparsities", "empty; give at least one target sparsity")
-        for s in config.prune.sparsities:
-            if not 0.0 <= float(s) < 1.0:
-                fail("prune.sparsities", f"{s} outside [0, 1)")
+        spine.check_sparsities(tuple(config.prune.sparsities))
     else:
         if int(config.prune.levels) < 1:
             fail("prune.levels", f"{config.prune.levels}; need at least 1 level")
@@ -78,25 +73,36 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             fail("prune.fraction", f"{config.prune.fraction} outside (0, 1)")
     if float(config.prune.lambda_up) < 0:
         fail("prune.lambda_up", f"{config.prune.lambda_up} is negative")
+    gmp_post = config.prune.protocol == "gmp" and bool(config.prune.gmp.post_training)
+    spine.check_training(config, "train", min_epochs=1)
+    spine.check_training(config, "finetune", min_epochs=1 if gmp_post else 0)
     for section in ("train", "finetune"):
-        if int(config[section].epochs) < 0:
-            fail(f"{section}.epochs", f"{config[section].epochs} is negative")
-        if int(config[section].batch_size) < 1:
-            fail(f"{section}.batch_size", f"{config[section].batch_size}; need at least 1")
-        if float(config[section].optimizer.lr) <= 0:
-            fail(f"{section}.optimizer.lr", f"{config[section].optimizer.lr}; need a positive learning rate")
         if config[section].augment not in AUGMENTATIONS:
             fail(f"{section}.augment", f"unknown augmentation {config[section].augment!r}; "
                                        f"known: {', '.join(AUGMENTATIONS)}")
-    imb = config.data.imbalance
-    if len(imb.classes) != len(imb.fractions):
-        fail("data.imbalance", f"{len(imb.classes)} classes but {len(imb.fractions)} fractions")
+    _check_imbalance(config.data.imbalance, data_lib.DATASETS[config.dataset].num_classes)
+    if int(config.data.max_train_examples) < 0:
+        fail("data.max_train_examples", f"{config.data.max_train_examples} is negative (0 = the whole split)")
     if config.data.route not in ("auto", "offline", "tfds"):
         fail("data.route", f"unknown route {config.data.route!r}; use auto, offline or tfds")
     if config.data.source_dir and not Path(config.data.source_dir).expanduser().is_dir():
         fail("data.source_dir", f"folder {config.data.source_dir} does not exist")
     if int(config.eval.chunk) < 1:
         fail("eval.chunk", f"{config.eval.chunk}; need at least 1")
+
+
+def _check_imbalance(imb: Any, num_classes: int) -> None:
+    """Classes are distinct indices of the dataset, each with a kept fraction in (0, 1]."""
+    if len(imb.classes) != len(imb.fractions):
+        spine.fail("data.imbalance", f"{len(imb.classes)} classes but {len(imb.fractions)} fractions")
+    for c in imb.classes:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < num_classes:
+            spine.fail("data.imbalance.classes", f"{c!r} is not a class index in [0, {num_classes})")
+    if len(set(imb.classes)) != len(imb.classes):
+        spine.fail("data.imbalance.classes", f"duplicates in {tuple(imb.classes)}")
+    for f in imb.fractions:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < float(f) <= 1.0:
+            spine.fail("data.imbalance.fractions", f"{f!r} outside (0, 1] (the kept fraction of a class)")
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -118,7 +124,7 @@ def load_data(config: ml_collections.ConfigDict) -> StudyData:
     kw = dict(source_dir=config.data.source_dir or None, tfds_dir_=config.data.tfds_dir or None,
               route=config.data.route, download=bool(config.data.download),
               image_size=tuple(config.data.image_size) if any(config.data.image_size) else None,
-              mirror=config.data.get("mirror", "") or None)  # idx files absent locally are downloaded
+              mirror=config.data.mirror or None)  # idx files absent locally are downloaded
     train = data_lib.load_split(config.dataset, "train", **kw)
     test = data_lib.load_split(config.dataset, "test", **kw)
     k = ds.num_classes
@@ -159,65 +165,48 @@ def _actual_sparsity(spec, mask_tree: Any, exclude_output: bool, lead: int) -> n
 
 
 def _evaluate_rows(config, spec, study: StudyData, variables, masks, *, criteria: Sequence[str],
-                   requested: Any, levels: Sequence[int], exclude_output: bool) -> pd.DataFrame:
-    """Evaluate a population [S, M, P] (variables may be [S] with masks [S, M, P]) and build its tidy rows."""
+                   requested: Any, levels: Sequence[int], exclude_output: bool, loss: Any = None) -> pd.DataFrame:
+    """Evaluate a population [S, M, P] (variables may be [S] with masks [S, M, P]) and build its tidy rows.
+
+    Divergence guard: a network whose parameters or training losses (``loss`` [S, M, P, E] when given) are
+    non-finite gets ``diverged=True``, ``diverged_epoch`` (first non-finite epoch, -1 if only the parameters
+    show it) and NaN recall / accuracy / confidence, so its argmax-of-NaN predictions never count as recall."""
     from fairprune_jax import evaluate
 
     res = evaluate.evaluate_population(spec, variables, study.test.images, study.test.labels, masks=masks,
                                        num_classes=study.num_classes, chunk=int(config.eval.chunk),
-                                       batch_size=int(config.eval.batch_size), mesh=mesh_of(config))
+                                       batch_size=int(config.eval.batch_size), mesh=spine.mesh_of(config))
     counts = res.counts
     if counts.ndim == 3:  # dense [S, K, K]
         counts = counts[:, None, None]
     s, m, p = counts.shape[:3]
     actual = (np.zeros((s, m, p)) if masks is None
               else _actual_sparsity(spec, masks, exclude_output, 3).reshape(s, m, p))
-    return evaluate.recall_table(
+    rows = evaluate.recall_table(
         counts, dataset=config.dataset, model=spec.name, criteria=list(criteria), seeds=seeds_of(config),
         requested_sparsity=np.broadcast_to(np.asarray(requested, np.float64), (s, m, p)), actual_sparsity=actual,
         levels=list(levels), mean_confidence=res.mean_confidence.reshape(s, m, p),
         frac_uncertain=res.frac_uncertain.reshape(s, m, p))
-
-
-def mesh_of(config):
-    """The `seed` mesh over every device when config.mesh.enabled, else None (one device)."""
-    from fairprune_jax import sharding
-
-    return sharding.seed_mesh() if bool(config.mesh.enabled) else None
+    lead = 1 if masks is None else 3
+    d = spine.diverged_models(variables, lead)
+    bad = np.broadcast_to(d[:, None, None] if lead == 1 else d.reshape(s, m, p), (s, m, p))
+    epoch = (np.full((s, m, p), -1) if loss is None
+             else np.broadcast_to(spine.first_bad_epoch(np.asarray(loss)), (s, m, p)))
+    bad = bad | (epoch >= 0)
+    k = study.num_classes
+    rows["diverged"] = np.repeat(bad.ravel(), k)
+    rows["diverged_epoch"] = np.repeat(epoch.ravel(), k).astype(np.int64)
+    rows.loc[rows["diverged"], ["recall", "accuracy", "mean_confidence", "frac_uncertain"]] = np.nan
+    return rows
 
 
 def _protocol_kwargs(config) -> dict:
     """Keyword arguments every protocol call shares."""
     return dict(exclude_output=bool(config.exclude_output), lam=float(config.prune.lambda_up),
-                grad_batch=int(config.prune.grad_batch), mesh=mesh_of(config))
+                grad_batch=int(config.prune.grad_batch), mesh=spine.mesh_of(config))
 
 
-class Progress:
-    """A tqdm bar per stage, plus absl log lines (the bar is disabled with config.progress=False)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def bar(self, total: int, desc: str, unit: str = "it"):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit=unit, disable=not self.enabled, dynamic_ncols=True, leave=True)
-
-    def epochs(self, bar):
-        """A `train.fit` progress callback advancing `bar` by one epoch of one chunk, showing the mean loss."""
-
-        def callback(info: dict) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(np.mean(info['loss'])):.4f}", chunk=f"{info['chunk'] + 1}/{info['chunks']}")
-
-        return callback
-
-
-def _chunks(n: int, chunk: int) -> int:
-    return -(-n // chunk) if chunk else 1
-
-
-def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: Progress):
+def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: spine.Progress):
     """Dense models of every seed: restored from the checkpoint, or trained in one vmapped program and saved."""
     from fairprune_jax import checkpoints, train
 
@@ -230,15 +219,18 @@ def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: P
     n = int(keys.shape[0])
     chunk = int(config.train.chunk) or None
     with wd.stage_timer(f"dense.{spec.name}"), progress.bar(
-            int(config.train.epochs) * _chunks(n, chunk or n), f"dense {spec.name} ×{n} seeds", "epoch") as bar:
+            int(config.train.epochs) * spine.chunks(n, chunk or n), f"dense {spec.name} ×{n} seeds", "epoch") as bar:
         dense, hist = train.fit(spec, config.train, keys, study.train.images, study.train.labels, chunk=chunk,
-                                progress=progress.epochs(bar), capture_step=capture or None, mesh=mesh_of(config))
+                                progress=progress.epochs(bar), capture_step=capture or None,
+                                mesh=spine.mesh_of(config))
+        spine.check_dense(dense, np.asarray(hist["loss"]), seeds_of(config), spec.name)
     rewind = hist["snapshot"] if capture else train.init_population(spec, keys)
     checkpoints.save(_ckpt_dir(wd), name, {"dense": dense, "rewind": rewind})
     return dense, rewind
 
 
-def _commit_grid_unit(config, wd, spec, study, criterion: str, sparsities: np.ndarray, variables, masks) -> None:
+def _commit_grid_unit(config, wd, spec, study, criterion: str, sparsities: np.ndarray, variables, masks,
+                      loss: Any) -> None:
     """Save a criterion's pruned population [S, 1, P] (optional), evaluate it, and commit its rows: the part
     file's atomic rename is what marks the unit done."""
     from fairprune_jax import checkpoints
@@ -249,11 +241,11 @@ def _commit_grid_unit(config, wd, spec, study, criterion: str, sparsities: np.nd
     with wd.stage_timer(f"evaluate.{key}"):
         rows = _evaluate_rows(config, spec, study, variables, masks, criteria=[criterion],
                               requested=sparsities[None, None, :], levels=range(len(sparsities)),
-                              exclude_output=bool(config.exclude_output))
+                              exclude_output=bool(config.exclude_output), loss=loss)
     wd.append_table(RECALL_TABLE, key, rows)
 
 
-def run_one_shot(config, wd, spec, study, keys, dense, progress: Progress) -> None:
+def run_one_shot(config, wd, spec, study, keys, dense, progress: spine.Progress) -> None:
     """One unit per criterion: prune every seed to every sparsity, fine-tune S×P models at once, evaluate."""
     from fairprune_jax import protocols
 
@@ -264,15 +256,15 @@ def run_one_shot(config, wd, spec, study, keys, dense, progress: Progress) -> No
         key = f"{spec.name}.{criterion}"
         if wd.has(RECALL_TABLE, key):
             continue
-        epochs = int(config.finetune.epochs) * _chunks(n_models, chunk or n_models)
+        epochs = int(config.finetune.epochs) * spine.chunks(n_models, chunk or n_models)
         with wd.stage_timer(f"prune.{key}"), progress.bar(epochs, f"one-shot {key} ×{n_models}", "epoch") as bar:
-            variables, masks, _ = protocols.one_shot(
+            variables, masks, hist = protocols.one_shot(
                 spec, config.finetune, dense, [criterion], sparsities, keys, study.train.images,
                 study.train.labels, chunk=chunk, progress=progress.epochs(bar), **_protocol_kwargs(config))
-        _commit_grid_unit(config, wd, spec, study, criterion, sparsities, variables, masks)
+        _commit_grid_unit(config, wd, spec, study, criterion, sparsities, variables, masks, hist["loss"])
 
 
-def run_gmp(config, wd, spec, study, keys, dense, progress: Progress) -> None:
+def run_gmp(config, wd, spec, study, keys, dense, progress: spine.Progress) -> None:
     """One unit per criterion: gradual (cubic) pruning to every final sparsity, post-training from the dense
     models with the fine-tuning optimiser (paper 2), or during training from initialisation."""
     from fairprune_jax import protocols
@@ -290,16 +282,16 @@ def run_gmp(config, wd, spec, study, keys, dense, progress: Progress) -> None:
         if wd.has(RECALL_TABLE, key):
             continue
         with wd.stage_timer(f"prune.{key}"), progress.bar(
-                epochs * _chunks(n_models, chunk or n_models), f"gmp {key} ×{n_models}", "epoch") as bar:
-            variables, masks, _ = protocols.gmp(
+                epochs * spine.chunks(n_models, chunk or n_models), f"gmp {key} ×{n_models}", "epoch") as bar:
+            variables, masks, hist = protocols.gmp(
                 spec, tcfg, keys, study.train.images, study.train.labels, [criterion], sparsities,
                 start=int(g.start), end=end, every=int(g.every), initial=float(g.initial),
                 init_variables=dense if post else None, chunk=chunk, progress=progress.epochs(bar),
                 **_protocol_kwargs(config))
-        _commit_grid_unit(config, wd, spec, study, criterion, sparsities, variables, masks)
+        _commit_grid_unit(config, wd, spec, study, criterion, sparsities, variables, masks, hist["loss"])
 
 
-def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: Progress) -> None:
+def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: spine.Progress) -> None:
     """One unit per level (all criteria together): score, prune 20% of the remaining weights, rewind, retrain.
 
     After each level its state is checkpointed; a rerun resumes after the last level whose rows were written.
@@ -321,7 +313,7 @@ def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: Progre
         resume = protocols.IterativeState(last, saved["variables"], saved["masks"], saved["rewind"])
     n_models = int(keys.shape[0]) * len(criteria)
     chunk = int(config.train.chunk) or None
-    per_level = int(config.train.epochs) * _chunks(n_models, chunk or n_models)
+    per_level = int(config.train.epochs) * spine.chunks(n_models, chunk or n_models)
     bar = progress.bar(per_level * (levels - last), f"iterative {spec.name} L{last + 1}-{levels} ×{n_models}",
                        "epoch")
     gen = protocols.iterative(spec, config.train, keys, study.train.images, study.train.labels, criteria, levels,
@@ -343,7 +335,7 @@ def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: Progre
             vars4 = jax.tree.map(lambda x: x[:, :, None], result.variables)
             rows = _evaluate_rows(config, spec, study, vars4, masks4, criteria=criteria,
                                   requested=np.full((1, 1, 1), result.sparsity), levels=[result.level],
-                                  exclude_output=exclude)
+                                  exclude_output=exclude, loss=np.asarray(result.history["loss"])[:, :, None])
             wd.append_table(RECALL_TABLE, key, rows)
             wd.record_timing(f"evaluate.{key}", time.perf_counter() - t1)
             # Only the latest level's state is needed to resume; keep disk bounded.
@@ -357,7 +349,6 @@ def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: Progre
 
 
 def _iter_state_like(spec, keys, m: int):
-    from fairprune_jax import masks as masks_lib
     from fairprune_jax import train
 
     one = jax.eval_shape(lambda k: train.init_population(spec, k), keys)
@@ -368,47 +359,70 @@ def _iter_state_like(spec, keys, m: int):
 
 # ------------------------------------------------------------------------------------------------------ run
 
+def unit_keys(config: Any) -> list[str]:
+    """Keys of every unit of the recall table a finished run has (for the report's incomplete-run warning)."""
+    per_model = ([f"L{lvl:02d}" for lvl in range(1, int(config.prune.levels) + 1)]
+                 if config.prune.protocol == "iterative" else list(config.prune.criteria))
+    return [f"{m}.{u}" for m in config.models for u in ("dense", *per_model)]
+
+
+def _prepare(config: ml_collections.ConfigDict) -> StudyData:
+    """Load the data and check what depends on it (batch sizes), before the workdir is claimed."""
+    study = spine.load_guard(lambda: load_data(config), data_lib.tfds_dir(config.data.tfds_dir or None),
+                             config.dataset)
+    sections = ("train",) if config.prune.protocol == "iterative" else ("train", "finetune")
+    spine.check_batch_sizes(config, int(study.train.images.shape[0]), sections)
+    return study
+
+
+def _run_model(config, wd, study: StudyData, model_name: str, keys: jax.Array, progress: spine.Progress,
+               log: Callable[[str], None]) -> None:
+    """Dense population, its rows, then every pruning unit of one model."""
+    spec = models_lib.get_model(model_name, num_outputs=study.num_classes, input_shape=study.input_shape)
+    dense, rewind = train_dense(config, wd, spec, study, keys, progress)
+    key = f"{spec.name}.dense"
+    if not wd.has(RECALL_TABLE, key):
+        with wd.stage_timer(f"evaluate.{key}"):
+            rows = _evaluate_rows(config, spec, study, dense, None, criteria=["dense"], requested=0.0,
+                                  levels=[0], exclude_output=bool(config.exclude_output))
+        wd.append_table(RECALL_TABLE, key, rows)
+    dense_acc = wd.read_table(RECALL_TABLE).query("criterion == 'dense' and model == @spec.name")
+    log(f"dense {spec.name}: test accuracy {dense_acc.groupby('seed')['accuracy'].first().mean():.4f} "
+        f"(mean of {config.num_seeds} seeds)")
+    if config.prune.protocol == "one_shot":
+        run_one_shot(config, wd, spec, study, keys, dense, progress)
+    elif config.prune.protocol == "gmp":
+        run_gmp(config, wd, spec, study, keys, dense, progress)
+    else:
+        run_iterative(config, wd, spec, study, keys, dense, rewind, progress)
+
+
 def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool = False,
         log: Callable[[str], None] = print):
-    """Run (or resume) the whole study into `workdir`; returns the Workdir. Idempotent: finished units are skipped."""
-    from fairprune_jax import results, train
+    """Run (or resume) the whole study into `workdir`; returns the Workdir. Idempotent: finished units are skipped.
+
+    The config is validated and the data loaded (batch sizes checked against it) before the workdir is claimed;
+    the workdir is locked for the whole run (`spine.claim`)."""
+    from fairprune_jax import sharding, train
+    from fairprune_jax.report import recall as report_lib
 
     validate_config(config)
-    from fairprune_jax import sharding
-
     sharding.initialize_distributed(config.distributed)  # multi-host pods; a no-op unless enabled
-    wd = results.Workdir.open(workdir, config, fresh=fresh, ignore=IGNORED_FIELDS)
-    progress = Progress(bool(config.progress))
     t_start = time.perf_counter()
-    with wd.stage_timer("data"):
-        study = load_data(config)
-    wd.write_text("train_class_counts.csv", study.train_counts.to_csv(index=False))
-    log(f"data: {config.dataset} train {study.train.images.shape[0]} / test {study.test.images.shape[0]} examples")
-    keys = train.seed_keys(seeds_of(config))
-    for model_name in config.models:
-        spec = models_lib.get_model(model_name, num_outputs=study.num_classes, input_shape=study.input_shape)
-        dense, rewind = train_dense(config, wd, spec, study, keys, progress)
-        key = f"{spec.name}.dense"
-        if not wd.has(RECALL_TABLE, key):
-            with wd.stage_timer(f"evaluate.{key}"):
-                rows = _evaluate_rows(config, spec, study, dense, None, criteria=["dense"], requested=0.0,
-                                      levels=[0], exclude_output=bool(config.exclude_output))
-            wd.append_table(RECALL_TABLE, key, rows)
-        dense_acc = wd.read_table(RECALL_TABLE).query("criterion == 'dense' and model == @spec.name")
-        log(f"dense {spec.name}: test accuracy {dense_acc.groupby('seed')['accuracy'].first().mean():.4f} "
-            f"(mean of {config.num_seeds} seeds)")
-        if config.prune.protocol == "one_shot":
-            run_one_shot(config, wd, spec, study, keys, dense, progress)
-        elif config.prune.protocol == "gmp":
-            run_gmp(config, wd, spec, study, keys, dense, progress)
-        else:
-            run_iterative(config, wd, spec, study, keys, dense, rewind, progress)
-    wd.mark_done("prune")
-    from fairprune_jax import recall_report as report_lib
-
-    with wd.stage_timer("analysis+report"):
-        summary = report_lib.build_report(wd)
-    wd.record_timing("total_this_run", time.perf_counter() - t_start)
+    with spine.claim(workdir, config, fresh=fresh, ignore=IGNORED_FIELDS, log=log,
+                     prepare=lambda: _prepare(config)) as (wd, study):
+        wd.record_timing("data", time.perf_counter() - t_start)
+        wd.write_text("train_class_counts.csv", study.train_counts.to_csv(index=False))
+        log(f"data: {config.dataset} train {study.train.images.shape[0]} / test {study.test.images.shape[0]} "
+            "examples")
+        keys = train.seed_keys(seeds_of(config))
+        progress = spine.Progress(bool(config.progress))
+        for model_name in config.models:
+            _run_model(config, wd, study, model_name, keys, progress, log)
+        wd.mark_done("prune")
+        with wd.stage_timer("analysis+report"):
+            summary = report_lib.build_report(wd)
+        wd.record_timing("total_this_run", time.perf_counter() - t_start)
     log(summary)
     return wd
 

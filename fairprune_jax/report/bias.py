@@ -7,24 +7,19 @@ exceeds twice the combined seed sd); nothing is hard-coded.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 import pathlib
-import warnings
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
 from fairprune_jax.analysis import bias as B
+from fairprune_jax.report import writer as W
+from fairprune_jax.report.bias_plots import plot_calibration, plot_identification, plot_metrics
+from fairprune_jax.report.bias_summary import GROUP_METRICS, LABELS, metric_series, row, summarize_metrics
 from fairprune_jax.results import Workdir
-
-KEY_METRICS = ("acc", "auc", "ba", "bba", "uncertainty", "r2", "ece", "dfpr", "dfnr")
-LABELS = {"acc": "accuracy", "auc": "AUC", "ba": "BA", "bba": "BBA (trigger)", "uncertainty": "uncertainty",
-          "r2": "interdependence R²", "ece": "ECE", "dfpr": "ΔFPR", "dfnr": "ΔFNR", "predpos": "positive rate"}
-GROUP_METRICS = ("ba", "dfpr", "dfnr", "fpr_g0", "fpr_g1", "fnr_g0", "fnr_g1")
-
 
 # ------------------------------------------------------------------------------------------------------------
 # tables
@@ -33,40 +28,8 @@ def _as_workdir(workdir: Workdir | str | os.PathLike) -> Workdir:
     return workdir if isinstance(workdir, Workdir) else Workdir.existing(workdir)
 
 
-def summarize_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
-    """`bias.aggregate` (nan-mean over attributes, then mean ± sd over seeds, NaN counts) per population ×
-    sparsity × scheme × protected × metric."""
-    rows = []
-    keys = ["population", "sparsity", "scheme", "protected", "metric"]
-    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # inf relative changes (dense rate 0) give NaN sd
-        for k, f in metrics.groupby(keys, sort=False):
-            v = f.pivot(index="seed", columns="attribute", values="value").to_numpy(float)
-            rows.append({**dict(zip(keys, k)), **B.aggregate(v)._asdict()})
-    out = pd.DataFrame(rows)
-    out["_order"] = (out["population"] != "dense").astype(int)
-    out = out.sort_values(["_order", "sparsity"], kind="stable").drop(columns="_order")
-    return out.reset_index(drop=True)
-
-
-def _row(summary: pd.DataFrame, population: str, sparsity: float, metric: str, scheme: str = "default",
-         protected: str = "") -> pd.Series | None:
-    f = summary[(summary["population"] == population) & np.isclose(summary["sparsity"], sparsity)
-                & (summary["metric"] == metric) & (summary["scheme"] == scheme) & (summary["protected"] == protected)]
-    return None if f.empty else f.iloc[0]
-
-
-def metric_series(summary: pd.DataFrame, metric: str, *, scheme: str = "default", protected: str = "",
-                  ) -> pd.DataFrame:
-    """Rows (population, sparsity, mean, sd, n_nan, n_values) of one metric: dense first, then the grid."""
-    f = summary[(summary["metric"] == metric) & (summary["scheme"] == scheme) & (summary["protected"] == protected)]
-    return f[["population", "sparsity", "mean", "sd", "n_seeds_defined", "n_nan", "n_values"]].reset_index(drop=True)
-
-
 def _fmt(x: Any, digits: int = 3, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "nan"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+    return W.number(x, digits, signed)
 
 
 def _pm(mean: float, sd: float, digits: int = 3, signed: bool = False) -> str:
@@ -75,117 +38,8 @@ def _pm(mean: float, sd: float, digits: int = 3, signed: bool = False) -> str:
     return _fmt(mean, digits, signed) + ("" if not math.isfinite(sd) else f" ± {sd:.{digits}f}")
 
 
-def _pct(s: float) -> str:
-    return f"{100 * s:g}%"
-
-
-def _md(df: pd.DataFrame) -> str:
-    """GitHub markdown table (no tabulate dependency)."""
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(v) for v in r.tolist()) + " |")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# plots
-# ------------------------------------------------------------------------------------------------------------
-def _x(s) -> np.ndarray:
-    """Sparsity → "nines" −log10(1 − s), so .5, .9, .99 spread evenly; dense (0) at 0."""
-    return -np.log10(1.0 - np.asarray(s, float))
-
-
-def _axis(ax, grid: Sequence[float]) -> None:
-    ticks = [0.0, *grid]
-    ax.set_xticks(_x(ticks))
-    ax.set_xticklabels(["dense" if t == 0 else f"{100 * t:g}" for t in ticks], rotation=45, fontsize=7)
-    ax.set_xlabel("sparsity (%)", fontsize=8)
-    ax.grid(alpha=0.3)
-
-
-def _errline(ax, series: pd.DataFrame, label: str, **kw) -> None:
-    if series.empty:
-        return
-    sp = np.where(series["population"] == "dense", 0.0, series["sparsity"].to_numpy(float))
-    bars = ax.errorbar(_x(sp), series["mean"], yerr=series["sd"].fillna(0.0), marker="o", ms=3, capsize=2,
-                       label=label, **kw)
-    base = series["n_nan"].iloc[0]
-    for x, y, r in zip(_x(sp), series["mean"], series.itertuples()):
-        if r.n_nan > base and np.isfinite(y):  # mark means over fewer attributes than dense
-            ax.annotate(f"NaN {int(r.n_nan)}/{int(r.n_values)}", (x, y), fontsize=6, xytext=(3, -9),
-                        textcoords="offset points", color=bars[0].get_color())
-
-
-def _figure(n: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(n, 3)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    return plt, fig, axes.ravel()[:n]
-
-
-def plot_metrics(summary: pd.DataFrame, grid: Sequence[float], protected: Sequence[str], path: pathlib.Path) -> None:
-    panels = ["acc", "ba", "uncertainty", "r2", "ece"] + (["bba"] if (summary["metric"] == "bba").any() else ["auc"])
-    plt, fig, axes = _figure(len(panels))
-    for ax, m in zip(axes, panels):
-        if m in GROUP_METRICS or m == "bba":
-            for p in protected:
-                _errline(ax, metric_series(summary, m, protected=p), p)
-            if len(protected) > 1:
-                ax.legend(fontsize=7)
-        else:
-            _errline(ax, metric_series(summary, m), m)
-        ax.set_title(f"{LABELS.get(m, m)} (τ = 0; mean ± sd over seeds)", fontsize=9)
-        _axis(ax, grid)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_identification(ident: pd.DataFrame, cies: pd.DataFrame, grid: Sequence[float], path: pathlib.Path) -> None:
-    panels = ["auroc", "precision", "recall", "enrichment", "cie_rate"]
-    plt, fig, axes = _figure(len(panels))
-    base = ident[(ident["protected"] == "") & (ident["subset"] == "all")]
-    for ax, m in zip(axes, panels):
-        if m == "cie_rate":
-            c = cies[cies["attribute"] == "all"].sort_values("sparsity")
-            ax.plot(_x(c["sparsity"]), c["cie_rate"], marker="o", ms=3, label="CIE rate")
-            ax.plot(_x(c["sparsity"]), c["harmful_rate"], marker="s", ms=3, label="harmful CIE rate")
-            ax.set_title("CIEs (sample-attribute pairs)", fontsize=9)
-        else:
-            for crit in ("uncertainty", "disagreement", "random"):
-                f = base[base["criterion"] == crit].sort_values("sparsity")
-                ax.plot(_x(f["sparsity"]), f[m], marker="o", ms=3, label=crit,
-                        ls="--" if crit == "random" else "-")
-            ax.set_title(f"dense criterion vs CIEs: {m}", fontsize=9)
-            if m == "enrichment" and (base[m] > 0).any():
-                ax.set_yscale("log")
-        ax.legend(fontsize=7)
-        _axis(ax, grid)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_calibration(summary: pd.DataFrame, grid: Sequence[float], protected: Sequence[str],
-                     path: pathlib.Path) -> None:
-    plt, fig, axes = _figure(len(protected))
-    for ax, p in zip(axes, protected):
-        for scheme in ("default", "global", "group"):
-            _errline(ax, metric_series(summary, "ba", scheme=scheme, protected=p), scheme)
-        ax.set_title(f"BA ({p}) by threshold scheme", fontsize=9)
-        ax.legend(fontsize=7)
-        _axis(ax, grid)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+_pct = W.pct
+_md = W.markdown_table
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -231,7 +85,7 @@ def reference_sparsity(summary: pd.DataFrame, protected: Sequence[str]) -> float
     for s in sorted(summary.loc[summary["population"] == "sparse", "sparsity"].unique()):
         ok = True
         for p in protected:
-            d, r = _row(summary, "dense", 0.0, "ba", "default", p), _row(summary, "sparse", s, "ba", "default", p)
+            d, r = row(summary, "dense", 0.0, "ba", "default", p), row(summary, "sparse", s, "ba", "default", p)
             ok &= d is not None and r is not None and r["n_nan"] <= d["n_nan"]
         if ok:
             best = float(s)
@@ -254,6 +108,23 @@ def reading(summary: pd.DataFrame, ident: pd.DataFrame, cies: pd.DataFrame, att:
             protected: Sequence[str], meta: dict | None = None) -> list[str]:
     """The generated sentences of the report's "Reading" section."""
     meta = meta or {}
+    out = _reading_metrics(summary, protected)
+    grid = sorted(summary.loc[summary["population"] == "sparse", "sparsity"].unique())
+    ref = reference_sparsity(summary, protected)
+    focus = sorted({float(grid[-1]), *(() if ref is None else (ref,))}) if grid else []
+    if grid and ref != grid[-1]:
+        out.append("BA has extra NaN values at the highest sparsity, so the sentences below also report "
+                   + (f"{_pct(ref)}, the highest sparsity where BA is defined for as many attributes as for dense."
+                      if ref is not None else "no reference sparsity (BA loses attributes at every sparsity)."))
+    out += _reading_identification(ident, cies, focus)
+    out += _reading_calibration(summary, protected, focus, meta)
+    out += _reading_attenuation(att, protected, focus)
+    out += _reading_regression(reg, protected, focus)
+    return [s for s in out if s]
+
+
+def _reading_metrics(summary: pd.DataFrame, protected: Sequence[str]) -> list[str]:
+    """Accuracy and BA trajectories, the other metrics' trajectories, and their co-movement with BA."""
     out = []
     acc = metric_series(summary, "acc")
     if len(acc) > 1:
@@ -294,14 +165,11 @@ def reading(summary: pd.DataFrame, ident: pd.DataFrame, cies: pd.DataFrame, att:
             rho = stats.spearmanr(ba0[ok], v[ok]).statistic
             out.append(f"Across the {int(ok.sum())} populations, mean BA ({protected[0]}) and mean {LABELS[m]} have "
                        f"Spearman ρ = {rho:+.2f} (descriptive; few points).")
-    grid = sorted(summary.loc[summary["population"] == "sparse", "sparsity"].unique())
-    ref = reference_sparsity(summary, protected)
-    focus = sorted({float(grid[-1]), *(() if ref is None else (ref,))}) if grid else []
-    if grid and ref != grid[-1]:
-        out.append("BA has extra NaN values at the highest sparsity, so the sentences below also report "
-                   + (f"{_pct(ref)}, the highest sparsity where BA is defined for as many attributes as for dense."
-                      if ref is not None else "no reference sparsity (BA loses attributes at every sparsity)."))
-    # identification
+    return out
+
+
+def _reading_identification(ident: pd.DataFrame, cies: pd.DataFrame, focus: list[float]) -> list[str]:
+    out = []
     base = ident[(ident["protected"] == "") & (ident["subset"] == "all")] if not ident.empty else ident
     u = base[base["criterion"] == "uncertainty"] if not base.empty else base
     if not u.empty:
@@ -321,11 +189,15 @@ def reading(summary: pd.DataFrame, ident: pd.DataFrame, cies: pd.DataFrame, att:
                        f"(random: {_fmt(top['precision_random'])}), recall {_fmt(top['recall'])} (random: "
                        f"{_fmt(top['recall_random'])}), enrichment {_fmt(top['enrichment'], 2)} and AUROC "
                        f"{_fmt(top['auroc'])} (random: {_fmt(top['auroc_random'])}).")
-    # calibration
+    return out
+
+
+def _reading_calibration(summary: pd.DataFrame, protected: Sequence[str], focus: list[float], meta: dict) -> list[str]:
+    out = []
     for s in focus:
         for p in protected:
-            vals = {sch: _row(summary, "sparse", s, "ba", sch, p) for sch in ("default", "global", "group")}
-            dv = {sch: _row(summary, "dense", 0.0, "ba", sch, p) for sch in ("default", "global", "group")}
+            vals = {sch: row(summary, "sparse", s, "ba", sch, p) for sch in ("default", "global", "group")}
+            dv = {sch: row(summary, "dense", 0.0, "ba", sch, p) for sch in ("default", "global", "group")}
             if all(v is not None for v in vals.values()):
                 out.append(f"Calibration ({p}) at {_pct(s)}: mean BA {_fmt(vals['default']['mean'], 3, True)} at "
                            f"τ = 0, {_fmt(vals['global']['mean'], 3, True)} with global thresholds, "
@@ -337,7 +209,11 @@ def reading(summary: pd.DataFrame, ident: pd.DataFrame, cies: pd.DataFrame, att:
                    f"{meta.get('p0')}) and test at {meta.get('test_p1')}/{meta.get('test_p0')}, so thresholds fitted "
                    "per group on validation carry the training link between trigger and target into the test "
                    "set; the per-group countermeasure is evaluated under that shift.")
-    # attenuation
+    return out
+
+
+def _reading_attenuation(att: pd.DataFrame, protected: Sequence[str], focus: list[float]) -> list[str]:
+    out = []
     if not att.empty:
         for s in focus:
             for p in protected:
@@ -348,7 +224,11 @@ def reading(summary: pd.DataFrame, ident: pd.DataFrame, cies: pd.DataFrame, att:
                                f"{_fmt(f.loc['full', 'delta_ba'], 4, True)} with all samples, "
                                f"{_fmt(f.loc['exclude', 'delta_ba'], 4, True)} excluding flagged samples, "
                                f"{_fmt(f.loc['dense_fill', 'delta_ba'], 4, True)} giving them the dense prediction.")
-    # regression
+    return out
+
+
+def _reading_regression(reg: pd.DataFrame, protected: Sequence[str], focus: list[float]) -> list[str]:
+    out = []
     if not reg.empty:
         for s in focus:
             for p in protected:
@@ -365,7 +245,7 @@ def reading(summary: pd.DataFrame, ident: pd.DataFrame, cies: pd.DataFrame, att:
                                         zip(sig["term"], sig["estimate"], sig["p_value"]))
                               if not sig.empty else "no dense predictor with p < .05")
                            + ". Few, correlated units: descriptive only.")
-    return [s for s in out if s]
+    return out
 
 
 def attenuation_summary_frame(att: pd.DataFrame) -> pd.DataFrame:
@@ -405,38 +285,62 @@ def _config_lines(cfg: Any, meta: dict) -> list[str]:
     return lines
 
 
-def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
-    """Write ``report.md`` and the PNGs into the workdir from its stored tables; returns the report path."""
-    wd = _as_workdir(workdir)
-    cfg = wd.config
+class _Tables(NamedTuple):
+    """The stored tables a report reads, plus what is derived from them once."""
+
+    cfg: Any
+    meta: dict
+    protected: list
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    ident: pd.DataFrame
+    cies: pd.DataFrame
+    att: pd.DataFrame
+    reg: pd.DataFrame
+    attrs: pd.DataFrame
+    prune: pd.DataFrame
+    grid: list
+
+
+def _load(wd: Workdir) -> _Tables:
     meta = wd.read_json("meta.json", default={})
-    protected = list(meta.get("protected", []))
     metrics = _read(wd, "metrics")
     if metrics.empty:
         raise ValueError(f"workdir {str(wd.path)!r}: no metrics table yet")
     summary = summarize_metrics(metrics)
-    ident, cies, att, reg = (_read(wd, t) for t in ("identification", "cies", "attenuation", "regression"))
-    prune = _read(wd, "prune")
     grid = sorted(float(s) for s in summary.loc[summary["population"] == "sparse", "sparsity"].unique())
+    ident, cies, att, reg, attrs, prune = (_read(wd, t) for t in ("identification", "cies", "attenuation",
+                                                                   "regression", "attributes", "prune"))
+    return _Tables(wd.config, meta, list(meta.get("protected", [])), metrics, summary, ident, cies, att, reg, attrs,
+                   prune, grid)
 
-    plot_metrics(summary, grid, protected, wd.file("metrics_vs_sparsity.png"))
-    if not ident.empty:
-        plot_identification(ident, cies, grid, wd.file("identification.png"))
-    plot_calibration(summary, grid, protected, wd.file("calibration.png"))
 
+def _head_lines(wd: Workdir, t: _Tables) -> list[str]:
+    from fairprune_jax.studies import spine
+    from fairprune_jax.studies.bias import DENSE_KEY, sparsity_key
+
+    cfg = t.cfg
+    expected = [DENSE_KEY] + [sparsity_key(s) for s in cfg.prune.sparsities]
+    n_diverged = int(t.prune["diverged"].sum()) if "diverged" in t.prune else 0
     lines = [f"# Bias study: `{cfg.dataset}` / `{cfg.model}`", "",
-             f"Generated {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} from the tables in "
-             f"`{wd.path}` (rebuild with `python -m experiments.bias_report --workdir={wd.path}`).", "",
-             "## Set-up", "", *_config_lines(cfg, meta),
-             f"- populations evaluated: dense + {len(grid)} of {len(cfg.prune.sparsities)} sparsities", ""]
+             *spine.incomplete_warning(expected, wd.keys("metrics")),
+             "Built from the stored tables of this workdir (rebuild with `fairprune-report --workdir=<this "
+             "folder>`; the same tables give the same bytes, timings live in `timings.json`).", "",
+             f"Diverged networks (non-finite loss or parameters; excluded from every statistic): {n_diverged}.", "",
+             "## Set-up", "", *_config_lines(cfg, t.meta),
+             f"- populations evaluated: dense + {len(t.grid)} of {len(cfg.prune.sparsities)} sparsities", ""]
     lines += ["## Reading (generated from the numbers)", ""]
-    lines += [f"- {s}" for s in reading(summary, ident, cies, att, reg, protected, meta)]
+    lines += [f"- {s}" for s in reading(t.summary, t.ident, t.cies, t.att, t.reg, t.protected, t.meta)]
     lines += ["", "Directions are called only when the change exceeds twice the combined seed sd. Metrics are "
               "nan-means over attributes, then mean ± sd over seeds; BA is NaN where SCIENCE.md §6 leaves it "
               "undefined (counts in the table).", ""]
+    return lines
 
-    # metrics table
-    lines += ["## Metrics against sparsity (τ = 0)", "", "![metrics](metrics_vs_sparsity.png)", ""]
+
+def _metrics_lines(t: _Tables) -> list[str]:
+    summary, protected, grid, prune, metrics = t.summary, t.protected, t.grid, t.prune, t.metrics
+    lines = []
+    lines += ["## Metrics against sparsity (τ = 0)", "", "![metrics](plots/metrics_vs_sparsity.png)", ""]
     cols = [("acc", ""), ("auc", ""), *(("ba", p) for p in protected),
             *((("bba", protected[0]),) if (summary["metric"] == "bba").any() else ()),
             ("uncertainty", ""), ("r2", ""), ("ece", ""), *(("dfpr", p) for p in protected),
@@ -447,7 +351,7 @@ def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
         r = {"population": "dense" if pop == "dense" else _pct(s),
              "realised": "0" if pop == "dense" else _fmt(float(realised.get(s, np.nan)), 4)}
         for m, p in cols:
-            x = _row(summary, pop, s, m, "default", p)
+            x = row(summary, pop, s, m, "default", p)
             head = LABELS.get(m, m) + (f" ({p})" if p and len(protected) > 1 else "")
             signed = m in GROUP_METRICS + ("bba",)
             r[head] = "–" if x is None else _pm(x["mean"], x["sd"], 4 if m == "acc" else 3, signed)
@@ -462,8 +366,12 @@ def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
         if not notes.empty:
             lines += ["Reasons: " + ", ".join(f"{k} ×{v}" for k, v in notes["note"].value_counts().items()) + ".",
                       ""]
+    return lines
 
-    # identification
+
+def _identification_lines(t: _Tables) -> list[str]:
+    ident, cies, cfg = t.ident, t.cies, t.cfg
+    lines = []
     if not ident.empty:
         lines += ["## Identification: dense-model criteria vs CIEs", "",
                   "CIE = the modal τ = 0 prediction of the pruned population differs from the dense population's "
@@ -471,7 +379,7 @@ def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
                   f"{cfg.eval.band} (AUROC of −|p̄ − .5|), `disagreement` flags disagreeing dense seeds, "
                   "`random` flags "
                   "as many pairs as `uncertainty` at random (AUROC of U(0,1) scores).", "",
-                  "![identification](identification.png)", ""]
+                  "![identification](plots/identification.png)", ""]
         base = ident[(ident["protected"] == "") & (ident["subset"] == "all")].copy()
         c = cies[cies["attribute"] == "all"][["sparsity", "cie_rate", "harmful_rate"]]
         base = base.merge(c, on="sparsity", how="left")
@@ -488,23 +396,31 @@ def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
             for k in ("precision", "recall", "auroc"):
                 g[k] = g[k].map(lambda v: _fmt(v, 3))
             lines += ["By protected group:", "", _md(g), ""]
+    return lines
 
-    # calibration
+
+def _calibration_lines(t: _Tables) -> list[str]:
+    summary, protected, grid = t.summary, t.protected, t.grid
+    lines = []
     lines += ["## Calibration countermeasure (BA and accuracy by threshold scheme)", "",
-              "![calibration](calibration.png)", ""]
+              "![calibration](plots/calibration.png)", ""]
     rows = []
     for pop, s in [("dense", 0.0)] + [("sparse", g) for g in grid]:
         for p in protected:
             r = {"population": "dense" if pop == "dense" else _pct(s), "protected": p}
             for sch in ("default", "global", "group"):
-                x = _row(summary, pop, s, "ba", sch, p)
+                x = row(summary, pop, s, "ba", sch, p)
                 r[f"BA {sch}"] = "–" if x is None else _pm(x["mean"], x["sd"], 3, True)
-                a = _row(summary, pop, s, "acc", sch, p if sch == "group" else "")
+                a = row(summary, pop, s, "acc", sch, p if sch == "group" else "")
                 r[f"acc {sch}"] = "–" if a is None else _fmt(a["mean"], 4)
             rows.append(r)
     lines += [_md(pd.DataFrame(rows)), ""]
+    return lines
 
-    # attenuation
+
+def _attenuation_lines(t: _Tables) -> list[str]:
+    att = t.att
+    lines = []
     if not att.empty:
         lines += ["## Attenuation (flagged = dense uncertainty criterion)", ""]
         rows = []
@@ -515,8 +431,12 @@ def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
                          **{f"ΔBA {v}": _fmt(sm.loc[v, "delta_ba"], 4, True) if v in sm.index else "–"
                             for v in ("full", "exclude", "dense_fill")}})
         lines += [_md(pd.DataFrame(rows)), ""]
+    return lines
 
-    # regression
+
+def _regression_lines(t: _Tables) -> list[str]:
+    summary, protected, grid, reg, attrs = t.summary, t.protected, t.grid, t.reg, t.attrs
+    lines = []
     if not reg.empty:
         ref = reference_sparsity(summary, protected)
         top = ref if ref is not None else grid[-1]
@@ -530,7 +450,6 @@ def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
         for k in ("estimate", "std_err", "p_value"):
             f[k] = f[k].map(lambda v: f"{v:.3g}" if np.isfinite(v) else "nan")
         lines += [_md(f), ""]
-        attrs = _read(wd, "attributes")
         if not attrs.empty:
             a = attrs[np.isclose(attrs["sparsity"], top)][["protected", "attribute", "ba_dense", "ba_sparse",
                                                            "delta_ba", "dense_uncertainty", "dense_r2",
@@ -538,14 +457,31 @@ def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
             for k in a.columns[2:]:
                 a[k] = a[k].map(lambda v: f"{v:.4f}" if np.isfinite(v) else "nan")
             lines += ["Attribute table (seed means):", "", _md(a), ""]
+    return lines
 
-    # timings
+
+def _timings_lines(wd: Workdir) -> list[str]:
+    lines = []
     secs = {k: v for k, v in wd.stage_seconds().items() if k != "report"}
     if secs:
         lines += ["## Timings (wall seconds, summed over units and resumed runs)", "",
                   _md(pd.DataFrame([{"stage": k, "seconds": f"{v:.1f}"} for k, v in secs.items()])), ""]
-    path = wd.write_text("report.md", "\n".join(lines) + "\n")
-    return path
+    return lines
+
+
+def write_report(workdir: Workdir | str | os.PathLike) -> pathlib.Path:
+    """Write ``report.md``, ``tables/*.csv`` and ``plots/*.png`` into the workdir from its stored tables (through
+    `fairprune_jax.report.writer`); returns the report path."""
+    wd = _as_workdir(workdir)
+    t = _load(wd)
+    lines = [*_head_lines(wd, t), *_metrics_lines(t), *_identification_lines(t), *_calibration_lines(t),
+             *_attenuation_lines(t), *_regression_lines(t), *_timings_lines(wd)]
+    plots = {"metrics_vs_sparsity.png": lambda: plot_metrics(t.summary, t.grid, t.protected),
+             "calibration.png": lambda: plot_calibration(t.summary, t.grid, t.protected)}
+    if not t.ident.empty:
+        plots["identification.png"] = lambda: plot_identification(t.ident, t.cies, t.grid)
+    tables = {"metrics_summary": t.summary, "identification": t.ident, "cies": t.cies, "regression": t.reg}
+    return W.write(wd.path, "\n".join(lines), tables=tables, plots=plots)
 
 
 def terminal_summary(workdir: Workdir | str | os.PathLike) -> str:
@@ -564,7 +500,7 @@ def terminal_summary(workdir: Workdir | str | os.PathLike) -> str:
     head = f"{'sparsity':>9} {'acc':>7} {'BA':>15} {'uncert.':>15} {'R2':>7} {'ECE':>7} {'CIE%':>6} {'AUROC u/r':>11}"
     lines = [f"bias study summary ({wd.path}); BA for '{p0}', τ = 0, mean ± sd over seeds", head]
     for pop, s in [("dense", 0.0)] + [("sparse", g) for g in grid]:
-        g = lambda m, p="": _row(summary, pop, s, m, "default", p)  # noqa: E731
+        g = lambda m, p="": row(summary, pop, s, m, "default", p)  # noqa: E731
         acc, ba, un, r2, ec = g("acc"), g("ba", p0), g("uncertainty"), g("r2"), g("ece")
         cie, au = "", ""
         if pop == "sparse" and not cies.empty:

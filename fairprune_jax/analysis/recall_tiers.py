@@ -1,0 +1,92 @@
+"""Every tier of the recall-distortion statistics on a tidy recall table, in one call (`analyze`).
+
+The statistics themselves are `fairprune_jax.analysis.intensification` (δ, α_t, flags) and
+`fairprune_jax.analysis.stats` (Tier A/B/C, bootstrap, Welch + BH); this module only orchestrates them for a
+study's table: it leaves diverged networks out of every tier (and lists them), picks the moderators and the
+reference levels, and computes the accuracy table. The report (`fairprune_jax.report.recall`) only renders.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """All tables of the report."""
+
+    recall: pd.DataFrame  # tidy rows, one per model × class
+    long: pd.DataFrame  # §3 long table
+    alpha: pd.DataFrame  # one row per pruned network: α_t and variants
+    tier_a: pd.DataFrame  # E[α_t] per cell, t-interval, verdict (all networks, and without flagged ones)
+    tier_b: pd.DataFrame  # mixed model per cell
+    bootstrap: pd.DataFrame  # seed-bootstrap intervals per cell
+    pooled: Any  # stats.PooledOLS, flagged (near-chance / one-class) networks excluded
+    pooled_all: Any  # stats.PooledOLS with every network
+    welch: pd.DataFrame  # per-class Welch tests with BH
+    accuracy: pd.DataFrame  # accuracy per cell
+    diverged: pd.DataFrame  # one row per diverged network (excluded from every statistic above)
+
+
+def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000, chance: float = 1.5,
+            welch_q: float = 0.05, seed: int = 0) -> Analysis:
+    """Run every tier of SCIENCE.md §3 on a tidy recall table (`evaluate.recall_table`, concatenated).
+
+    Networks flagged ``diverged`` (the divergence guard) are left out of every tier and listed in ``diverged``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        return _analyze(recall, level=level, bootstrap=bootstrap, chance=chance, welch_q=welch_q, seed=seed)
+
+
+def _analyze(recall: pd.DataFrame, *, level: float, bootstrap: int, chance: float, welch_q: float,
+             seed: int) -> Analysis:
+    from fairprune_jax.analysis import intensification, stats
+
+    net_cols = ["dataset", "model", "criterion", "seed", "level", "requested_sparsity"]
+    bad = recall["diverged"].astype(bool) if "diverged" in recall else pd.Series(False, index=recall.index)
+    diverged = (recall[bad].groupby(net_cols, as_index=False).agg(epoch=("diverged_epoch", "first"))
+                if bad.any() else pd.DataFrame(columns=net_cols + ["epoch"]))
+    recall = recall[~bad].reset_index(drop=True)
+    long = intensification.long_table(recall, chance=chance)
+    alpha = intensification.alpha(long)
+    tier_a = stats.summarize(alpha, level=level)
+    tier_b = stats.mixed_model(long, level=level)
+    boot = stats.bootstrap_alpha(alpha, n_resamples=bootstrap, level=level, seed=seed) if bootstrap else pd.DataFrame()
+    moderators = [m for m in ("level", "criterion", "dataset", "model") if long[m].nunique() > 1]
+    clusters = long["traj"].nunique() if "traj" in long else 0
+    reference = {"level": int(long["level"].min())}
+    if "mp" in set(long["criterion"]):
+        reference["criterion"] = "mp"  # SCIENCE.md §3: C(algo, Treatment('MP'))
+    # Near-chance and one-class networks make δ explode (SCIENCE.md §2): the headline fit leaves them out, the
+    # report shows the fit with them as well.
+    pooled_kw = dict(moderators=moderators or ("level",), reference=reference, level=level,
+                     bootstrap=bootstrap if clusters < 30 else 0, seed=seed)
+    pooled = stats.pooled_ols(long, exclude_flagged=True, **pooled_kw)
+    pooled_all = stats.pooled_ols(long, exclude_flagged=False, **pooled_kw)
+    welch = stats.welch_per_class(long, q=welch_q)
+    acc = accuracy_table(recall, level=level)
+    return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, pooled_all, welch, acc, diverged)
+
+
+def accuracy_table(recall: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
+    """Mean test accuracy (and realised sparsity) per (dataset, model, criterion, level) with a t-interval."""
+    from scipy import stats as sps
+
+    nets = recall.groupby(["dataset", "model", "criterion", "level", "seed"], as_index=False).agg(
+        accuracy=("accuracy", "first"), t=("actual_sparsity", "first"), requested=("requested_sparsity", "first"))
+    rows = []
+    for keys, g in nets.groupby(["dataset", "model", "criterion", "level"]):
+        n = len(g)
+        sd = g["accuracy"].std(ddof=1) if n > 1 else np.nan
+        half = sps.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n) if n > 1 else np.nan
+        rows.append(dict(zip(["dataset", "model", "criterion", "level"], keys), requested=g["requested"].iloc[0],
+                         t=g["t"].mean(), n_seeds=n, accuracy=g["accuracy"].mean(), sd=sd,
+                         ci_low=g["accuracy"].mean() - half, ci_high=g["accuracy"].mean() + half))
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------- reading

@@ -1,0 +1,58 @@
+"""The wheel holds `fairprune_jax` only and runs a config file given by path through `fairprune-sweep` from a fresh
+venv outside the checkout (no network: no build isolation, no dependencies fetched)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import fairprune_jax
+from fairprune_jax import data as data_lib
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_version_is_exposed():
+    assert isinstance(fairprune_jax.__version__, str) and fairprune_jax.__version__.count(".") >= 1
+
+
+@pytest.mark.slow
+def test_wheel_installs_outside_the_checkout_and_runs_the_smoke_sweep(tmp_path):
+    src = tmp_path / "src"  # build from a copy, so the checkout gets no build/ or egg-info
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "workdirs", "build", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache"))
+    run = lambda *cmd, **kw: subprocess.run(cmd, capture_output=True, text=True, timeout=900, **kw)  # noqa: E731
+    built = run(sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "--no-index",
+                "-w", str(tmp_path / "dist"), cwd=src)
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("fairprune_jax-*.whl"))
+    tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"fairprune_jax"}
+
+    venv = tmp_path / "venv"
+    assert run(sys.executable, "-m", "venv", "--without-pip", str(venv)).returncode == 0
+    py = venv / "bin" / "python"
+    site = Path(run(str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
+    # The running venv's packages by a plain path line: it does not run the editable finder that lives there.
+    (site / "running_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    inst = run(sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", str(wheel))
+    assert inst.returncode == 0, inst.stderr[-3000:]
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {**os.environ, "FAIRPRUNE_DATA_DIR": str(data_lib.default_source_root())}
+    env.pop("PYTHONPATH", None)
+    where = run(str(py), "-c", "import fairprune_jax; print(fairprune_jax.__file__)", cwd=outside, env=env)
+    assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
+    assert run(str(py), "-c", "import configs", cwd=outside, env=env).returncode != 0
+    sweep = run(str(venv / "bin" / "fairprune-sweep"), f"--config={REPO / 'configs' / 'mnist.py'}:smoke",
+                f"--workdir={outside / 'wd'}", "--config.progress=False", "--config.num_seeds=1",
+                "--config.prune.criteria=('mp',)", "--config.analysis.bootstrap=0", cwd=outside, env=env)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert (outside / "wd" / "report.md").is_file()
