@@ -6,7 +6,7 @@ Variants:
 - "" (reduced scale for one accelerator): ResNet18 at 64×64, 3 seeds, 10 epochs of paper-2 SGD, GMP post-training
   to 80–99.5% with Adam 1e-4.
 - "paper": 224×224 inputs, 100 epochs, 5 warm-up epochs then cosine, batch 256, SGD lr .256, momentum .875, weight
-  decay 3.05e-5 (SCIENCE.md §5). Note: `train.fit` holds the whole training set on the device as float32, which
+  decay 3.05e-5 (docs/methods.md §6). Note: `train.fit` holds the whole training set on the device as float32, which
   at 224×224 is ~98 GB for CelebA's 162,770 training images; cap `data.max_train_examples` or use a
   streaming loader.
 - "smoke": tiny images and an MLP, for the TFDS mock-data test.

@@ -1,4 +1,4 @@
-"""Bias study on planted-attribute MNIST (SCIENCE.md §7): 13 attributes (10 classes + even, ≥5, loop), a 4×4 corner
+"""Bias study on planted-attribute MNIST (docs/methods.md §10): 13 attributes (10 classes + even, ≥5, loop), a 4×4 corner
 trigger planted on 95% of the 'even' digits and 5% of the others in training, at .5/.5 on test.
 
 Variants: "" (default: LeNet-300-100, 5 seeds, GMP post-training to 50–99% with Adam 1e-4; a few minutes on a

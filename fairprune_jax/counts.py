@@ -1,4 +1,4 @@
-"""Exact weight counts for the library threshold rule: ``round(s · N)`` with halves to even (SCIENCE.md §4).
+"""Exact weight counts for the library threshold rule: ``round(s · N)`` with halves to even (docs/methods.md §5).
 
 ``n_zero`` multiplies the value a sparsity holds by N exactly: a concrete value (a Python float is float64) as a
 rational on the host, a traced one with int32 arithmetic under jit, so the count never depends on float rounding of

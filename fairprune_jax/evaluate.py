@@ -1,6 +1,6 @@
 """Per-class evaluation of whole model populations: confusion counts for [seed, criterion, sparsity, ...] at once.
 
-Why: recall distortion (SCIENCE.md §2) needs per-class recall of every pruned network and of its dense
+Why: recall distortion (docs/methods.md §7) needs per-class recall of every pruned network and of its dense
 counterpart, on the full test split, in eval mode. A sweep has hundreds of networks; evaluating them one by one
 is dominated by Python dispatch on accelerators, so the population is evaluated by one compiled function.
 
@@ -15,7 +15,7 @@ Shapes and broadcasting
   scanned in batches of ``batch_size``, so memory is O(chunk * (params + batch_size * width)).
 
 Counts are exact integers (one-hot matmuls in float32 are exact per batch, < 2**24, then accumulated in int32).
-The softmax summaries (mean max-softmax and the fraction with max-softmax < ``uncertain_below``, SCIENCE.md §7)
+The softmax summaries (mean max-softmax and the fraction with max-softmax < ``uncertain_below``, docs/methods.md §10)
 come from the same forward pass.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ Mask convention (everyone relies on it)
   stacked tree (naming the fix), so ``threshold`` cannot silently rank the seeds of a population together;
   elementwise ones (``complement``, ``to_jaxpruner``) accept populations as they are.
 
-Threshold rule (SCIENCE.md §4, "Library threshold rule")
+Threshold rule (docs/methods.md §5, "Library threshold rule")
 -------------------------------------------------------
 ``threshold`` zeroes exactly ``n_zero = round(s * N)`` weights (N = number of prunable weights for
 ``scope="global"``; per layer ``round(s_l * N_l)`` for ``scope="layerwise"``). Prior-pruned weights go first, then
@@ -219,7 +219,7 @@ def _over_lead(fn: Callable, lead: int) -> Callable:
 
 
 def sparsity(mask: Mask, prunable: PathPredicate, *, lead: int = 0) -> jax.Array:
-    """Fraction of prunable weights that are pruned (the realised t of SCIENCE.md §2); [*lead] for a mask
+    """Fraction of prunable weights that are pruned (the realised t of docs/methods.md §7); [*lead] for a mask
     population with `lead` leading axes (e.g. lead=3 for masks [S, M, P, ...])."""
     one = lambda m: _zero_fraction([x for _, x in _prunable_leaves(m, prunable)])  # noqa: E731
     return _over_lead(one, lead)(mask)

@@ -2,7 +2,7 @@
 
 Weight decay is COUPLED L2: `optax.add_decayed_weights(wd)` runs before the momentum/Adam transform, so the
 decay term enters the momentum buffer exactly as PyTorch's `SGD(weight_decay=...)` does. This is the objective
-L_CE + (wd/2)‖w‖² that the UP score assumes (SCIENCE.md §4). optax's momentum (`trace`: m ← g + μ·m, then
+L_CE + (wd/2)‖w‖² that the UP score assumes (docs/methods.md §4). optax's momentum (`trace`: m ← g + μ·m, then
 w ← w − lr·m) is PyTorch's SGD without dampening; `nesterov=True` matches PyTorch's Nesterov variant.
 
 Config fields (all optional except `lr`):

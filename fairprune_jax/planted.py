@@ -1,4 +1,4 @@
-"""Planted-attribute multi-label data from MNIST / Fashion-MNIST (SCIENCE.md §7), the small stand-in for CelebA.
+"""Planted-attribute multi-label data from MNIST / Fashion-MNIST (docs/methods.md §10), the small stand-in for CelebA.
 
 Targets: the ten class indicators plus correlated composites (MNIST even, ≥5, loop {0,6,8,9}; Fashion-MNIST
 footwear {5,7,9}, upper body {0,2,4,6}). The protected attribute g is a synthetic trigger (a 4×4 max-intensity corner

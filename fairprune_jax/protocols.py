@@ -1,4 +1,4 @@
-"""Pruning protocols (SCIENCE.md §4): one-shot + fine-tune, iterative pruning with rewinding (lottery), and
+"""Pruning protocols (docs/methods.md §6): one-shot + fine-tune, iterative pruning with rewinding (lottery), and
 gradual magnitude pruning (cubic GMP), each usable with every criterion of `scores.CRITERIA`.
 
 Populations. Criteria (M) and sparsities (P) become extra model axes next to the seeds (S): a protocol returns

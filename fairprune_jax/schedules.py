@@ -1,4 +1,4 @@
-"""Sparsity schedules and per-layer sparsity distributions (SCIENCE.md §4).
+"""Sparsity schedules and per-layer sparsity distributions (docs/methods.md §6).
 
 - One-shot: prune once to the target ``s`` (nothing to compute; pass ``s`` to ``masks.threshold``).
 - Iterative (lottery): level L removes a fraction f of the remaining weights, ``s_L = 1 − (1 − f)^L``.
@@ -68,7 +68,7 @@ def gmp_steps(start: int, end: int, every: int) -> list[int]:
 
 def gmp_sparsity(step: Any, *, final: float, initial: float = 0.05, start: int, end: int, every: int = 1,
                  hold: bool = True) -> jax.Array:
-    """Target sparsity at ``step`` of cubic GMP (SCIENCE.md §4), jit/vmap-friendly in ``step``.
+    """Target sparsity at ``step`` of cubic GMP (docs/methods.md §6), jit/vmap-friendly in ``step``.
 
     Before ``start``: 0 (dense). From the last pruning step ``start + every·⌊(end−1−start)/every⌋`` on:
     exactly ``final``. In between, with ``hold=True``, the value of the most recent pruning step (the sparsity

@@ -1,4 +1,4 @@
-"""Pruning scores (higher = keep), one tree per model with the structure of ``params`` (SCIENCE.md §4).
+"""Pruning scores (higher = keep), one tree per model with the structure of ``params`` (docs/methods.md §4).
 
 Criteria (``CRITERIA``), every one applied with the same prunable-leaf predicate:
 - ``mp``: raw magnitude |w|, one global threshold (open_lth).

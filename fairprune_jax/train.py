@@ -122,7 +122,7 @@ def read_config(tcfg: Any, *, name: str = "tcfg") -> TrainConfig:
 def flip_crop(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
     """Random horizontal flip and random `pad`-pixel translation (pad, then crop back) of a batch [B, H, W, C].
 
-    The reference CIFAR augmentation (SCIENCE.md §5). The padding is 0 in the normalised space (the mean colour).
+    The reference CIFAR augmentation (docs/methods.md §6). The padding is 0 in the normalised space (the mean colour).
     Deterministic given `key`.
     """
     k_flip, k_crop = jax.random.split(key)

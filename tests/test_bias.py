@@ -1,4 +1,4 @@
-"""Paper-2 bias metrics: SCIENCE.md §6-7 test vectors, NaN rules, independent computations, a planted simulation."""
+"""Paper-2 bias metrics: docs/methods.md §9–10 test vectors, NaN rules, independent computations, a planted simulation."""
 import itertools
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""δ, α_{t,c}, α_t and variants: SCIENCE.md §2 vectors, the recall-table → long-table path, edge cases."""
+"""δ, α_{t,c}, α_t and variants: docs/methods.md §7 vectors, the recall-table → long-table path, edge cases."""
 from __future__ import annotations
 
 import numpy as np

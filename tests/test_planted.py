@@ -1,4 +1,4 @@
-"""Planted-attribute MNIST / Fashion-MNIST (SCIENCE.md §7): targets, planting rates, determinism, trigger pixels."""
+"""Planted-attribute MNIST / Fashion-MNIST (docs/methods.md §10): targets, planting rates, determinism, trigger pixels."""
 import dataclasses
 
 import jax

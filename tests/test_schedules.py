@@ -1,4 +1,4 @@
-"""Schedules: SCIENCE.md §4 test vectors (iterative, GMP) and ERK against an independent RigL-style loop."""
+"""Schedules: docs/methods.md §6 test vectors (iterative, GMP) and ERK against an independent RigL-style loop."""
 from __future__ import annotations
 
 import jax

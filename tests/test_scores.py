@@ -1,4 +1,4 @@
-"""Scores: SCIENCE.md §4 toy vector and masks table (library vs emulated reference rule), UP/GP/MP relations,
+"""Scores: docs/methods.md §4 toy vector and masks table (library vs emulated reference rule), UP/GP/MP relations,
 the fixed-batch gradient against independent computations, and the dispatcher."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from fairprune_jax.models import ModelSpec, get_model, kernel_predicate, mlp
 
 PRUNABLE = kernel_predicate()
 
-# SCIENCE.md §4 toy vector
+# docs/methods.md §4 toy vector
 W = np.array([0.5, -0.2, 0.01, 0.3, -0.05], np.float32)
 G = np.array([0.001, 0.05, -0.3, -0.0015, 0.002], np.float32)
 LAM = 5e-4

@@ -1,4 +1,4 @@
-"""Statistics of E[α_t]: SCIENCE.md §3 vectors, edge cases, and planted-effect simulations with known truth."""
+"""Statistics of E[α_t]: docs/methods.md §8 vectors, edge cases, and planted-effect simulations with known truth."""
 from __future__ import annotations
 
 import numpy as np
@@ -237,7 +237,7 @@ def test_bootstrap_alpha_is_seeded_and_handles_edges():
 
 def _with_undefined_network(long, seed=99):
     """`long` plus one network per (criterion, level) of a new seed whose dense δ0 is ~0 (Σδ0² = K·1e-18 < 1e-12)
-    and whose δt is large noise: SCIENCE.md §2 drops it, so no tier may see it."""
+    and whose δt is large noise: docs/methods.md §7 drops it, so no tier may see it."""
     rng = np.random.default_rng(seed)
     bad = long[long["seed"] == long["seed"].iloc[0]].copy()
     bad["seed"] = seed

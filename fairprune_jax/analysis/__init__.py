@@ -1,4 +1,4 @@
-"""Analysis of evaluated populations: recall distortion (SCIENCE.md §2–3) and bias (§6).
+"""Analysis of evaluated populations: recall distortion (docs/methods.md §7–8) and bias (§9).
 
 Submodules are imported lazily (``from fairprune_jax.analysis import stats`` or ``analysis.stats``), so importing
 the package pulls in neither statsmodels nor matplotlib:

@@ -1,6 +1,6 @@
 """Bias in pruned models (paper 2, Iofinova et al. CVPR 2023): metrics, CIEs and dense-only criteria.
 
-Implements SCIENCE.md §6-7 exactly. Everything takes plain numpy (or jax) arrays, so the planted MNIST data
+Implements docs/methods.md §9–10 exactly. Everything takes plain numpy (or jax) arrays, so the planted MNIST data
 (`fairprune_jax.planted`) and CelebA (the data layer) go through the same code.
 
 Conventions
@@ -326,7 +326,7 @@ def interdependence(columns, *, constant: str = "authors") -> Interdependence:
 
     Multi-label head: pass the binary predictions Ŷ ``[..., N, A]`` on the test set. Constant predictors are
     dropped (they are collinear with the intercept). A constant target column (never or always predicted) gets
-    reason 'constant_target' and, with ``constant="authors"`` (default, SCIENCE.md §6), the authors' value:
+    reason 'constant_target' and, with ``constant="authors"`` (default, docs/methods.md §9), the authors' value:
     sklearn's ``LinearRegression().score``, i.e. 1.0 when the fit (its mean) reproduces the column exactly, else
     0.0; with ``constant="nan"`` it is NaN, so nan-means leave it out. ``n_constant`` ``[...]`` counts the constant
     columns per model, to report next to R².
@@ -350,7 +350,7 @@ def interdependence(columns, *, constant: str = "authors") -> Interdependence:
 def logit_interdependence(logits, *, constant: str = "authors") -> Interdependence:
     """Softmax analogue: R² of each LOGIT column regressed (OLS + intercept) on the other K − 1 logits.
 
-    The one-hot argmax columns always sum to 1, so their R² is degenerate (= 1); SCIENCE.md §7 says to regress
+    The one-hot argmax columns always sum to 1, so their R² is degenerate (= 1); docs/methods.md §10 says to regress
     the logits instead, which is what this does. ``constant`` as in `interdependence`.
     """
     return interdependence(logits, constant=constant)

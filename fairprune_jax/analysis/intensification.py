@@ -1,4 +1,4 @@
-"""Recall distortion (SCIENCE.md §2): relative deviations δ, class ratios α_{t,c} and the per-network α_t.
+"""Recall distortion (docs/methods.md §7): relative deviations δ, class ratios α_{t,c} and the per-network α_t.
 
     δ_{t,c} = r_{t,c}/a_t − 1          α_{t,c} = δ_{t,c}/δ_{0,c}
     α_t = Σ_c δ_{0,c} δ_{t,c} / Σ_c δ_{0,c}²      (primary: OLS slope through the origin across classes)
@@ -65,7 +65,7 @@ def normalise_labels(df: pd.DataFrame, columns: Sequence[str] = LABEL_COLUMNS) -
 def undefined_networks(long_df: pd.DataFrame, *, keys: Sequence[str] = NETWORK_KEYS, tol: float = TOL) -> np.ndarray:
     """Row mask of the networks whose α_t is undefined: Σδ0² < ``tol`` over their classes with finite δ0 and δt.
 
-    SCIENCE.md §2 drops such networks and counts them; `alpha` marks them `dropped`, and every tier of `stats`
+    docs/methods.md §7 drops such networks and counts them; `alpha` marks them `dropped`, and every tier of `stats`
     removes their rows with this mask. A network is the rows sharing the ``keys`` present in the table. δ0/δt come
     from the `d0`/`dt` columns, or from r/a when the table has none.
     """
@@ -104,7 +104,7 @@ def long_table(recall_df: pd.DataFrame, *, dense_criterion: str = "dense", chanc
     network without a dense partner is a ValueError naming it. Criterion labels are normalised on the way in
     (`normalise_labels`: 'MP' and 'mp' are one criterion).
 
-    Flags (an extension of SCIENCE.md §2, which flags the network whose accuracy is near chance): `near_chance`
+    Flags (an extension of docs/methods.md §7, which flags the network whose accuracy is near chance): `near_chance`
     and `one_class` are also set when the DENSE partner is near chance or predicts one class, since δ0 then
     explodes just as δt does.
 
@@ -238,7 +238,7 @@ def alpha_from_vectors(r0: Sequence[float], rt: Sequence[float], *, n: Sequence[
                        chance: float = CHANCE) -> dict[str, Any]:
     """α_t and variants for one network given per-class recalls (accuracies from n, else the class mean).
 
-    The same code path as `alpha` on a one-network long table; handy for hand-computed checks (SCIENCE.md §2).
+    The same code path as `alpha` on a one-network long table; handy for hand-computed checks (docs/methods.md §7).
     """
     r0a, rta = np.asarray(r0, float), np.asarray(rt, float)
     if r0a.shape != rta.shape or r0a.ndim != 1:

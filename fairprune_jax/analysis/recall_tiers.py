@@ -32,7 +32,7 @@ class Analysis:
 
 def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000, chance: float = 1.5,
             welch_q: float = 0.05, seed: int = 0) -> Analysis:
-    """Run every tier of SCIENCE.md §3 on a tidy recall table (`evaluate.recall_table`, concatenated).
+    """Run every tier of docs/methods.md §8 on a tidy recall table (`evaluate.recall_table`, concatenated).
 
     Networks flagged ``diverged`` (the divergence guard) are left out of every tier and listed in ``diverged``."""
     import warnings
@@ -60,8 +60,8 @@ def _analyze(recall: pd.DataFrame, *, level: float, bootstrap: int, chance: floa
     clusters = long["traj"].nunique() if "traj" in long else 0
     reference = {"level": int(long["level"].min())}
     if "mp" in set(long["criterion"]):
-        reference["criterion"] = "mp"  # SCIENCE.md §3: C(algo, Treatment('MP'))
-    # Near-chance and one-class networks make δ explode (SCIENCE.md §2): the headline fit leaves them out, the
+        reference["criterion"] = "mp"  # docs/methods.md §8: C(algo, Treatment('MP'))
+    # Near-chance and one-class networks make δ explode (docs/methods.md §7): the headline fit leaves them out, the
     # report shows the fit with them as well.
     pooled_kw = dict(moderators=moderators or ("level",), reference=reference, level=level,
                      bootstrap=bootstrap if clusters < 30 else 0, seed=seed)

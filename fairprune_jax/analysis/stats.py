@@ -1,4 +1,4 @@
-"""Statistics of recall distortion across seeds (SCIENCE.md §3); statsmodels and scipy do the work.
+"""Statistics of recall distortion across seeds (docs/methods.md §8); statsmodels and scipy do the work.
 
 Tiers (all [R] in the spec):
 - Tier A `summarize`: per cell (dataset, model, criterion, level), E[α_t] as the mean over seeds with a
@@ -13,7 +13,7 @@ Tiers (all [R] in the spec):
   Benjamini–Hochberg across classes × sparsities.
 - `bootstrap_alpha`: seed-bootstrap intervals of E[α_t] (scipy.stats.bootstrap, seeded Generator).
 
-Every tier drops the networks whose α_t is undefined (Σδ0² < 1e-12, SCIENCE.md §2) and counts each once per cell
+Every tier drops the networks whose α_t is undefined (Σδ0² < 1e-12, docs/methods.md §7) and counts each once per cell
 (`n_dropped`; `PooledOLS.n_dropped` for Tier C), and normalises criterion labels on entry ('MP' is 'mp').
 
 Every summary row has a `verdict`: "intensification" (95% CI entirely above 1), "de-intensification" (entirely
@@ -36,7 +36,7 @@ RQ_OF_MODERATOR = {"level": "RQ1", "dataset": "RQ2", "model": "RQ3", "criterion"
 
 
 def drop_flagged(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of networks not flagged as near chance or one-class predictors (SCIENCE.md §2 edge cases)."""
+    """Rows of networks not flagged as near chance or one-class predictors (docs/methods.md §7 edge cases)."""
     flag = np.zeros(len(df), bool)
     for c in ("near_chance", "one_class"):
         if c in df.columns:
@@ -46,7 +46,7 @@ def drop_flagged(df: pd.DataFrame) -> pd.DataFrame:
 
 def _long_table(long_df: pd.DataFrame, by: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
     """The table boundary of every tier: labels normalised, and `_undefined` marking the rows of networks whose
-    α_t is undefined (Σδ0² < 1e-12, SCIENCE.md §2), which each tier drops and counts. Returns (table, network
+    α_t is undefined (Σδ0² < 1e-12, docs/methods.md §7), which each tier drops and counts. Returns (table, network
     keys)."""
     df = intensification.normalise_labels(long_df)
     keys = [k for k in dict.fromkeys((*intensification.NETWORK_KEYS, *by)) if k in df.columns]
@@ -209,7 +209,7 @@ def mixed_model(long_df: pd.DataFrame, *, by: Sequence[str] = CELL_KEYS, level: 
     """Tier B per cell: δ_t = (α + u_s)·δ_0 + ε, u_s ~ N(0, τ²), REML; α = E[α_t] with Wald CI and z = (α−1)/se.
 
     Networks with Σδ0² < 1e-12 (α_t undefined) are dropped before fitting and counted in `n_dropped`.
-    Extensions of SCIENCE.md §3 (said in `method` and `reason`): with fewer than two seeds the estimate is the
+    Extensions of docs/methods.md §8 (said in `method` and `reason`): with fewer than two seeds the estimate is the
     pooled OLS slope through the origin, with no interval (method "pooled_ols", inconclusive); a MixedLM that
     fails or does not converge falls back to pooled OLS through the origin with errors clustered by seed
     (method "pooled_ols_cluster_seed").

@@ -1,4 +1,4 @@
-"""Small convolutional nets without normalisation: LeNet-5 (the CPU-scale conv net of SCIENCE.md §5) and
+"""Small convolutional nets without normalisation: LeNet-5 (the CPU-scale conv net of docs/methods.md §6) and
 Conv-2/4/6 (Frankle & Carbin, "The Lottery Ticket Hypothesis", their CIFAR-10 conv ladder)."""
 from __future__ import annotations
 

@@ -332,7 +332,7 @@ def _head_lines(wd: Workdir, t: _Tables) -> list[str]:
     lines += ["## Reading (generated from the numbers)", ""]
     lines += [f"- {s}" for s in reading(t.summary, t.ident, t.cies, t.att, t.reg, t.protected, t.meta)]
     lines += ["", "Directions are called only when the change exceeds twice the combined seed sd. Metrics are "
-              "nan-means over attributes, then mean ± sd over seeds; BA is NaN where SCIENCE.md §6 leaves it "
+              "nan-means over attributes, then mean ± sd over seeds; BA is NaN where docs/methods.md §9 leaves it "
               "undefined (counts in the table).", ""]
     return lines
 

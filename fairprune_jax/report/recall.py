@@ -113,7 +113,7 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
     lines = [f"# {title}", "", *header, "", "## Notes", "", *notes, "",
              "## Reading (generated from the numbers below)", "", *reading(an), "",
              "## E[α_t] per cell (Tier A: mean over seeds, 95% t-interval, t-test vs 1, Holm across cells)", "",
-             "α_t is the through-origin slope of δ_t on δ_0 over the classes of one network (SCIENCE.md §2). "
+             "α_t is the through-origin slope of δ_t on δ_0 over the classes of one network (docs/methods.md §7). "
              "Verdict: intensification if the 95% CI lies above 1, de-intensification if below, else inconclusive.",
              "", _md(all_a),
              "", f"Networks dropped (Σδ0² ≈ 0): {dropped}; flagged (near chance or one-class predictors): {flagged}.",

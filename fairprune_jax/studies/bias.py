@@ -1,4 +1,4 @@
-"""The bias study (paper 2, Iofinova et al. CVPR 2023; SCIENCE.md §6–7) as a resumable pipeline.
+"""The bias study (paper 2, Iofinova et al. CVPR 2023; docs/methods.md §9–10) as a resumable pipeline.
 
 Stages (each unit of work commits its own results, so a killed run resumes where it stopped):
 

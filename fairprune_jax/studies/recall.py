@@ -1,4 +1,4 @@
-"""The recall-distortion study as a resumable pipeline (SCIENCE.md §2–5); `experiments/sweep.py` is its thin `main`.
+"""The recall-distortion study as a resumable pipeline (docs/methods.md §4–8); `experiments/sweep.py` is its thin `main`.
 
 Stages, each a unit of work whose result is committed atomically to the workdir (so a killed run resumes):
 
@@ -12,7 +12,7 @@ Stages, each a unit of work whose result is committed atomically to the workdir 
     report   report.md + PNG plots                                         (`experiments.report` rebuilds it)
 
 Seeds: model s of a population uses `jax.random.key(config.seed + s)`; dense models are shared across criteria
-(paired design, SCIENCE.md §5), and pruned models are compared with the dense model of the same seed.
+(paired design, docs/methods.md §6), and pruned models are compared with the dense model of the same seed.
 """
 from __future__ import annotations
 

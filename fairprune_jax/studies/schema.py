@@ -12,7 +12,7 @@ import ml_collections
 CELEB_A_PROTECTED = ("Male", "Young", "Chubby", "Pale_Skin")  # paper 2's protected attributes (true labels)
 
 # ---------------------------------------------------------------------------------------------- recall study
-# SCIENCE.md §5: iterative levels 0-15 (<= 50% at L1-3, >= 91% from L11), one-shot/GMP grid below.
+# docs/methods.md §6: iterative levels 0-15 (<= 50% at L1-3, >= 91% from L11), one-shot/GMP grid below.
 ONE_SHOT_GRID = (0.3, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 CRITERIA = ("mp", "gp", "up", "random")
 
@@ -36,7 +36,7 @@ def schedule(name: str = "constant", warmup_epochs: int = 0) -> ml_collections.C
 
 
 def recall_config(dataset: str) -> ml_collections.ConfigDict:
-    """Defaults of the recall-distortion sweep on a small-image dataset (CPU scale, SCIENCE.md §5)."""
+    """Defaults of the recall-distortion sweep on a small-image dataset (CPU scale, docs/methods.md §6)."""
     c = ml_collections.ConfigDict()
     c.study = "recall"
     c.dataset = dataset
@@ -126,7 +126,7 @@ def with_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.C
 
 
 def paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Paper 1's protocol (SCIENCE.md §5): iterative pruning with rewinding to init, levels 1–15 (20% per level),
+    """Paper 1's protocol (docs/methods.md §6): iterative pruning with rewinding to init, levels 1–15 (20% per level),
     full retraining (40 epochs, SGD lr .1) at every level, 11 seeds, MP/GP/UP/random. Hours on a CPU."""
     c.num_seeds = 11
     c.train.epochs = 40
@@ -139,7 +139,7 @@ def paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def cifar_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Reference CIFAR protocol (SCIENCE.md §5): SGD momentum .9, lr .1 ×.1 at epochs 80 and 120, 160 epochs,
+    """Reference CIFAR protocol (docs/methods.md §6): SGD momentum .9, lr .1 ×.1 at epochs 80 and 120, 160 epochs,
     batch 128, coupled weight decay 1e-4, flip + pad-4 crop augmentation, ResNet-20/56 and VGG-16 with BatchNorm."""
     c.variant = variant
     c.data.route = "tfds"
