@@ -143,6 +143,26 @@ def test_population_metrics_against_numpy():
     assert (f["metric"] == "bba").any()  # the toy data carries a trigger
 
 
+def test_population_metrics_constant_column_rule():
+    """A column predicted constant (here attribute 1 of seed 0, never positive) takes the authors' R² (1.0: the
+    fit reproduces it) by default and NaN under the 'nan' rule; 'r2_constant' counts it; other columns agree."""
+    d = _toy_data()
+    rng = np.random.default_rng(3)
+    zt = rng.normal(size=(3, 400, 3)) + 1.5 * (d.y_test - 0.5)
+    zv = rng.normal(size=(3, 300, 3)) + 1.5 * (d.y_val - 0.5)
+    zt[0, :, 1] = -5.0
+    authors, nan_rule = BT.population_metrics(zv, zt, d), BT.population_metrics(zv, zt, d, r2_constant="nan")
+    r2a, r2n = (BT.metric_array(f, "r2", d.names) for f in (authors, nan_rule))
+    const = BT.metric_array(authors, "r2_constant", d.names)
+    assert const[0, 1] == 1.0 and const.sum() == 1.0
+    assert r2a[0, 1] == 1.0 and np.isnan(r2n[0, 1])
+    np.testing.assert_allclose(r2a[const == 0], r2n[const == 0])
+    y = (zt[0] > 0).astype(float)  # attribute 0 of seed 0 regressed on the others with an intercept
+    x = np.column_stack([np.ones(400), y[:, 1:]])
+    resid = y[:, 0] - x @ np.linalg.lstsq(x, y[:, 0], rcond=None)[0]
+    np.testing.assert_allclose(r2a[0, 0], 1 - resid @ resid / ((y[:, 0] - y[:, 0].mean()) ** 2).sum(), atol=1e-9)
+
+
 def test_identification_tables_against_numpy():
     d = _toy_data(n=600)
     rng = np.random.default_rng(2)

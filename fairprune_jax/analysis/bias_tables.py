@@ -49,8 +49,12 @@ def _group_metrics(yhat: np.ndarray, data: StudyData, p: int) -> tuple[dict, dic
     return m, {"ba": reason}
 
 
-def population_metrics(val_logits, test_logits, data: StudyData) -> pd.DataFrame:
-    """Every §6 metric of one population (per seed × attribute) as a tidy frame.
+def population_metrics(val_logits, test_logits, data: StudyData, *, r2_constant: str = "authors") -> pd.DataFrame:
+    """Every §9 metric of one population (per seed × attribute) as a tidy frame.
+
+    ``r2_constant`` is the interdependence rule for a constant prediction column (`bias.interdependence`:
+    'authors' = 1.0 when the fit reproduces it, else 0.0; 'nan' = undefined); the metric 'r2_constant' is 1.0 for
+    each such column, so a summary shows how many columns the R² of a cell rests on that rule.
 
     Columns: seed, attribute, scheme, protected, metric, value, note (why a BA is NaN). Schemes: 'default' (τ = 0),
     'global' (calibrated on validation, group-agnostic), 'group' (calibrated within each protected group; its rows
@@ -71,8 +75,9 @@ def population_metrics(val_logits, test_logits, data: StudyData) -> pd.DataFrame
         tau = B.calibrate_thresholds_by_group(zv, data.y_val, data.g_val[p])
         schemes.append(("group", name, B.predict_by_group(zt, tau, data.g_test[p])))
     for scheme, prot, yhat in schemes:
-        free = {"acc": B.accuracy(yhat, y), "predpos": B.positive_rate(yhat),
-                "r2": B.interdependence(yhat).r2}
+        inter = B.interdependence(yhat, constant=r2_constant)
+        free = {"acc": B.accuracy(yhat, y), "predpos": B.positive_rate(yhat), "r2": inter.r2,
+                "r2_constant": (inter.reason == "constant_target").astype(float)}
         frames.append(_frame(free, names, scheme=scheme, protected=prot))
         for p, name in enumerate(data.protected):
             if scheme == "group" and name != prot:
@@ -215,7 +220,7 @@ def tag_population(df: pd.DataFrame, population: str, sparsity: float) -> pd.Dat
 def evaluate_sparse(dense_logits: dict, sparse_logits: dict, dense_metrics: pd.DataFrame, data: StudyData,
                     sparsity: float, cfg: Any) -> dict[str, pd.DataFrame]:
     """All evaluation tables of one sparsity (the keys of `EVAL_TABLES`)."""
-    m = population_metrics(sparse_logits["val"], sparse_logits["test"], data)
+    m = population_metrics(sparse_logits["val"], sparse_logits["test"], data, r2_constant=str(cfg.eval.r2_constant))
     m = pd.concat([m, relative_error_changes(dense_metrics, m)], ignore_index=True)
     key = jax.random.fold_in(jax.random.key(int(cfg.seed)), _RANDOM_BASELINE)
     cies, ident, flags = identification_tables(dense_logits["test"], sparse_logits["test"], data,

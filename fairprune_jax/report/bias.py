@@ -346,6 +346,7 @@ def _metrics_lines(t: _Tables) -> list[str]:
             ("uncertainty", ""), ("r2", ""), ("ece", ""), *(("dfpr", p) for p in protected),
             *(("dfnr", p) for p in protected)]
     realised = prune.groupby("sparsity")["realised"].mean() if not prune.empty else pd.Series(dtype=float)
+    n_attr = int(metrics["attribute"].nunique())
     rows = []
     for pop, s in [("dense", 0.0)] + [("sparse", g) for g in grid]:
         r = {"population": "dense" if pop == "dense" else _pct(s),
@@ -355,8 +356,14 @@ def _metrics_lines(t: _Tables) -> list[str]:
             head = LABELS.get(m, m) + (f" ({p})" if p and len(protected) > 1 else "")
             signed = m in GROUP_METRICS + ("bba",)
             r[head] = "–" if x is None else _pm(x["mean"], x["sd"], 4 if m == "acc" else 3, signed)
+            if m == "r2":  # how many columns the R² rests on the constant-column rule for (mean per model)
+                c = row(summary, pop, s, "r2_constant", "default", "")
+                r["constant columns"] = "–" if c is None else f"{c['mean'] * n_attr:.1f}/{n_attr}"
         rows.append(r)
-    lines += [_md(pd.DataFrame(rows)), ""]
+    lines += [_md(pd.DataFrame(rows)), "",
+              f"Interdependence R² of a constant prediction column follows the "
+              f"{'authors' if t.cfg.eval.get('r2_constant', 'authors') == 'authors' else 'NaN'} rule "
+              "(docs/methods.md §9); 'constant columns' is how many of each model's columns are constant.", ""]
     ba_nan = summary[(summary["metric"] == "ba") & (summary["scheme"] == "default")]
     if not ba_nan.empty:
         lines += ["NaN BA values (seed × attribute) per population: " + ", ".join(

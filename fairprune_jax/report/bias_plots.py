@@ -61,6 +61,12 @@ def plot_metrics(summary: pd.DataFrame, grid: Sequence[float], protected: Sequen
                 ax.legend(fontsize=7)
         else:
             _errline(ax, metric_series(summary, m), m)
+        if m == "r2" and (summary["metric"] == "r2_constant").any():
+            const = metric_series(summary, "r2_constant")
+            twin = ax.twinx()
+            twin.plot(_x(const["sparsity"]), const["mean"], ls=":", color="grey", marker=".", ms=3)
+            twin.set_ylim(-0.02, 1.02)
+            twin.set_ylabel("share of constant columns (dotted)", fontsize=7)
         ax.set_title(f"{LABELS.get(m, m)} (τ = 0; mean ± sd over seeds)", fontsize=9)
         _axis(ax, grid)
     fig.tight_layout()

@@ -123,6 +123,8 @@ def validate_config(cfg: Any) -> None:
         if end <= start or start >= ft:
             raise ValueError(f"config.prune.gmp.end: need start < end and start < finetune.epochs ({ft}); got "
                              f"start={start}, end={end}")
+    if _field(cfg, "eval.r2_constant", "authors") not in ("authors", "nan"):
+        raise ValueError(f"config.eval.r2_constant: {_field(cfg, 'eval.r2_constant')!r} is not 'authors' or 'nan'")
     band = _field(cfg, "eval.band")
     for b in (band, *tuple(_field(cfg, "eval.bands", ()) or ())):
         if not isinstance(b, (int, float)) or not 0.0 < float(b) < 0.5:
@@ -368,7 +370,8 @@ def _dense_unit(r: _Run) -> None:
         return
     with r.timed("evaluate"):
         lg = r.load_logits("dense")
-        r.wd.append_table("metrics", DENSE_KEY, tag_population(population_metrics(lg["val"], lg["test"], r.data), "dense", 0.0))
+        m = population_metrics(lg["val"], lg["test"], r.data, r2_constant=str(r.cfg.eval.r2_constant))
+        r.wd.append_table("metrics", DENSE_KEY, tag_population(m, "dense", 0.0))
     r.computed["evaluate"] += 1
 
 

@@ -229,6 +229,7 @@ def bias_config(dataset: str) -> ml_collections.ConfigDict:
     c.eval.chunk = 0  # models per prediction call; 0 = all seeds
     c.eval.band = 0.4  # dense criterion U = 1[|p̄ − .5| < band]
     c.eval.bands = (0.3, 0.45)  # variants also scored
+    c.eval.r2_constant = "authors"  # interdependence R² of a constant column: authors (1 if fitted exactly) | nan
 
     # Scale-out (results are identical; excluded from the workdir fingerprint): spread each chunk of models over
     # every device on a `seed` mesh axis.
