@@ -172,7 +172,7 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
              seed_keys: Any, x_train: Any, y_train: Any, *, exclude_output: bool = False,
              lam: float = scores_lib.LAMBDA_UP, chunk: int | None = None,
              progress: Callable[[dict], None] | None = None, mesh: Any = None, grad_batch: int = 128,
-             fuse: bool = True) -> tuple[Variables, PyTree, dict[str, Any]]:
+             fuse: bool = False) -> tuple[Variables, PyTree, dict[str, Any]]:
     """Prune each converged dense model once per (criterion, sparsity) and fine-tune the pruned models.
 
     dense_variables: [S, ...] trained dense models; seed_keys [S] their seeds' keys.
@@ -181,7 +181,7 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
     Returns (variables [S, M, P, ...], masks [S, M, P, ...], history {"loss": [S, M, P, epochs],
     "criteria", "sparsities"}). The fine-tuning is `finetune` of these masks: all S·M·P models as one flattened,
     chunked population; the models of one seed share its data order (`purpose_key(seed, "finetune_data")`),
-    so with `fuse` (default) they are trained as one shared-batch group (`train.run_population`).
+    so with `fuse` they can be trained as one shared-batch group (`train.run_population`).
     """
     criteria = _check_criteria(criteria)
     grid = _check_sparsities(sparsities)
@@ -202,7 +202,7 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
 
 def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTree, seed_keys: Any, x_train: Any,
              y_train: Any, *, chunk: int | None = None, progress: Callable[[dict], None] | None = None,
-             mesh: Any = None, fuse: bool = True) -> tuple[Variables, dict[str, Any]]:
+             mesh: Any = None, fuse: bool = False) -> tuple[Variables, dict[str, Any]]:
     """Masked fine-tuning of any mask population: every mask of seed s starts from seed s's dense weights.
 
     dense_variables: [S, ...] (e.g. from `train.fit`); seed_keys [S] their seeds' keys.
@@ -212,7 +212,7 @@ def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTr
         masked dense models. Data order: the seed's fine-tuning stream (`purpose_key(seed, "finetune_data")`),
         shared by all its masks (paired), the one `one_shot` uses.
     Returns (variables [S, *lead, ...], {"loss": [S, *lead, epochs]}); all S·prod(lead) models are trained as one
-    flattened, chunked population, a seed's masks as one shared-batch group when `fuse` (`train.fit`; same
+    flattened, chunked population; with `fuse` a seed's masks as one shared-batch group (`train.fit`; same
     results up to the order of float sums).
     """
     keys = train.as_keys(seed_keys)

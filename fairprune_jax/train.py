@@ -371,7 +371,7 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
                    capture_step: int | None = None,
                    between_epochs: Callable[[int, TrainState, PyTree, np.ndarray], tuple[TrainState, PyTree]]
                    | None = None,
-                   progress: Callable[[dict], None] | None = None, mesh: Mesh | None = None, fuse: bool = True,
+                   progress: Callable[[dict], None] | None = None, mesh: Mesh | None = None, fuse: bool = False,
                    ) -> tuple[Variables, np.ndarray, PyTree | None, Variables | None]:
     """Train a population (all trees with leading axis S) and return (variables, losses [S, E], masks, snapshot).
 
@@ -381,10 +381,11 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     it to the state with `remask` (weights and optimizer state).
     `mesh` (`sharding.seed_mesh()`): each chunk's models are spread over the mesh's `seed` axis (the chunk is
     rounded up to a multiple of the device count), the training set is replicated; results are unchanged.
-    `fuse` (default): runs of R consecutive models sharing one data key (`shared_order_group`) are trained
-    with `train_epoch(shared=True)`, their batch gathered once and their first layer one wide GEMM; chunks
-    then hold whole groups (a chunk smaller than R uses a divisor of R). Results equal the unfused ones up to
-    the order of float sums.
+    `fuse`: runs of R consecutive models sharing one data key (`shared_order_group`) are trained with
+    `train_epoch(shared=True)`, their batch gathered once and their first layer one wide GEMM; chunks then hold
+    whole groups (a chunk smaller than R uses a divisor of R). Results equal the unfused ones up to the order of
+    float sums. Off by default: on CPU, XLA lays the wide weight gradient out as [in, R*out] and copies it back
+    to [R, in, out] every step, which ate the GEMM gain in the measurements of benchmarks/bench_sweep.py.
     """
     cfg = read_config(tcfg)
     tx, _ = make_tx(tcfg, int(images.shape[0]))
@@ -458,7 +459,7 @@ def remask_population(tx: optax.GradientTransformation, state: TrainState, mask:
 def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, *, masks: PyTree | None = None,
         init_variables: Variables | None = None, chunk: int | None = None,
         progress: Callable[[dict], None] | None = None, capture_step: int | None = None,
-        mesh: Mesh | None = None, fuse: bool = True) -> tuple[Variables, dict[str, Any]]:
+        mesh: Mesh | None = None, fuse: bool = False) -> tuple[Variables, dict[str, Any]]:
     """Train S models (one per key) as one compiled program; returns (variables [S, ...], history).
 
     Config fields read from `tcfg` (ml_collections ConfigDict or dict):
@@ -475,7 +476,7 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     chunk: train at most this many models at a time (one compiled function for all chunks).
     mesh: spread each chunk's models over the devices of a `sharding.seed_mesh()` (same results).
     fuse: train consecutive keys that are equal (the variants of one seed) as one shared-batch group
-        (`run_population`); False trains every model on its own (same results up to float-sum order).
+        (`run_population`; off by default, see there); same results up to float-sum order.
     progress: called after every epoch of every chunk with {"chunk", "chunks", "epoch", "epochs", "loss"}.
     capture_step: also return, as history["snapshot"], the variables right after this global step (lottery
         rewinding to step k; 0 = the initial variables).

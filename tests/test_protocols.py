@@ -228,12 +228,12 @@ def test_protocols_check_the_model_contract_first(setup):
 
 
 def test_finetune_fused_equals_unfused(setup):
-    """A seed's masks share its fine-tuning data order, so by default they are trained as one shared-batch group
+    """A seed's masks share its fine-tuning data order, so with `fuse` they are trained as one shared-batch group
     (`train.run_population`); that only reorders float sums."""
     x, y, keys, dense = setup
     ft = protocols.finetune_config(CFG, lr_scale=0.1, epochs=1)
-    v, m, hist = protocols.one_shot(SPEC, ft, dense, ["mp", "gp"], [0.5, 0.9], keys, x, y)
-    v2, hist2 = protocols.finetune(SPEC, ft, dense, m, keys, x, y, fuse=False)
+    v, m, hist = protocols.one_shot(SPEC, ft, dense, ["mp", "gp"], [0.5, 0.9], keys, x, y, fuse=True)
+    v2, hist2 = protocols.finetune(SPEC, ft, dense, m, keys, x, y)
     for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(v2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(hist["loss"], hist2["loss"], rtol=1e-5)

@@ -424,7 +424,7 @@ def test_shared_order_group_finds_runs_of_equal_keys():
 
 
 def test_fused_groups_equal_unfused_and_alone(mnist_slice):
-    """Models sharing a data key (a seed's pruned variants) are trained as one shared-batch group; this only
+    """Models sharing a data key (a seed's pruned variants) can be trained as one shared-batch group; this only
     reorders float sums: fused == unfused to 1e-5 (also chunked, and the rewinding snapshot), and a model trained
     alone equals it inside the group to the tolerance of `test_vmapped_equals_alone_and_chunked`."""
     x, y = mnist_slice
@@ -438,9 +438,9 @@ def test_fused_groups_equal_unfused_and_alone(mnist_slice):
     # on these 2k examples the same reordering grows to ~3e-5 over 32 steps, like any change of compiled shape)
     cfg = _cfg(epochs=2, momentum=0.0)
     kw = dict(masks=masks, init_variables=init, capture_step=20)
-    fused, hf = train.fit(spec, cfg, keys, x, y, **kw)
-    plain, hp = train.fit(spec, cfg, keys, x, y, fuse=False, **kw)
-    chunked, hc = train.fit(spec, cfg, keys, x, y, chunk=3, **kw)  # groups of 2 (the divisor of 4 under 3)
+    fused, hf = train.fit(spec, cfg, keys, x, y, fuse=True, **kw)
+    plain, hp = train.fit(spec, cfg, keys, x, y, **kw)
+    chunked, hc = train.fit(spec, cfg, keys, x, y, chunk=3, fuse=True, **kw)  # groups of 2 (divisor of 4 under 3)
     assert _maxdiff(fused, plain) < 1e-5 and _maxdiff(hf["snapshot"], hp["snapshot"]) < 1e-5
     assert _maxdiff(chunked, fused) < 1e-5
     np.testing.assert_allclose(hf["loss"], hp["loss"], rtol=1e-5)
