@@ -172,7 +172,7 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
              seed_keys: Any, x_train: Any, y_train: Any, *, exclude_output: bool = False,
              lam: float = scores_lib.LAMBDA_UP, chunk: int | None = None,
              progress: Callable[[dict], None] | None = None, mesh: Any = None, grad_batch: int = 128,
-             ) -> tuple[Variables, PyTree, dict[str, Any]]:
+             fuse: bool = False) -> tuple[Variables, PyTree, dict[str, Any]]:
     """Prune each converged dense model once per (criterion, sparsity) and fine-tune the pruned models.
 
     dense_variables: [S, ...] trained dense models; seed_keys [S] their seeds' keys.
@@ -180,7 +180,8 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
         tcfg.epochs = 0 returns the pruned models without fine-tuning. A fresh optimizer state is used.
     Returns (variables [S, M, P, ...], masks [S, M, P, ...], history {"loss": [S, M, P, epochs],
     "criteria", "sparsities"}). The fine-tuning is `finetune` of these masks: all S·M·P models as one flattened,
-    chunked population; the models of one seed share its data order (`purpose_key(seed, "finetune_data")`).
+    chunked population; the models of one seed share its data order (`purpose_key(seed, "finetune_data")`),
+    so with `fuse` they can be trained as one shared-batch group (`train.run_population`).
     """
     criteria = _check_criteria(criteria)
     grid = _check_sparsities(sparsities)
@@ -195,13 +196,13 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
                                       exclude_output=exclude_output, lam=lam) for c in criteria]
     mask = _stack(per_criterion, axis=1)  # [S, M, P, ...]
     variables, hist = finetune(spec, tcfg, dense_variables, mask, keys, images, labels, chunk=chunk,
-                               progress=progress, mesh=mesh)
+                               progress=progress, mesh=mesh, fuse=fuse)
     return variables, mask, {"loss": hist["loss"], "criteria": criteria, "sparsities": grid}
 
 
 def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTree, seed_keys: Any, x_train: Any,
              y_train: Any, *, chunk: int | None = None, progress: Callable[[dict], None] | None = None,
-             mesh: Any = None) -> tuple[Variables, dict[str, Any]]:
+             mesh: Any = None, fuse: bool = False) -> tuple[Variables, dict[str, Any]]:
     """Masked fine-tuning of any mask population: every mask of seed s starts from seed s's dense weights.
 
     dense_variables: [S, ...] (e.g. from `train.fit`); seed_keys [S] their seeds' keys.
@@ -211,7 +212,8 @@ def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTr
         masked dense models. Data order: the seed's fine-tuning stream (`purpose_key(seed, "finetune_data")`),
         shared by all its masks (paired), the one `one_shot` uses.
     Returns (variables [S, *lead, ...], {"loss": [S, *lead, epochs]}); all S·prod(lead) models are trained as one
-    flattened, chunked population.
+    flattened, chunked population; with `fuse` a seed's masks as one shared-batch group (`train.fit`; same
+    results up to the order of float sums).
     """
     keys = train.as_keys(seed_keys)
     s_ = int(keys.shape[0])
@@ -229,7 +231,8 @@ def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTr
     masks = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(one["params"]), jax.tree.leaves(masks))
     ft_keys = jnp.repeat(jax.vmap(lambda k: train.purpose_key(k, "finetune_data"))(keys), r)
     out, hist = train.fit(spec, tcfg, ft_keys, x_train, y_train, masks=_flatten_lead(masks, len(mask_lead)),
-                          init_variables=_repeat(dense_variables, r), chunk=chunk, progress=progress, mesh=mesh)
+                          init_variables=_repeat(dense_variables, r), chunk=chunk, progress=progress, mesh=mesh,
+                          fuse=fuse)
     return _reshape_lead(out, mask_lead), {"loss": hist["loss"].reshape(*mask_lead, -1)}
 
 

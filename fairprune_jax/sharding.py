@@ -10,7 +10,9 @@ Chunk sizes are rounded up to a multiple of the mesh size so every device holds 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+import re
+from typing import Any, Mapping, MutableMapping, Sequence
 
 import jax
 import numpy as np
@@ -26,6 +28,49 @@ def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     if not devs:
         raise ValueError("devices: empty device list")
     return Mesh(np.asarray(devs), (SEED_AXIS,))
+
+
+HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def host_device_flags(env: Mapping[str, str], cores: int) -> str | None:
+    """The XLA_FLAGS value that exposes `cores` CPU cores as host devices, or None to leave `env` alone: when
+    XLA_FLAGS already sets the device count, when JAX_PLATFORMS names a platform other than cpu, or with
+    fewer than 2 cores. Pure: `use_all_cores` applies it."""
+    flags = env.get("XLA_FLAGS", "")
+    if cores < 2 or re.search(re.escape(HOST_DEVICES_FLAG) + r"\b", flags):
+        return None
+    platforms = [p.strip() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms and platforms != ["cpu"]:
+        return None
+    return f"{flags} {HOST_DEVICES_FLAG}={int(cores)}".strip()
+
+
+def use_all_cores(env: MutableMapping[str, str] | None = None, cores: int | None = None) -> bool:
+    """At start-up, before JAX initialises its backends: expose every core of a CPU host as a host device, so
+    a `seed_mesh()` spreads the model axis over them (each device's models then run on their own core).
+
+    Sets XLA_FLAGS in `env` (default `os.environ`) unless the user set the device count or chose a non-CPU
+    platform; on a GPU/TPU host the CPU devices are not the default backend, so the flag is harmless. Returns
+    True when the flag was set. Called after JAX has created its devices it has no effect (first thing in main).
+    """
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0)) if cores is None else int(cores)
+    flags = host_device_flags(env, cores)
+    if flags is None:
+        return False
+    env["XLA_FLAGS"] = flags
+    return True
+
+
+def default_mesh(enabled: bool | None = None) -> Mesh | None:
+    """The mesh the pipelines use: `seed_mesh()` over every device when there is more than one (e.g. the host
+    devices of `use_all_cores`), else None. `enabled` True/False forces it on/off (config.mesh.enabled)."""
+    if enabled is False:
+        return None
+    if enabled is None and len(jax.devices()) < 2:
+        return None
+    return seed_mesh()
 
 
 def size(mesh: Mesh | None) -> int:

@@ -245,12 +245,24 @@ def epoch_permutation(data_key: jax.Array, epoch: jax.Array, n: int, batch_size:
 def train_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: int, state: TrainState,
                 mask: PyTree | None, data_key: jax.Array, epoch: jax.Array, images: jax.Array, labels: jax.Array,
                 capture_step: int | None = None, snapshot: Variables | None = None, augment: str = "none",
-                ) -> tuple[TrainState, jax.Array, Variables | None]:
+                shared: bool = False) -> tuple[TrainState, jax.Array, Variables | None]:
     """One epoch of one model: `lax.scan` of `train_step` over its batches. Returns (state, mean loss,
     snapshot), where the snapshot holds the variables right after global step `capture_step` (rewinding).
-    augment="flip_crop" transforms every batch with `flip_crop`, keyed by (data key, epoch, step)."""
+    augment="flip_crop" transforms every batch with `flip_crop`, keyed by (data key, epoch, step).
+
+    shared=True: `state`, `mask` and `snapshot` carry a leading axis of R models that share this data order
+    (e.g. the pruned variants of one seed). Each batch is gathered once and the step is vmapped over the R
+    models with the batch unbatched, so the first layer's forward and weight gradient are one wide GEMM
+    [B, in] x [in, R*out] instead of R small ones; every model's result is the one it gets alone up to the
+    order of float sums. The losses are then [R]."""
     idx = epoch_permutation(data_key, epoch, images.shape[0], batch_size)
     epoch_key = jax.random.fold_in(data_key, epoch)
+    step_fn = lambda st, m, xb, yb: train_step(spec, tx, st, m, xb, yb)  # noqa: E731
+    capture = lambda st, snap: jax.tree.map(  # noqa: E731
+        lambda s, v: jnp.where(st.step == capture_step, v, s), snap, state_variables(st))
+    if shared:
+        step_fn = jax.vmap(step_fn, in_axes=(0, 0, None, None))
+        capture = jax.vmap(capture)
 
     def body(carry, step_and_idx):
         st, snap = carry
@@ -258,15 +270,30 @@ def train_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: i
         xb = images[batch_idx]
         if augment == "flip_crop":
             xb = flip_crop(jax.random.fold_in(epoch_key, step), xb)
-        st, loss = train_step(spec, tx, st, mask, xb, labels[batch_idx])
+        st, loss = step_fn(st, mask, xb, labels[batch_idx])
         if capture_step is not None:
-            hit = st.step == capture_step
-            snap = jax.tree.map(lambda s, v: jnp.where(hit, v, s), snap, state_variables(st))
+            snap = capture(st, snap)
         return (st, snap), loss
 
     steps = jnp.arange(idx.shape[0], dtype=jnp.int32)
     (state, snapshot), losses = jax.lax.scan(body, (state, snapshot), (steps, idx))
-    return state, jnp.mean(losses), snapshot
+    return state, jnp.mean(losses, axis=0), snapshot
+
+
+def shared_order_group(data_keys: jax.Array, limit: int | None = None) -> int:
+    """The size R of the runs of consecutive models sharing one data key, when every run has the same size
+    (the flattened [S, R] populations of `protocols`: the R pruned variants of a seed share its data order);
+    1 otherwise. With `limit` (a chunk size), the largest divisor of R that is <= limit, so chunks hold whole
+    groups."""
+    raw = np.asarray(jax.random.key_data(data_keys)).reshape(int(data_keys.shape[0]), -1)
+    n = raw.shape[0]
+    starts = np.flatnonzero(np.any(raw[1:] != raw[:-1], axis=1)) + 1
+    bounds = np.concatenate([[0], starts, [n]])
+    runs = np.diff(bounds)
+    r = int(runs[0]) if n and np.all(runs == runs[0]) else 1
+    if limit is not None:
+        r = max(d for d in range(1, r + 1) if r % d == 0 and d <= max(int(limit), 1))
+    return r
 
 
 # ----------------------------------------------------------------------------------------------- populations
@@ -274,14 +301,22 @@ def train_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: i
 
 @functools.lru_cache(maxsize=64)
 def _compiled_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: int, masked: bool,
-                    capture_step: int | None, augment: str = "none") -> Callable:
-    """jit(vmap(train_epoch)) over the model axis; the dataset is shared (unbatched). Cached per setting."""
+                    capture_step: int | None, augment: str = "none", group: int = 1) -> Callable:
+    """jit(vmap(train_epoch)) over the model axis; the dataset is shared (unbatched). Cached per setting.
+
+    group > 1: the flat model axis [C] is viewed as [C / group, group] (models sharing a data key are
+    consecutive); the outer vmap runs over groups, each group's epoch is `train_epoch(shared=True)`."""
 
     def run(state, mask, data_keys, epoch, images, labels, snapshot):
         fn = lambda st, m, k, snap: train_epoch(  # noqa: E731
             spec, tx, batch_size, st, m if masked else None, k, epoch, images, labels, capture_step, snap,
-            augment)
-        return jax.vmap(fn)(state, mask, data_keys, snapshot)
+            augment, shared=group > 1)
+        if group == 1:
+            return jax.vmap(fn)(state, mask, data_keys, snapshot)
+        split = lambda t: jax.tree.map(lambda x: x.reshape(-1, group, *x.shape[1:]), t)  # noqa: E731
+        merge = lambda t: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), t)  # noqa: E731
+        out = jax.vmap(fn)(split(state), split(mask), data_keys[::group], split(snapshot))
+        return merge(out)
 
     return jax.jit(run, donate_argnums=(0, 6))
 
@@ -336,7 +371,7 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
                    capture_step: int | None = None,
                    between_epochs: Callable[[int, TrainState, PyTree, np.ndarray], tuple[TrainState, PyTree]]
                    | None = None,
-                   progress: Callable[[dict], None] | None = None, mesh: Mesh | None = None,
+                   progress: Callable[[dict], None] | None = None, mesh: Mesh | None = None, fuse: bool = False,
                    ) -> tuple[Variables, np.ndarray, PyTree | None, Variables | None]:
     """Train a population (all trees with leading axis S) and return (variables, losses [S, E], masks, snapshot).
 
@@ -346,6 +381,11 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     it to the state with `remask` (weights and optimizer state).
     `mesh` (`sharding.seed_mesh()`): each chunk's models are spread over the mesh's `seed` axis (the chunk is
     rounded up to a multiple of the device count), the training set is replicated; results are unchanged.
+    `fuse`: runs of R consecutive models sharing one data key (`shared_order_group`) are trained with
+    `train_epoch(shared=True)`, their batch gathered once and their first layer one wide GEMM; chunks then hold
+    whole groups (a chunk smaller than R uses a divisor of R). Results equal the unfused ones up to the order of
+    float sums. Off by default: on CPU, XLA lays the wide weight gradient out as [in, R*out] and copies it back
+    to [R, in, out] every step, which ate the GEMM gain in the measurements of benchmarks/bench_sweep.py.
     """
     cfg = read_config(tcfg)
     tx, _ = make_tx(tcfg, int(images.shape[0]))
@@ -353,14 +393,16 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     chunk = n if chunk is None else int(chunk)
     if chunk < 1:
         raise ValueError(f"chunk: need a positive integer, got {chunk}")
-    chunk = sharding.round_up(min(chunk, n), mesh)
+    data_keys = jax.vmap(lambda k: purpose_key(k, "data"))(keys)
+    group = shared_order_group(data_keys, limit=chunk) if fuse else 1
+    unit = group * sharding.size(mesh)  # whole groups, split evenly over the devices
+    chunk = -(-min(chunk, n) // unit) * unit
     n_chunks = -(-n // chunk)
     whole = n_chunks == 1 and chunk == n  # one chunk, no padding: use the trees as they are
     images, labels = sharding.replicate((images, labels), mesh)
     masked = masks is not None or between_epochs is not None
-    data_keys = jax.vmap(lambda k: purpose_key(k, "data"))(keys)
     init_fn = _compiled_init(spec, tx, masked)
-    epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step, cfg.augment)
+    epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step, cfg.augment, group)
 
     outs, losses, out_masks, snaps = [], [], [], []
     for c in range(n_chunks):
@@ -417,7 +459,7 @@ def remask_population(tx: optax.GradientTransformation, state: TrainState, mask:
 def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, *, masks: PyTree | None = None,
         init_variables: Variables | None = None, chunk: int | None = None,
         progress: Callable[[dict], None] | None = None, capture_step: int | None = None,
-        mesh: Mesh | None = None) -> tuple[Variables, dict[str, Any]]:
+        mesh: Mesh | None = None, fuse: bool = False) -> tuple[Variables, dict[str, Any]]:
     """Train S models (one per key) as one compiled program; returns (variables [S, ...], history).
 
     Config fields read from `tcfg` (ml_collections ConfigDict or dict):
@@ -433,6 +475,8 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     masks: bool trees [S, ...] shaped like params; pruned weights stay exactly zero.
     chunk: train at most this many models at a time (one compiled function for all chunks).
     mesh: spread each chunk's models over the devices of a `sharding.seed_mesh()` (same results).
+    fuse: train consecutive keys that are equal (the variants of one seed) as one shared-batch group
+        (`run_population`; off by default, see there); same results up to float-sum order.
     progress: called after every epoch of every chunk with {"chunk", "chunks", "epoch", "epochs", "loss"}.
     capture_step: also return, as history["snapshot"], the variables right after this global step (lottery
         rewinding to step k; 0 = the initial variables).
@@ -465,7 +509,7 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
         _check_population("init_variables", init_variables, one, n)
         variables = init_variables
     out, losses, _, snapshot = run_population(spec, tcfg, keys, images, labels, variables=variables, masks=masks,
-                                              mesh=mesh,
+                                              mesh=mesh, fuse=fuse,
                                               chunk=chunk, capture_step=capture_step, progress=progress)
     return out, {"loss": losses, "snapshot": snapshot}
 

@@ -225,3 +225,18 @@ def test_protocols_check_the_model_contract_first(setup):
     listy = ModelSpec("listy", mlp.MLP([100, 30], 10), (28, 28, 1), 10)
     with pytest.raises(ValueError, match="spec.module: MLP is not hashable.*tuples instead of lists"):
         protocols.one_shot(listy, CFG, dense, ["mp"], [0.5], keys, x, y)
+
+
+def test_finetune_fused_equals_unfused(setup):
+    """A seed's masks share its fine-tuning data order, so with `fuse` they are trained as one shared-batch group
+    (`train.run_population`); that only reorders float sums."""
+    x, y, keys, dense = setup
+    ft = protocols.finetune_config(CFG, lr_scale=0.1, epochs=1)
+    v, m, hist = protocols.one_shot(SPEC, ft, dense, ["mp", "gp"], [0.5, 0.9], keys, x, y, fuse=True)
+    v2, hist2 = protocols.finetune(SPEC, ft, dense, m, keys, x, y)
+    for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(v2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hist["loss"], hist2["loss"], rtol=1e-5)
+    assert float(jnp.max(jnp.abs(v["params"]["hidden_0"]["kernel"] - dense["params"]["hidden_0"]["kernel"][:, None,
+                                                                                                         None]))) > 1e-3
+    _assert_pruned_zero(v, m)

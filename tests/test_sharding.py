@@ -39,3 +39,28 @@ def test_distributed_kwargs_leave_unset_fields_to_jax():
         "coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 2}
     sharding.initialize_distributed(dict(enabled=False))  # disabled: nothing happens
     sharding.initialize_distributed(None)
+
+
+def test_host_device_flags_only_on_cpu_and_only_when_unset():
+    assert sharding.host_device_flags({}, 16) == "--xla_force_host_platform_device_count=16"
+    assert sharding.host_device_flags({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}, 2) == (
+        "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2")
+    assert sharding.host_device_flags({"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, 8) is None
+    assert sharding.host_device_flags({"JAX_PLATFORMS": "cuda"}, 8) is None
+    assert sharding.host_device_flags({"JAX_PLATFORMS": "cpu"}, 8) is not None
+    assert sharding.host_device_flags({}, 1) is None
+    env: dict[str, str] = {}
+    assert sharding.use_all_cores(env, cores=4) and env["XLA_FLAGS"].endswith("device_count=4")
+    assert not sharding.use_all_cores(env, cores=4)  # already set: left alone
+    assert sharding.default_mesh(False) is None
+    assert (sharding.default_mesh() is None) == (jax.device_count() == 1)
+
+
+def test_use_all_cores_before_jax_starts_gives_a_mesh_over_the_cores():
+    code = ("from fairprune_jax import sharding; assert sharding.use_all_cores(cores=3); import jax; "
+            "print(jax.device_count(), sharding.size(sharding.default_mesh()))")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=HERE.parent, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["3", "3"]

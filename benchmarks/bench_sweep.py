@@ -1,0 +1,225 @@
+"""The issue-14 grid (LeNet-300-100 on MNIST, 4 seeds x 10 dense epochs, then MP/random/GP/UP x 5 sparsities x 2
+fine-tuning epochs) through the real sweep pipeline, against a FLOP lower bound measured in the same run.
+
+Prints: the exact FLOP count of the grid from the model's kernel shapes (forward and weight-gradient GEMMs of every
+layer, input-gradient GEMMs of layers 2..L, evaluation forwards on the test set); the rate XLA reaches on each of
+those GEMM shapes in this run (one model, S models batched, S models fused into one wide GEMM) and the square-GEMM
+peak; then, interleaved, `python -m experiments.sweep` runs of the grid per variant (wall, per-stage seconds from
+the workdir's `timings.json`, peak RSS of the child), their medians and wall / bound; and the fusion lever measured
+at library level (one fine-tuning epoch of the grid's 80 pruned models, `fuse` on/off, interleaved).
+
+    python -m benchmarks.bench_sweep                        # 3 interleaved repeats of every variant
+    python -m benchmarks.bench_sweep --repeats 1 --variants default host2 --no-fusion-lever
+    python -m benchmarks.bench_sweep --default-sweep        # also the README's default MNIST sweep
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+B = 128
+N_TRAIN, N_TEST = 60000, 10000
+SEEDS, DENSE_EPOCHS, FT_EPOCHS = 4, 10, 2
+CRITERIA = ("mp", "random", "gp", "up")
+SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)
+GRID = ["--config.num_seeds=4", "--config.train.epochs=10", "--config.train.optimizer.momentum=0.9",
+        "--config.train.optimizer.weight_decay=5e-4", "--config.finetune.optimizer.lr=0.1",
+        "--config.finetune.optimizer.momentum=0.9", "--config.finetune.optimizer.weight_decay=5e-4",
+        "--config.prune.criteria=('mp','random','gp','up')", "--config.prune.sparsities=(0.5,0.8,0.9,0.95,0.98)",
+        "--config.save_pruned=False"]
+# variant -> (extra overrides, extra environment)
+VARIANTS = {
+    "default": ([], {}),
+    "host2": (["--config.mesh.enabled=True"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+}
+
+
+def kernel_shapes(model: str = "lenet_300_100") -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of every Dense kernel of `model`, input to output, from its parameter shapes."""
+    import jax
+
+    from fairprune_jax.models import get_model
+
+    spec = get_model(model)
+    shapes = jax.eval_shape(spec.init, jax.random.key(0))["params"]
+    kernels = [(int(leaf.shape[0]), int(leaf.shape[1])) for path, leaf in
+               jax.tree_util.tree_leaves_with_path(shapes) if "kernel" in jax.tree_util.keystr(path)]
+    chain, width = [], int(np.prod(spec.input_shape))  # params are stored by name: chain them by width
+    while kernels:
+        nxt = next((k for k in kernels if k[0] == width), None)
+        if nxt is None:
+            raise ValueError(f"{model}: kernels {kernels} do not chain from input width {width}")
+        chain.append(nxt)
+        kernels.remove(nxt)
+        width = nxt[1]
+    return chain
+
+
+def step_gemms(layers: list[tuple[int, int]], batch: int = B) -> list[tuple[str, int, int, int]]:
+    """(name, m, k, n) of the GEMMs of one training step: forward x[B,i]W[i,o], weight gradient x^T[i,B]dy[B,o],
+    input gradient dy[B,o]W^T[o,i] (not for the first layer: its input is the data)."""
+    out = []
+    for j, (i, o) in enumerate(layers):
+        out.append((f"fwd{j + 1}", batch, i, o))
+        out.append((f"wgrad{j + 1}", i, batch, o))
+        if j:
+            out.append((f"igrad{j + 1}", batch, o, i))
+    return out
+
+
+def grid_flops(layers: list[tuple[int, int]], *, seeds: int = SEEDS, dense_epochs: int = DENSE_EPOCHS,
+               pruned: int = len(CRITERIA) * len(SPARSITIES), ft_epochs: int = FT_EPOCHS, n_train: int = N_TRAIN,
+               n_test: int = N_TEST, batch: int = B) -> dict[str, float]:
+    """Exact GEMM FLOPs of the grid (2·m·k·n per GEMM): training steps (last partial batch dropped) of the dense
+    and fine-tuned models, plus one evaluation forward of every model on the test set."""
+    step = sum(2 * m * k * n for _, m, k, n in step_gemms(layers, batch))
+    steps = n_train // batch
+    dense = seeds * dense_epochs * steps * step
+    finetune = seeds * pruned * ft_epochs * steps * step
+    evaluation = seeds * (1 + pruned) * n_test * 2 * sum(i * o for i, o in layers)
+    return {"step": float(step), "dense": float(dense), "finetune": float(finetune), "eval": float(evaluation),
+            "total": float(dense + finetune + evaluation)}
+
+
+def gemm_rate(m: int, k: int, n: int, *, models: int = 1, mode: str = "single", reps: int = 5) -> float:
+    """FLOP/s XLA reaches on `models` GEMMs [m,k]x[k,n]: one at a time ("single", models=1), vmapped with both
+    operands batched ("batched"), or with the left operand shared and the right ones side by side, one wide
+    GEMM [m,k]x[k,n·models] ("fused"). A scan over 16 distinct left operands per call; the best of `reps`."""
+    import jax
+    import jax.numpy as jnp
+
+    key = jax.random.key(0)
+    lead = () if mode in ("single", "fused") else (models,)
+    a = jax.random.normal(key, (16, *lead, m, k), jnp.float32)
+    wide = n * models if mode == "fused" else n
+    b = jax.random.normal(jax.random.fold_in(key, 1), (*lead, k, wide), jnp.float32)
+
+    @jax.jit
+    def run(a, b):
+        return jax.lax.scan(lambda c, x: (c + jnp.matmul(x, b).sum(), None), 0.0, a)[0]
+
+    jax.block_until_ready(run(a, b))
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(run(a, b))
+        best = min(best, time.perf_counter() - t)
+    per_call = 16 * 2 * m * k * wide * (models if mode == "batched" else 1)
+    return per_call / best
+
+
+def bound_seconds(layers: list[tuple[int, int]], rates: dict[str, float], flops: dict[str, float]) -> float:
+    """Lower bound: every training GEMM at the rate measured for its shape, evaluation at the fastest rate."""
+    steps = (flops["dense"] + flops["finetune"]) / flops["step"]
+    train = sum(steps * 2 * m * k * n / rates[name] for name, m, k, n in step_gemms(layers))
+    return train + flops["eval"] / max(rates.values())
+
+
+def run_sweep(workdir: Path, overrides: list[str], env: dict[str, str], config: str = "configs/mnist.py",
+              ) -> dict[str, float]:
+    """One `python -m experiments.sweep` run in a fresh `workdir`: wall, peak RSS (GiB) and per-stage seconds."""
+    cmd = [sys.executable, "-m", "experiments.sweep", f"--config={config}", *overrides,
+           f"--config.workdir={workdir}", "--config.progress=False"]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if status:
+        raise RuntimeError(f"sweep failed ({status}): {' '.join(cmd)}\n{err[-2000:]}")
+    stages = json.loads((workdir / "timings.json").read_text())
+    out = {"wall": wall, "rss_gib": usage.ru_maxrss / 2**20}
+    for stage, runs in stages.items():
+        group = stage.split(".")[0]
+        out[group] = out.get(group, 0.0) + sum(r.get("seconds") or 0.0 for r in runs)
+    return out
+
+
+def fusion_lever(repeats: int) -> dict[str, list[float]]:
+    """Seconds of one fine-tuning epoch of the grid's S·M·P pruned models (dense 1 epoch, one-shot masks) with
+    shared-batch fusion on and off, interleaved; also the largest weight difference between the two."""
+    import jax
+    import jax.numpy as jnp
+
+    from fairprune_jax import protocols, train
+    from fairprune_jax.data import load_split
+    from fairprune_jax.models import get_model
+
+    split = load_split("mnist", "train")
+    x = jnp.asarray((split.images.astype(np.float32) / 255.0 - 0.1307) / 0.3081)
+    y = jnp.asarray(split.labels)
+    spec = get_model("lenet_300_100")
+    cfg = dict(epochs=1, batch_size=B, optimizer=dict(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4))
+    keys = train.as_keys(list(range(SEEDS)))
+    dense, _ = train.fit(spec, cfg, keys, x, y)
+    _, masks, _ = protocols.one_shot(spec, dict(cfg, epochs=0), dense, CRITERIA, SPARSITIES, keys, x, y)
+    times: dict[str, list[float]] = {"fused": [], "unfused": []}
+    outs = {}
+    for _ in range(repeats + 1):  # the first round compiles
+        for name in times:
+            t = time.perf_counter()
+            outs[name] = jax.block_until_ready(
+                protocols.finetune(spec, cfg, dense, masks, keys, x, y, fuse=name == "fused")[0])
+            times[name].append(time.perf_counter() - t)
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(outs["fused"]),
+                                                              jax.tree.leaves(outs["unfused"])))
+    return {k: v[1:] for k, v in times.items()} | {"maxdiff": [diff]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--no-fusion-lever", action="store_true")
+    ap.add_argument("--default-sweep", action="store_true", help="also time the default MNIST sweep")
+    args = ap.parse_args()
+    print(f"load average: {os.getloadavg()}")
+    layers = kernel_shapes()
+    flops = grid_flops(layers)
+    print(f"layers {layers}; FLOPs: " + ", ".join(f"{k} {v / 1e12:.3f} T" for k, v in flops.items() if k != "step"))
+    pruned = len(CRITERIA) * len(SPARSITIES)
+    rates, rows = {}, []
+    for name, m, k, n in step_gemms(layers):
+        single = gemm_rate(m, k, n)
+        batched = gemm_rate(m, k, n, models=pruned, mode="batched")
+        fused = gemm_rate(m, k, n, models=pruned, mode="fused") if name.startswith(("fwd", "wgrad")) else np.nan
+        rates[name] = batched
+        rows.append(f"  {name:7s} [{m},{k}]x[{k},{n}]: single {single / 1e9:6.1f}  batched x{pruned} "
+                    f"{batched / 1e9:6.1f}  fused-wide {fused / 1e9:6.1f} GFLOP/s")
+    square = gemm_rate(1024, 1024, 1024)
+    print("GEMM rates (this run):\n" + "\n".join(rows) + f"\n  square 1024^3: {square / 1e9:.1f} GFLOP/s")
+    bound = bound_seconds(layers, rates, flops)
+    print(f"lower bound: {bound:.1f} s at the batched per-shape rates, {flops['total'] / square:.1f} s at the "
+          f"square peak")
+    if not args.no_fusion_lever:
+        lev = fusion_lever(args.repeats)
+        print(f"fusion lever (one fine-tuning epoch of {SEEDS * pruned} models): fused "
+              f"{np.median(lev['fused']):.1f} s, unfused {np.median(lev['unfused']):.1f} s (medians of "
+              f"{args.repeats}); max |w_fused - w_unfused| {lev['maxdiff'][0]:.2e}")
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for v in args.variants:
+                extra, env = VARIANTS[v]
+                res = run_sweep(Path(tmp) / f"{v}-{r}", GRID + extra, env)
+                results[v].append(res)
+                print(f"  run {r} {v}: " + ", ".join(f"{k} {x:.1f}" for k, x in res.items()), flush=True)
+        for v, runs in results.items():
+            med = {k: float(np.median([x[k] for x in runs])) for k in runs[0]}
+            print(f"{v}: median wall {med['wall']:.1f} s ({med['wall'] / bound:.2f} x bound), "
+                  + ", ".join(f"{k} {x:.1f}" for k, x in med.items() if k != "wall"))
+        if args.default_sweep:
+            res = run_sweep(Path(tmp) / "default-mnist", [], {})
+            print(f"default MNIST sweep: wall {res['wall']:.1f} s, peak RSS {res['rss_gib']:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
