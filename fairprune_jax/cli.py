@@ -208,3 +208,10 @@ def report() -> None:
         _guard(body)
 
     app.run(main, flags_parser=_parse)
+
+
+def launch() -> None:
+    """``python -m experiments.launch``: run a study as N cooperating JAX processes on this machine."""
+    from fairprune_jax import launch as launch_lib
+
+    sys.exit(launch_lib.main(sys.argv[1:], die=_die))
