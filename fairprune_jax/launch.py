@@ -119,7 +119,7 @@ def run(p: Plan, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr, grace: f
             threads.append(t)
     first: tuple[int, int] | None = None
     try:
-        while any(q.poll() is None for q in procs):
+        while None in [q.poll() for q in procs]:  # a list: poll every process each round
             failed = [(i, q.returncode) for i, q in enumerate(procs) if q.returncode not in (None, 0)]
             if failed:
                 first = failed[0]

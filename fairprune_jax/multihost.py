@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import signal
 import socket
+import threading
 from typing import Any, Iterator, Mapping
 
 import jax
@@ -75,6 +77,7 @@ def initialize(cfg: Any) -> None:
             raise ValueError(f"config.distributed.coordinator_address: port {port} on {host} is in use; choose "
                              "another port (experiments.launch picks a free one)")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only CPU devices use it
+    handler = signal.getsignal(signal.SIGTERM)
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=INITIALIZATION_TIMEOUT_S,
                                    heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
@@ -84,6 +87,8 @@ def initialize(cfg: Any) -> None:
         raise ValueError(f"config.distributed: could not join {kwargs.get('num_processes', 'the')} processes at "
                          f"{address or 'the discovered coordinator'} within {INITIALIZATION_TIMEOUT_S} s (is every "
                          f"process started, with the same num_processes?): {first[:200]}") from e
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)  # JAX's preemption notifier took SIGTERM over; `kill` stops a run
 
 
 def active() -> bool:
