@@ -337,7 +337,7 @@ def population_logits(spec: ModelSpec, variables: PyTree, images: Any, *, chunk:
     if images.ndim < 1 or images.shape[1:] != tuple(spec.input_shape):
         raise ValueError(f"images: shape {images.shape} is not [N, *{tuple(spec.input_shape)}]")
     base = jax.eval_shape(spec.init, jax.random.key(0))
-    lead = _leading_shape({col: variables[col] for col in base}, base, "variables")
+    lead = leading_shape({col: variables[col] for col in base}, base, "variables")
     if len(lead) != 1:
         raise ValueError(f"variables: expected one leading population axis, got {lead}")
     s = lead[0]

@@ -110,9 +110,9 @@ def initialize_distributed(cfg: Any = None) -> None:
     Fields (all optional): `enabled` (bool), `coordinator_address` ("host:port"), `num_processes`,
     `process_id`, `local_device_ids`. On Cloud TPU every field can stay empty: JAX discovers the pod itself.
     """
-    if cfg is None or not bool(_get(cfg, "enabled", False)):
-        return
-    jax.distributed.initialize(**distributed_kwargs(cfg))
+    from fairprune_jax import multihost  # the one start-up path (checks, gloo on CPU, bounded timeouts)
+
+    multihost.initialize(cfg)
 
 
 def distributed_kwargs(cfg: Any) -> dict[str, Any]:
