@@ -102,11 +102,11 @@ def worst(codes: Sequence[int]) -> int:
     return 128 - bad[0] if bad[0] < 0 else bad[0]
 
 
-def run(p: Plan, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr, grace: float = GRACE_S,
+def run(p: Plan, *, out: TextIO | None = None, err: TextIO | None = None, grace: float = GRACE_S,
         poll: float = 0.2, env: dict | None = None) -> int:
-    """Start every process of ``p``, forward output, stop the others at the first failure; returns the exit code.
-
-    A first failure prints one line naming the process and its exit status."""
+    """Start every process of ``p``, forward output (default: this process's stdout / stderr), stop the others at
+    the first failure; returns the exit code. A first failure prints one line naming the process and its status."""
+    out, err = out or sys.stdout, err or sys.stderr
     lock = threading.Lock()
     env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
     procs, threads = [], []
