@@ -53,6 +53,7 @@ def check(cfg: Any) -> None:
 def port_free(host: str, port: int) -> bool:
     """Whether a TCP server could listen on ``host:port`` now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's server: a closing socket is no owner
         try:
             s.bind((host, port))
         except OSError as e:
