@@ -49,12 +49,32 @@ def _to_arrays(tree: PyTree) -> PyTree:
             raise ValueError(f"tree: leaf {path_str(path)!r} has non-numeric dtype {arr.dtype}")
         return jnp.asarray(arr)
 
-    return jax.tree_util.tree_map_with_path(conv, tree)
+    return _global(jax.tree_util.tree_map_with_path(conv, tree))
+
+
+def _global(tree: PyTree) -> PyTree:
+    """In a multi-host run, host-local leaves (the same on every process) as arrays replicated over all devices,
+    which orbax writes once; global leaves stay as they are (each process writes its shards)."""
+    from fairprune_jax import multihost, sharding
+
+    if not multihost.active():
+        return tree
+    return sharding.place(tree, sharding.replicated(sharding.seed_mesh()))
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    """What to restore a leaf as: in a multi-host run replicated over all devices (every process reads it whole)."""
+    from fairprune_jax import multihost, sharding
+
+    where = sharding.replicated(sharding.seed_mesh()) if multihost.active() else None
+    return jax.ShapeDtypeStruct(np.shape(x), _dtype(x), sharding=where)
 
 
 def exists(directory: str | os.PathLike, name: str) -> bool:
-    """Whether a complete checkpoint `name` exists in `directory`."""
-    return _path(directory, name).is_dir()
+    """Whether a complete checkpoint `name` exists in `directory` (in a multi-host run: process 0's answer)."""
+    from fairprune_jax import multihost
+
+    return multihost.agree(_path(directory, name).is_dir())
 
 
 def names(directory: str | os.PathLike) -> list[str]:
@@ -98,7 +118,7 @@ def restore(directory: str | os.PathLike, name: str, like: PyTree | None = None)
     try:
         if like is None:
             return ckpt.restore(path)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), _dtype(x)), like)
+        abstract = jax.tree.map(_abstract, like)
         try:
             return ckpt.restore(path, args=ocp.args.StandardRestore(abstract))
         except (ValueError, KeyError, TypeError) as e:

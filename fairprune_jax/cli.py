@@ -88,6 +88,9 @@ def _terminate(signum: int, frame: Any) -> None:
 
 def _guard(body: Callable[[], None]) -> None:
     """Run ``body`` with the one-line error and Ctrl-C conventions (tracebacks with --debug / --verbosity>0)."""
+    import jax
+
+    from fairprune_jax import multihost
     from fairprune_jax.studies import spine
 
     debug = FLAGS.debug or (FLAGS["verbosity"].present and FLAGS.verbosity > 0)
@@ -105,6 +108,21 @@ def _guard(body: Callable[[], None]) -> None:
         if debug:
             raise
         _die(str(e) or type(e).__name__)
+    except jax.errors.JaxRuntimeError as e:
+        if debug or not multihost.active():
+            raise
+        _lost_peer(e)
+
+
+def _lost_peer(e: Exception) -> NoReturn:
+    """A collective of a multi-process run failed (another process died or hung): one line, then exit at once
+    (``os._exit``: JAX's shutdown barrier would wait for the dead process, then abort)."""
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    print(f"error: lost another process of this run ({first[:200]}); rerun the same command to resume",
+          file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(2)
 
 
 def _run_flags(what: str) -> tuple[Any, Any, Any]:
@@ -208,3 +226,10 @@ def report() -> None:
         _guard(body)
 
     app.run(main, flags_parser=_parse)
+
+
+def launch() -> None:
+    """``python -m experiments.launch``: run a study as N cooperating JAX processes on this machine."""
+    from fairprune_jax import launch as launch_lib
+
+    sys.exit(launch_lib.main(sys.argv[1:], die=_die))

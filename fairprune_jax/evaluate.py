@@ -192,9 +192,9 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
                           uncertain_below=float(uncertain_below), var_lead=var_lead, mask_lead=mask_lead,
                           mesh=mesh)
         keep = min(c, n_models - start)
-        counts.append(np.asarray(out[0])[:keep])
-        conf.append(np.asarray(out[1])[:keep])
-        unc.append(np.asarray(out[2])[:keep])
+        counts.append(sharding.to_host(out[0])[:keep])
+        conf.append(sharding.to_host(out[1])[:keep])
+        unc.append(sharding.to_host(out[2])[:keep])
     counts_a = np.concatenate(counts).astype(np.int64).reshape(mask_lead + (k, k))
     mean_conf = (np.concatenate(conf).astype(np.float64) / n).reshape(mask_lead)
     frac_unc = (np.concatenate(unc).astype(np.float64) / n).reshape(mask_lead)
@@ -347,7 +347,7 @@ def population_logits(spec: ModelSpec, variables: PyTree, images: Any, *, chunk:
     for start in range(0, s, c):
         idx = jnp.asarray(np.minimum(np.arange(start, start + c), s - 1))
         part = jax.tree.map(lambda v: v[idx], variables)
-        out = [np.asarray(_logits_chunk(part, images[i:i + batch_size], spec=spec, mesh=mesh))
+        out = [sharding.to_host(_logits_chunk(part, images[i:i + batch_size], spec=spec, mesh=mesh))
                for i in range(0, images.shape[0], batch_size)]
         rows.append(np.concatenate(out, axis=1)[: min(c, s - start)])
     return np.concatenate(rows, axis=0)

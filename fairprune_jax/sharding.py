@@ -103,12 +103,50 @@ def shard_models(tree: PyTree, mesh: Mesh | None) -> PyTree:
         if n is None or n % k:
             raise ValueError(f"{jax.tree_util.keystr(path)}: leading axis {n} is not a multiple of the {k} devices "
                              f"of the '{SEED_AXIS}' mesh axis (round chunk sizes with sharding.round_up)")
-    return jax.device_put(tree, model_sharding(mesh))
+    return place(tree, model_sharding(mesh))
 
 
 def replicate(tree: PyTree, mesh: Mesh | None) -> PyTree:
     """Put a full copy on every device of the mesh (data shared by all models)."""
-    return tree if mesh is None else jax.device_put(tree, replicated(mesh))
+    return tree if mesh is None else place(tree, replicated(mesh))
+
+
+def place(tree: PyTree, target: NamedSharding) -> PyTree:
+    """`jax.device_put` that also works when `target` spans devices of several processes (multi-host).
+
+    Host values (numpy, or arrays on this process's devices) must then hold the same value on every process:
+    each process builds its own shards of the global array from them (`jax.make_array_from_callback`); arrays
+    that are already global are resharded."""
+    if target.is_fully_addressable:
+        return jax.device_put(tree, target)
+    return jax.tree.map(lambda x: _place_leaf(x, target), tree)
+
+
+def _place_leaf(x: Any, target: NamedSharding) -> jax.Array:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.device_put(x, target)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _place_leaf(jax.random.key_data(x), target)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+
+def gather(tree: PyTree) -> PyTree:
+    """Every leaf whole on every device it lives on (a no-op in one process): arrays spread over the devices of
+    several processes become fully replicated, so each host can read them (`np.asarray`) and reuse them."""
+
+    def one(x: Any) -> Any:
+        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+            return x
+        return jax.device_put(x, NamedSharding(x.sharding.mesh, P()))
+
+    return jax.tree.map(one, tree)
+
+
+def to_host(x: Any) -> np.ndarray:
+    """`np.asarray(x)`, also for an array spread over the devices of several processes (gathered first)."""
+    return np.asarray(gather(x))
 
 
 def initialize_distributed(cfg: Any = None) -> None:
@@ -117,9 +155,9 @@ def initialize_distributed(cfg: Any = None) -> None:
     Fields (all optional): `enabled` (bool), `coordinator_address` ("host:port"), `num_processes`,
     `process_id`, `local_device_ids`. On Cloud TPU every field can stay empty: JAX discovers the pod itself.
     """
-    if cfg is None or not bool(_get(cfg, "enabled", False)):
-        return
-    jax.distributed.initialize(**distributed_kwargs(cfg))
+    from fairprune_jax import multihost  # the one start-up path (checks, gloo on CPU, bounded timeouts)
+
+    multihost.initialize(cfg)
 
 
 def distributed_kwargs(cfg: Any) -> dict[str, Any]:

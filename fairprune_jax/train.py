@@ -424,10 +424,11 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
             chunk_losses.append(loss)
             if progress is not None:
                 progress({"chunk": c, "chunks": n_chunks, "epoch": e, "epochs": cfg.epochs,
-                          "loss": np.asarray(loss)[: n - c * chunk]})
+                          "loss": sharding.to_host(loss)[: n - c * chunk]})
         keep = slice(0, min(chunk, n - c * chunk))
+        state, m_c, snap = sharding.gather((state, m_c, snap))  # multi-host: whole results on every host
         outs.append(jax.tree.map(lambda x: x[keep], state_variables(state)))
-        losses.append(np.stack([np.asarray(x) for x in chunk_losses], axis=-1)[keep] if chunk_losses
+        losses.append(np.stack([sharding.to_host(x) for x in chunk_losses], axis=-1)[keep] if chunk_losses
                       else np.zeros((keep.stop, 0), np.float32))
         if masked:
             out_masks.append(jax.tree.map(lambda x: x[keep], m_c))

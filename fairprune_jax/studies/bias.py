@@ -44,7 +44,7 @@ from fairprune_jax import data as data_lib
 from fairprune_jax import masks as masks_lib
 from fairprune_jax import models as models_lib
 from fairprune_jax import planted as planted_lib
-from fairprune_jax import evaluate, protocols, schedules, scores, train
+from fairprune_jax import evaluate, multihost, protocols, schedules, scores, train
 from fairprune_jax.analysis.bias_tables import evaluate_sparse, population_metrics, tag_population
 from fairprune_jax.results import atomic_write, make_key
 from fairprune_jax.studies import spine
@@ -307,6 +307,10 @@ class _Run(NamedTuple):
     def logits_path(self, key: str) -> pathlib.Path:
         return self.wd.path_for(f"logits/{key}.npz")
 
+    def has_logits(self, key: str) -> bool:
+        """Whether population ``key``'s logits are stored (in a multi-host run: process 0's answer)."""
+        return multihost.agree(self.logits_path(key).is_file())
+
     def load_logits(self, key: str) -> dict:
         with np.load(self.logits_path(key)) as z:
             return {"val": z["val"], "test": z["test"]}
@@ -316,7 +320,9 @@ class _Run(NamedTuple):
                   "test": predict_logits(self.spec, variables, self.data.x_test, self.cfg)}
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        atomic_write(self.logits_path(key), buf.getvalue())
+        if multihost.is_primary():
+            atomic_write(self.logits_path(key), buf.getvalue())
+        multihost.barrier(f"logits:{key}")  # the others read them next
 
 
 def sparsity_key(s: float) -> str:
@@ -358,7 +364,7 @@ def _dense(r: _Run) -> PyTree:
 
 def _dense_unit(r: _Run) -> None:
     """Dense logits and metrics (each skipped when stored)."""
-    if r.logits_path("dense").is_file():
+    if r.has_logits("dense"):
         r.skipped["predict"] += 1
     else:
         dense = _dense(r)
@@ -444,7 +450,7 @@ def _sparsity_units(r: _Run, sparsities: list[float]) -> None:
         for s in sparsities:
             key = sparsity_key(s)
             bar.set_postfix(sparsity=s)
-            if r.logits_path(key).is_file():
+            if r.has_logits(key):
                 r.skipped["prune"] += 1
                 r.skipped["predict"] += 1
             else:
@@ -465,7 +471,10 @@ def run(cfg: Any, *, workdir: str | os.PathLike | None = None, fresh: bool = Fal
     The config is validated and the data loaded (batch sizes checked against it) before the workdir is claimed;
     the workdir is locked for the whole run."""
     validate_config(cfg)
+    multihost.initialize(cfg.get("distributed", None))  # several processes (pods, launch.py); off by default
     echo = echo or (lambda s: print(s, file=sys.stderr))
+    if not multihost.is_primary():
+        echo = lambda s: None  # noqa: E731 - process 0 speaks for the run
     path = resolve_workdir(cfg, workdir)
     sparsities = [float(s) for s in cfg.prune.sparsities]
     with spine.claim(path, cfg, fresh=fresh, ignore=IGNORED_FIELDS, log=echo, prepare=lambda: _prepare(cfg)) \
@@ -484,7 +493,7 @@ def run(cfg: Any, *, workdir: str | os.PathLike | None = None, fresh: bool = Fal
         if not r.computed["dense"]:
             r.skipped["dense"] += 1  # trained in an earlier run (or not needed: every population has its logits)
         report_path = None
-        if report:
+        if report and multihost.is_primary():
             from fairprune_jax.report import bias as bias_study_report
 
             with r.timed("report"):
@@ -498,4 +507,4 @@ def run(cfg: Any, *, workdir: str | os.PathLike | None = None, fresh: bool = Fal
 
 
 # never change a result (data.mirror only says where checksum-verified files come from)
-IGNORED_FIELDS = ("workdir", "fresh", "progress", "mesh", "eval.chunk", "data.mirror")
+IGNORED_FIELDS = ("workdir", "fresh", "progress", "mesh", "distributed", "eval.chunk", "data.mirror")

@@ -29,6 +29,7 @@ import pandas as pd
 
 from fairprune_jax import data as data_lib
 from fairprune_jax import models as models_lib
+from fairprune_jax import multihost
 from fairprune_jax.studies import spine
 
 PROTOCOLS = ("one_shot", "iterative", "gmp")
@@ -386,9 +387,10 @@ def _run_model(config, wd, study: StudyData, model_name: str, keys: jax.Array, p
             rows = _evaluate_rows(config, spec, study, dense, None, criteria=["dense"], requested=0.0,
                                   levels=[0], exclude_output=bool(config.exclude_output))
         wd.append_table(RECALL_TABLE, key, rows)
-    dense_acc = wd.read_table(RECALL_TABLE).query("criterion == 'dense' and model == @spec.name")
-    log(f"dense {spec.name}: test accuracy {dense_acc.groupby('seed')['accuracy'].first().mean():.4f} "
-        f"(mean of {config.num_seeds} seeds)")
+    if multihost.is_primary():  # the others need not see the workdir's files
+        dense_acc = wd.read_table(RECALL_TABLE).query("criterion == 'dense' and model == @spec.name")
+        log(f"dense {spec.name}: test accuracy {dense_acc.groupby('seed')['accuracy'].first().mean():.4f} "
+            f"(mean of {config.num_seeds} seeds)")
     if config.prune.protocol == "one_shot":
         run_one_shot(config, wd, spec, study, keys, dense, progress)
     elif config.prune.protocol == "gmp":
@@ -403,11 +405,13 @@ def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool =
 
     The config is validated and the data loaded (batch sizes checked against it) before the workdir is claimed;
     the workdir is locked for the whole run (`spine.claim`)."""
-    from fairprune_jax import sharding, train
+    from fairprune_jax import train
     from fairprune_jax.report import recall as report_lib
 
     validate_config(config)
-    sharding.initialize_distributed(config.distributed)  # multi-host pods; a no-op unless enabled
+    multihost.initialize(config.distributed)  # several processes (pods, launch.py); a no-op unless enabled
+    if not multihost.is_primary():
+        log = lambda text: None  # noqa: E731 - process 0 speaks for the run
     t_start = time.perf_counter()
     with spine.claim(workdir, config, fresh=fresh, ignore=IGNORED_FIELDS, log=log,
                      prepare=lambda: _prepare(config)) as (wd, study):
@@ -416,12 +420,12 @@ def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool =
         log(f"data: {config.dataset} train {study.train.images.shape[0]} / test {study.test.images.shape[0]} "
             "examples")
         keys = train.seed_keys(seeds_of(config))
-        progress = spine.Progress(bool(config.progress))
+        progress = spine.Progress(bool(config.progress) and multihost.is_primary())
         for model_name in config.models:
             _run_model(config, wd, study, model_name, keys, progress, log)
         wd.mark_done("prune")
         with wd.stage_timer("analysis+report"):
-            summary = report_lib.build_report(wd)
+            summary = report_lib.build_report(wd) if multihost.is_primary() else ""
         wd.record_timing("total_this_run", time.perf_counter() - t_start)
     log(summary)
     return wd

@@ -92,13 +92,17 @@ def recall_config(dataset: str) -> ml_collections.ConfigDict:
     # mesh.enabled spreads each chunk of models over every device on a `seed` mesh axis; distributed starts
     # multi-host JAX (TPU pods: leave the addresses empty, JAX discovers the slice).
     c.mesh = ml_collections.ConfigDict(dict(enabled=False))
-    c.distributed = ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0,
-                                                   process_id=-1))
+    c.distributed = distributed()
     c.save_pruned = True  # orbax checkpoints of pruned params + masks (for notebooks and later analysis)
     c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
     c.variant = ""
     c.progress = True
     return c
+
+
+def distributed() -> ml_collections.ConfigDict:
+    """Multi-process fields (all unset: JAX discovers them on a TPU pod; experiments.launch sets them)."""
+    return ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -232,8 +236,9 @@ def bias_config(dataset: str) -> ml_collections.ConfigDict:
     c.eval.r2_constant = "authors"  # interdependence R² of a constant column: authors (1 if fitted exactly) | nan
 
     # Scale-out (results are identical; excluded from the workdir fingerprint): spread each chunk of models over
-    # every device on a `seed` mesh axis.
+    # every device on a `seed` mesh axis; distributed runs it as several JAX processes (experiments.launch, pods).
     c.mesh = ml_collections.ConfigDict(dict(enabled=False))
+    c.distributed = distributed()
     c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
     c.variant = ""
     c.progress = True

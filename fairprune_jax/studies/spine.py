@@ -79,6 +79,36 @@ def workdir_lock(path: str | os.PathLike) -> Iterator[pathlib.Path]:
 def claim(path: str | os.PathLike, config: Any, *, fresh: bool, ignore: tuple[str, ...],
           log: Callable[[str], None], prepare: Callable[[], Any] = lambda: None,
           ) -> Iterator[tuple[results.Workdir, Any]]:
+    """:func:`claim_local` in one process. In a multi-process run process 0 claims the workdir and every other
+    process runs ``prepare()`` and then reads it through a :class:`multihost.HostWorkdir` (process 0 writes)."""
+    from fairprune_jax import multihost
+
+    if not multihost.active():
+        with claim_local(path, config, fresh=fresh, ignore=ignore, log=log, prepare=prepare) as out:
+            yield out
+        return
+    if not multihost.is_primary():
+        prepared = prepare()
+        if not multihost.agree(False):
+            raise ValueError("process 0 could not claim the workdir (its error line says why)")
+        fp = results.fingerprint(results.canonical_config(config), ignore)
+        yield multihost.HostWorkdir(pathlib.Path(path).expanduser().absolute(), fp), prepared
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            wd, prepared = stack.enter_context(claim_local(path, config, fresh=fresh, ignore=ignore, log=log,
+                                                           prepare=prepare))
+        except BaseException:
+            multihost.agree(False)
+            raise
+        multihost.agree(True)
+        yield multihost.shared(wd), prepared
+
+
+@contextlib.contextmanager
+def claim_local(path: str | os.PathLike, config: Any, *, fresh: bool, ignore: tuple[str, ...],
+                log: Callable[[str], None], prepare: Callable[[], Any] = lambda: None,
+                ) -> Iterator[tuple[results.Workdir, Any]]:
     """Lock ``path``, run ``prepare()`` (e.g. load the data and check what depends on it), then open ``path`` as
     the workdir of ``config``; yields ``(workdir, prepared)``. Validate ``config`` before calling this.
 

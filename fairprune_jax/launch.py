@@ -1,0 +1,168 @@
+"""Run a study as N cooperating JAX processes on one machine (``experiments.launch`` is its thin ``main``).
+
+    python -m experiments.launch --num_processes=2 -- --config=configs/mnist.py:smoke [--workdir=...]
+    python -m experiments.launch --num_processes=2 --study=bias -- --config=configs/planted_mnist.py:smoke
+
+Starts the processes with the study's own entry point and the config's ``distributed`` fields set (coordinator on
+127.0.0.1 at a free port, ``num_processes``, ``process_id``) and ``mesh.enabled``, so each chunk's models are spread
+over the devices of all processes; forwards their output line by line with a ``[pN]`` prefix. When one process
+fails, the others are stopped (SIGTERM, then SIGKILL after a grace period) and the launcher exits with the worst
+exit code. Rerunning the same command resumes from the workdir, like a single-process run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Sequence, TextIO
+
+STUDIES = {"recall": "experiments.sweep", "bias": "experiments.bias"}
+GRACE_S = 15.0  # after SIGTERM, how long a process may take to stop before SIGKILL
+_OWNED = ("--config.distributed.", "--config.mesh.enabled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to start: one command line per process."""
+
+    commands: tuple[tuple[str, ...], ...]
+    address: str
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def plan(num_processes: int, study_args: Sequence[str], *, study: str = "recall", port: int | None = None,
+         python: str = sys.executable) -> Plan:
+    """Command lines of the ``num_processes`` processes of one run; bad arguments are a ValueError naming them."""
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"--num_processes: {num_processes!r} is not an integer >= 1")
+    if study not in STUDIES:
+        raise ValueError(f"--study: {study!r} is not one of {sorted(STUDIES)}")
+    if not any(a.startswith("--config=") for a in study_args):
+        raise ValueError("no --config=... after '--' (e.g. -- --config=configs/mnist.py:smoke)")
+    owned = [a for a in study_args if a.startswith(_OWNED)]
+    if owned:
+        raise ValueError(f"{owned[0].split('=')[0]}: set by the launcher; drop it")
+    address = f"127.0.0.1:{port if port is not None else free_port()}"
+    commands = tuple(
+        (python, "-m", STUDIES[study], *study_args, "--config.mesh.enabled=True",
+         "--config.distributed.enabled=True", f"--config.distributed.coordinator_address={address}",
+         f"--config.distributed.num_processes={num_processes}", f"--config.distributed.process_id={i}")
+        for i in range(num_processes))
+    return Plan(commands, address)
+
+
+def _forward(stream: TextIO, prefix: str, out: TextIO, lock: threading.Lock) -> None:
+    """Copy ``stream`` to ``out`` line by line (tqdm's carriage returns end a line too), each with ``prefix``."""
+    buf = ""
+    for chunk in iter(lambda: stream.read(1), ""):
+        if chunk in "\r\n":
+            if buf:
+                with lock:
+                    out.write(f"{prefix}{buf}\n")
+                    out.flush()
+            buf = ""
+        else:
+            buf += chunk
+    if buf:
+        with lock:
+            out.write(f"{prefix}{buf}\n")
+            out.flush()
+
+
+def _stop(procs: Sequence[subprocess.Popen], grace: float) -> None:
+    """SIGTERM every live process, then SIGKILL those still alive after ``grace`` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def worst(codes: Sequence[int]) -> int:
+    """The launcher's exit code: 0 when all succeeded, else the first failure's code (a signal -N as 128+N)."""
+    bad = [c for c in codes if c != 0]
+    if not bad:
+        return 0
+    return 128 - bad[0] if bad[0] < 0 else bad[0]
+
+
+def run(p: Plan, *, out: TextIO | None = None, err: TextIO | None = None, grace: float = GRACE_S,
+        poll: float = 0.2, env: dict | None = None) -> int:
+    """Start every process of ``p``, forward output (default: this process's stdout / stderr), stop the others at
+    the first failure; returns the exit code. A first failure prints one line naming the process and its status."""
+    out, err = out or sys.stdout, err or sys.stderr
+    lock = threading.Lock()
+    env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    procs, threads = [], []
+    for i, cmd in enumerate(p.commands):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        procs.append(proc)
+        for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
+            t = threading.Thread(target=_forward, args=(stream, f"[p{i}] ", sink, lock), daemon=True)
+            t.start()
+            threads.append(t)
+    first: tuple[int, int] | None = None
+    try:
+        while None in [q.poll() for q in procs]:  # a list: poll every process each round
+            failed = [(i, q.returncode) for i, q in enumerate(procs) if q.returncode not in (None, 0)]
+            if failed:
+                first = failed[0]
+                break
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        first = first or (-1, 130)
+    finally:
+        _stop(procs, grace)
+        for t in threads:
+            t.join(timeout=5)
+    codes = [q.returncode for q in procs]
+    if first is None:
+        failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+        first = failed[0] if failed else None
+    if first is not None and first[0] >= 0:
+        i, code = first
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        with lock:
+            err.write(f"error: process {i} {how}; stopped the other processes (rerun the same command to resume)\n")
+            err.flush()
+        return worst([code])
+    return worst(codes)
+
+
+def main(argv: Sequence[str], *, die: Callable[[str], None]) -> int:
+    """Parse ``[--num_processes=N] [--study=recall|bias] -- <study flags>`` and run; returns the exit code."""
+    argv = list(argv)
+    own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    num, study = 2, "recall"
+    for a in own:
+        name, _, value = a.partition("=")
+        if name == "--num_processes":
+            try:
+                num = int(value)
+            except ValueError:
+                die(f"--num_processes: {value!r} is not an integer >= 1")
+        elif name == "--study":
+            study = value
+        else:
+            die(f"unknown launcher flag {a!r}; use --num_processes=N [--study=recall|bias] -- <study flags>")
+    try:
+        return run(plan(num, rest, study=study))
+    except ValueError as e:
+        die(str(e))
+    return 2
