@@ -123,6 +123,14 @@ def _batch_examples(images: jax.Array, labels: jax.Array, pad: int, nb: int):
 # ------------------------------------------------------------------------------------------------ public
 
 
+def _checked_images(spec: ModelSpec, variables: Any, images: Any) -> jax.Array:
+    """The checks every population entry shares: a variables dict with 'params', images [N, *input_shape]."""
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise ValueError("variables: expected a dict with a 'params' collection")
+    check_images(images, spec.input_shape, name="images")
+    return jnp.asarray(images)
+
+
 def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels: Any, *, masks: PyTree | None = None,
                         num_classes: int | None = None, chunk: int = 64, batch_size: int = 2000,
                         uncertain_below: float = 0.9, mesh: Mesh | None = None) -> EvalResult:
@@ -147,11 +155,7 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
         raise ValueError(f"num_classes: {k} is smaller than the model's {spec.num_outputs} outputs")
     if chunk < 1 or batch_size < 1:
         raise ValueError(f"chunk/batch_size: must be >= 1, got chunk={chunk}, batch_size={batch_size}")
-    if not isinstance(variables, dict) or "params" not in variables:
-        raise ValueError("variables: expected a dict with a 'params' collection")
-
-    check_images(images, spec.input_shape, name="images")
-    images = jnp.asarray(images)
+    images = _checked_images(spec, variables, images)
     check_labels(labels, k, n=images.shape[0], name="labels")
     labels_np = np.asarray(labels)
     n = images.shape[0]
@@ -331,10 +335,7 @@ def population_logits(spec: ModelSpec, variables: PyTree, images: Any, *, chunk:
     rounded up to the device count) and the result is unchanged."""
     if chunk < 0 or batch_size < 1:
         raise ValueError(f"chunk/batch_size: need chunk >= 0 and batch_size >= 1, got {chunk}, {batch_size}")
-    if not isinstance(variables, dict) or "params" not in variables:
-        raise ValueError("variables: expected a dict with a 'params' collection")
-    check_images(images, spec.input_shape, name="images")
-    images = jnp.asarray(images)
+    images = _checked_images(spec, variables, images)
     base = jax.eval_shape(spec.init, jax.random.key(0))
     lead = leading_shape({col: variables[col] for col in base}, base, "variables")
     if len(lead) != 1:
