@@ -842,39 +842,3 @@ def attribute_regression(table: pd.DataFrame, *, response: str = "delta_ba",
 # ----------------------------------------------------------------------------------------------------------------
 # countermeasure: threshold calibration
 # ----------------------------------------------------------------------------------------------------------------
-def calibration_report(populations: Mapping[str, tuple], *, val_labels, val_groups, test_labels, test_groups, pf,
-                       nf, names: Sequence[str] | None = None) -> pd.DataFrame:
-    """BA, accuracy and predpos before/after threshold calibration, per population, seed and attribute.
-
-    ``populations``: name (e.g. 'dense', 'sparse_0.9') → (val_logits ``[S, Nv, A]``, test_logits ``[S, N, A]``).
-    Schemes: 'default' (τ = 0), 'global' (`calibrate_thresholds`), 'group' (`calibrate_thresholds_by_group`, each
-    sample thresholded with its TRUE group's τ). Summarise with `calibration_summary`.
-    """
-    frames = []
-    for pop, (val, test) in populations.items():
-        zv, _ = _attr(val, f"populations[{pop!r}] val")
-        zt, _ = _attr(test, f"populations[{pop!r}] test")
-        zv = zv[None] if zv.ndim == 2 else zv
-        zt = zt[None] if zt.ndim == 2 else zt
-        schemes = {
-            "default": predict(zt, 0.0),
-            "global": predict(zt, calibrate_thresholds(zv, val_labels)),
-            "group": predict_by_group(zt, calibrate_thresholds_by_group(zv, val_labels, val_groups), test_groups),
-        }
-        for scheme, yhat in schemes.items():
-            m = {"ba": bias_amplification(yhat, test_labels, test_groups, pf, nf),
-                 "acc": accuracy(yhat, test_labels), "predpos": positive_rate(yhat)}
-            f = metrics_frame(m, names)
-            f.insert(0, "scheme", scheme)
-            f.insert(0, "population", pop)
-            frames.append(f)
-    return pd.concat(frames, ignore_index=True)
-
-
-def calibration_summary(report: pd.DataFrame) -> pd.DataFrame:
-    """`aggregate` (nan-mean over attributes, mean ± sd over seeds, NaN counts) per population × scheme × metric."""
-    rows = []
-    for (pop, scheme, metric), f in report.groupby(["population", "scheme", "metric"], sort=False):
-        v = f.pivot(index="seed", columns="attribute", values="value").to_numpy()
-        rows.append({"population": pop, "scheme": scheme, "metric": metric, **aggregate(v)._asdict()})
-    return pd.DataFrame(rows)
