@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairprune_jax.counts import n_zero
+from fairprune_jax.counts import ExactSparsity, n_zero, value
 from fairprune_jax.models import path_str
 
 Mask = Any  # pytree of bool arrays with the structure of params
@@ -87,6 +87,10 @@ def _eligible(leaves: list[tuple[tuple, Any]], prunable: PathPredicate) -> list[
 
 def check_sparsity(s: Any, *, name: str = "sparsity") -> None:
     """ValueError unless every value of a concrete ``s`` is finite and in [0, 1). Traced values are not checked."""
+    if isinstance(s, ExactSparsity):
+        if any(_is_tracer(p) for p in s):
+            return
+        s = value(s)
     if _is_tracer(s):
         return
     try:
@@ -363,7 +367,7 @@ def _count(sparsity: Any, size: int, prior: jax.Array | None, name: str) -> jax.
     have = int(size - np.count_nonzero(np.asarray(prior)))
     if int(n) < have:
         raise ValueError(
-            f"{name}: {float(np.asarray(sparsity)):.6g} ({int(n)} of {size} weights) is below the prior's sparsity "
+            f"{name}: {float(value(sparsity)):.6g} ({int(n)} of {size} weights) is below the prior's sparsity "
             f"{have / size:.6g} ({have} zeros); a mask never revives pruned weights")
     return n
 
@@ -399,8 +403,9 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
         if sparsity is None:
             raise ValueError("sparsity: required unless layer_sparsities is given")
         check_sparsity(sparsity)
-        if jnp.ndim(sparsity) != 0:
-            raise ValueError(f"sparsity: must be a scalar (vmap over a grid), got shape {jnp.shape(sparsity)}")
+        shape = jnp.shape(sparsity.hi if isinstance(sparsity, ExactSparsity) else sparsity)
+        if shape:
+            raise ValueError(f"sparsity: must be a scalar (vmap over a grid), got shape {shape}")
     else:
         wanted = {n for n, e in zip(names, elig) if e}
         missing, extra = sorted(wanted - set(layer_sparsities)), sorted(set(layer_sparsities) - wanted)

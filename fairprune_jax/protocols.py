@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fairprune_jax import counts
 from fairprune_jax import masks as masks_lib
 from fairprune_jax import schedules
 from fairprune_jax import scores as scores_lib
@@ -123,8 +124,10 @@ def prune_one(spec: ModelSpec, criterion: str, variables: Variables, prior: PyTr
     pred = spec.prunable(exclude_output)
     thr = lambda s: masks_lib.threshold(score, s, prunable=pred, scope=scores_lib.scope(criterion),  # noqa: E731
                                         prior=prior)
-    sparsity = jnp.asarray(sparsity, jnp.float32)
-    return thr(sparsity) if sparsity.ndim == 0 else jax.vmap(thr)(sparsity)
+    if not isinstance(sparsity, counts.ExactSparsity):
+        sparsity = jnp.asarray(sparsity, jnp.float32)
+    ndim = jnp.ndim(sparsity.hi if isinstance(sparsity, counts.ExactSparsity) else sparsity)
+    return thr(sparsity) if ndim == 0 else jax.vmap(thr)(sparsity)
 
 
 @functools.lru_cache(maxsize=128)
@@ -144,8 +147,9 @@ def prune_population(spec: ModelSpec, criterion: str, variables: Variables, spar
                      batch: tuple[jax.Array, jax.Array], *, prior: PyTree | None = None, grid: bool = False,
                      exclude_output: bool = False, lam: float = scores_lib.LAMBDA_UP) -> PyTree:
     """Masks of a population [N, ...] (grid=False: `sparsity` [N] per model) or [N, P, ...] (grid=True:
-    `sparsity` [P] shared). `keys` [N] are the criterion's keys (used by "random" only)."""
-    s = jnp.asarray(sparsity, jnp.float32)
+    `sparsity` [P] shared). `keys` [N] are the criterion's keys (used by "random" only). A concrete sparsity
+    travels as `counts.ExactSparsity`, so each mask zeroes exactly round(s·N) weights of its float64 value."""
+    s = counts.exact(sparsity) if not isinstance(sparsity, jax.core.Tracer) else jnp.asarray(sparsity, jnp.float32)
     fn = _compiled_prune(spec, criterion, bool(exclude_output), float(lam), prior is not None, bool(grid))
     return fn(variables, prior, keys, s, *batch)
 

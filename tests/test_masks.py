@@ -533,3 +533,24 @@ def test_load_broadcasts_leading_axes(tmp_path):
     other = _population("mlp_100_30", 3)  # [3] params: not a prefix of the file's [2, 2]
     with pytest.raises(ValueError, match=r"pop\.npz: leaf 'head/bias' has shape \(2, 2, 10\)"):
         masks.load(tmp_path / "pop.npz", like_params=other)
+
+
+@pytest.mark.parametrize("n", [300, 81_700, 265_200, 2**31 - 1])
+def test_exact_sparsity_carries_the_float64_count_through_jit_and_vmap(n):
+    """`counts.exact` splits a float64 sparsity into three float32 parts that sum to it exactly, and the traced
+    count from them is round(s·N) of the float64 value, where the float32 value alone is off by one for ~0.3%."""
+    from fractions import Fraction
+
+    from fairprune_jax import counts
+
+    s = np.random.default_rng(n).random(2000)
+    s[:3] = (0.995, 0.988471, 1 - 0.8**20)
+    ex = counts.exact(s)
+    assert all(p.dtype == jnp.float32 for p in ex)
+    assert all(sum(Fraction(float(p[i])) for p in ex) == Fraction(float(s[i])) for i in range(0, 2000, 97))
+    want = np.array([round(Fraction(float(v)) * n) for v in s])
+    traced = jax.jit(jax.vmap(lambda e: counts.n_zero(e, n)))(ex)
+    np.testing.assert_array_equal(np.asarray(traced), want)
+    np.testing.assert_array_equal(np.asarray(counts.n_zero(ex, n)), want)
+    with pytest.raises(ValueError, match="sparsity"):
+        counts.exact([0.5, 1.5])
