@@ -86,6 +86,23 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _interrupted() -> NoReturn:
+    print(INTERRUPTED, file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(130)  # skip interpreter teardown: XLA's threads can crash it after an interrupt
+
+
+def _unraisable(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An interrupt that lands inside a callback Python cannot raise from (e.g. JAX's gc callback) would be
+    printed as an ignored exception and lost; end the run as an interrupt instead."""
+    def handle(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _interrupted()
+        hook(unraisable)
+    return handle
+
+
 def _guard(body: Callable[[], None]) -> None:
     """Run ``body`` with the one-line error and Ctrl-C conventions (tracebacks with --debug / --verbosity>0)."""
     import jax
@@ -95,15 +112,14 @@ def _guard(body: Callable[[], None]) -> None:
 
     debug = FLAGS.debug or (FLAGS["verbosity"].present and FLAGS.verbosity > 0)
     signal.signal(signal.SIGTERM, _terminate)  # `kill` ends a run like Ctrl-C: stage marked, one line
+    if not debug:
+        sys.unraisablehook = _unraisable(sys.unraisablehook)
     try:
         body()
     except KeyboardInterrupt:
         if debug:
             raise
-        print(INTERRUPTED, file=sys.stderr)
-        sys.stderr.flush()
-        sys.stdout.flush()
-        os._exit(130)  # skip interpreter teardown: XLA's threads can crash it after an interrupt
+        _interrupted()
     except (ValueError, OSError, spine.DivergenceError) as e:
         if debug:
             raise

@@ -197,3 +197,21 @@ def test_killed_process_stops_the_run_and_a_rerun_resumes(single, tmp_path):
     again = subprocess.run(_launch_cmd(wd), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     _same(single, _table(wd))
+
+
+def test_interrupt_inside_an_unraisable_callback_ends_the_run_with_one_line(monkeypatch, capsys):
+    """A SIGTERM from the launcher can land inside JAX's gc callback, where Python would print the interrupt as an
+    ignored exception (a traceback) and drop it; the CLI's hook ends the run as an interrupt instead."""
+    import types
+
+    from fairprune_jax import cli
+
+    passed = []
+    hook = cli._unraisable(passed.append)
+    other = types.SimpleNamespace(exc_value=ValueError("not ours"))
+    hook(other)
+    assert passed == [other]
+    monkeypatch.setattr(cli.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    with pytest.raises(SystemExit) as e:
+        hook(types.SimpleNamespace(exc_value=KeyboardInterrupt()))
+    assert e.value.code == 130 and capsys.readouterr().err.strip() == cli.INTERRUPTED
