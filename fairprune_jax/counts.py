@@ -65,8 +65,7 @@ def n_zero(sparsity: Any, n: int) -> jax.Array:
     if isinstance(sparsity, ExactSparsity):
         if any(isinstance(p, jax.core.Tracer) for p in sparsity):
             return _n_zero_traced(sparsity, n)
-        return jnp.asarray(np.vectorize(lambda *p: round(sum(map(fractions.Fraction, p)) * n), otypes=[np.int64])(
-            *(np.asarray(p, np.float64) for p in sparsity)), jnp.int32)
+        sparsity = value(sparsity)  # the parts were cut from one float64 by exact subtractions: their sum is it
     if isinstance(sparsity, jax.core.Tracer):
         return _n_zero_traced(ExactSparsity(sparsity, jnp.zeros_like(sparsity), jnp.zeros_like(sparsity)), n)
     arr = np.asarray(sparsity)
