@@ -3,6 +3,7 @@ workdirs are pooled into one report.
 
     python -m experiments.report --workdir=workdirs/mnist
     python -m experiments.report --workdir=workdirs/mnist --workdir=workdirs/fashion_mnist --out=workdirs/pooled
+    python -m experiments.report --claims --workdir=workdirs/mnist --workdir=workdirs/planted_mnist --out=workdirs/claims
 """
 from fairprune_jax import cli
 

@@ -216,6 +216,8 @@ def report() -> None:
     pooled into one report with --out)."""
     workdirs = flags.DEFINE_multi_string("workdir", None, "Workdir(s) of finished or partial runs.")
     out = flags.DEFINE_string("out", None, "Output folder (default: the workdir; required for several workdirs).")
+    claims = flags.DEFINE_bool("claims", False, "Write the claims table (claims.md) of the two reference studies "
+                               "over every given workdir, recall and bias runs alike, into --out.")
     flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
     flags.mark_flags_as_required(["workdir"])
 
@@ -232,6 +234,13 @@ def report() -> None:
             for p in paths:
                 if not p.exists():
                     raise ValueError(f"workdir {p} does not exist")
+            if claims.value:
+                from fairprune_jax.report import claims as claims_report
+
+                if not out.value:
+                    raise ValueError("--out is required with --claims")
+                print(claims_report.write(paths, pathlib.Path(out.value)))
+                return
             if len(paths) == 1:
                 print(_report_one(paths[0], out.value))
                 return

@@ -206,7 +206,8 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
 
 def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTree, seed_keys: Any, x_train: Any,
              y_train: Any, *, chunk: int | None = None, progress: Callable[[dict], None] | None = None,
-             mesh: Any = None, fuse: bool = False) -> tuple[Variables, dict[str, Any]]:
+             mesh: Any = None, fuse: bool = False, keep_epochs: tuple[int, ...] = ()
+             ) -> tuple[Variables, dict[str, Any]]:
     """Masked fine-tuning of any mask population: every mask of seed s starts from seed s's dense weights.
 
     dense_variables: [S, ...] (e.g. from `train.fit`); seed_keys [S] their seeds' keys.
@@ -215,9 +216,11 @@ def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTr
     tcfg: the fine-tuning config (`finetune_config`); a fresh optimizer state; tcfg.epochs = 0 returns the
         masked dense models. Data order: the seed's fine-tuning stream (`purpose_key(seed, "finetune_data")`),
         shared by all its masks (paired), the one `one_shot` uses.
-    Returns (variables [S, *lead, ...], {"loss": [S, *lead, epochs]}); all S·prod(lead) models are trained as one
-    flattened, chunked population; with `fuse` a seed's masks as one shared-batch group (`train.fit`; same
-    results up to the order of float sums).
+    keep_epochs: also return the variables after these epoch counts, as {"at_epochs": {e: [S, *lead, ...]}}
+        (`train.fit`; with a constant learning rate they are the e-epoch fine-tunings).
+    Returns (variables [S, *lead, ...], {"loss": [S, *lead, epochs], "at_epochs": {...}}); all S·prod(lead) models
+    are trained as one flattened, chunked population; with `fuse` a seed's masks as one shared-batch group
+    (`train.fit`; same results up to the order of float sums).
     """
     keys = train.as_keys(seed_keys)
     s_ = int(keys.shape[0])
@@ -236,8 +239,9 @@ def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTr
     ft_keys = jnp.repeat(jax.vmap(lambda k: train.purpose_key(k, "finetune_data"))(keys), r)
     out, hist = train.fit(spec, tcfg, ft_keys, x_train, y_train, masks=_flatten_lead(masks, len(mask_lead)),
                           init_variables=_repeat(dense_variables, r), chunk=chunk, progress=progress, mesh=mesh,
-                          fuse=fuse)
-    return _reshape_lead(out, mask_lead), {"loss": hist["loss"].reshape(*mask_lead, -1)}
+                          fuse=fuse, keep_epochs=keep_epochs)
+    at = {e: _reshape_lead(v, mask_lead) for e, v in hist["at_epochs"].items()}
+    return _reshape_lead(out, mask_lead), {"loss": hist["loss"].reshape(*mask_lead, -1), "at_epochs": at}
 
 
 # ----------------------------------------------------------------------------------------------- iterative
@@ -379,7 +383,7 @@ def gmp(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
                                    exclude_output=exclude_output, lam=lam)
             return train.remask_population(tx, state, new), new
 
-        out, loss, mask, _ = train.run_population(spec, tcfg, run_keys, images, labels, variables=variables,
+        out, loss, mask, _, _ = train.run_population(spec, tcfg, run_keys, images, labels, variables=variables,
                                                   chunk=chunk, between_epochs=between, progress=progress,
                                                   mesh=mesh)
         outs.append(_reshape_lead(out, (s_, p_)))

@@ -372,7 +372,8 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
                    between_epochs: Callable[[int, TrainState, PyTree, np.ndarray], tuple[TrainState, PyTree]]
                    | None = None,
                    progress: Callable[[dict], None] | None = None, mesh: Mesh | None = None, fuse: bool = False,
-                   ) -> tuple[Variables, np.ndarray, PyTree | None, Variables | None]:
+                   keep_epochs: tuple[int, ...] = (),
+                   ) -> tuple[Variables, np.ndarray, PyTree | None, Variables | None, dict[int, Variables]]:
     """Train a population (all trees with leading axis S) and return (variables, losses [S, E], masks, snapshot).
 
     `between_epochs(epoch, state, mask, idx) -> (state, mask)` runs (on one chunk, from Python) before every
@@ -386,9 +387,13 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     whole groups (a chunk smaller than R uses a divisor of R). Results equal the unfused ones up to the order of
     float sums. Off by default: on CPU, XLA lays the wide weight gradient out as [in, R*out] and copies it back
     to [R, in, out] every step, which ate the GEMM gain in the measurements of benchmarks/bench_sweep.py.
+    `keep_epochs`: epoch counts e (1 <= e <= epochs) after which the variables are also returned, as the fifth
+    output {e: variables [S, ...]} (host copies); one run of E epochs then gives the e-epoch runs too (the data
+    order of epoch e does not depend on the number of epochs; the learning rate does unless it is constant).
     """
     cfg = read_config(tcfg)
     tx, _ = make_tx(tcfg, int(images.shape[0]))
+    keep_at = check_keep_epochs(keep_epochs, cfg.epochs)
     n = int(keys.shape[0])
     chunk = n if chunk is None else int(chunk)
     if chunk < 1:
@@ -405,6 +410,7 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step, cfg.augment, group)
 
     outs, losses, out_masks, snaps = [], [], [], []
+    at_epochs: dict[int, list[Variables]] = {e: [] for e in keep_at}
     for c in range(n_chunks):
         idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)  # pad by repeating the last model
         v_c = variables if whole else _take(variables, idx)
@@ -422,6 +428,9 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
                 state, m_c = between_epochs(e, state, m_c, idx)
             state, loss, snap = epoch_fn(state, m_c, k_c, jnp.int32(e), images, labels, snap)
             chunk_losses.append(loss)
+            if e + 1 in at_epochs:  # a host copy: the next epoch donates these buffers
+                kept = sharding.gather(state_variables(state))
+                at_epochs[e + 1].append(jax.tree.map(lambda x: np.array(x[: min(chunk, n - c * chunk)]), kept))
             if progress is not None:
                 progress({"chunk": c, "chunks": n_chunks, "epoch": e, "epochs": cfg.epochs,
                           "loss": sharding.to_host(loss)[: n - c * chunk]})
@@ -439,7 +448,18 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     out_vars = outs[0] if n_chunks == 1 else cat(outs)
     out_mask = None if not masked else (out_masks[0] if n_chunks == 1 else cat(out_masks))
     snapshot = None if not snaps else (snaps[0] if n_chunks == 1 else cat(snaps))
-    return out_vars, np.concatenate(losses, axis=0), out_mask, snapshot
+    kept = {e: jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts) for e, parts in at_epochs.items()}
+    return out_vars, np.concatenate(losses, axis=0), out_mask, snapshot, kept
+
+
+def check_keep_epochs(keep_epochs: Any, epochs: int) -> tuple[int, ...]:
+    """Sorted distinct epoch counts in [1, epochs]; ValueError naming `keep_epochs` otherwise."""
+    out = []
+    for e in tuple(keep_epochs or ()):
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 1 <= int(e) <= epochs:
+            raise ValueError(f"keep_epochs: {e!r} is not an epoch count in [1, {epochs}]")
+        out.append(int(e))
+    return tuple(sorted(set(out)))
 
 
 def remask(tx: optax.GradientTransformation, state: TrainState, mask: PyTree) -> TrainState:
@@ -460,7 +480,8 @@ def remask_population(tx: optax.GradientTransformation, state: TrainState, mask:
 def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, *, masks: PyTree | None = None,
         init_variables: Variables | None = None, chunk: int | None = None,
         progress: Callable[[dict], None] | None = None, capture_step: int | None = None,
-        mesh: Mesh | None = None, fuse: bool = False) -> tuple[Variables, dict[str, Any]]:
+        mesh: Mesh | None = None, fuse: bool = False, keep_epochs: tuple[int, ...] = (),
+        ) -> tuple[Variables, dict[str, Any]]:
     """Train S models (one per key) as one compiled program; returns (variables [S, ...], history).
 
     Config fields read from `tcfg` (ml_collections ConfigDict or dict):
@@ -481,7 +502,10 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     progress: called after every epoch of every chunk with {"chunk", "chunks", "epoch", "epochs", "loss"}.
     capture_step: also return, as history["snapshot"], the variables right after this global step (lottery
         rewinding to step k; 0 = the initial variables).
-    history: {"loss": float32 [S, epochs] per-epoch mean training loss, "snapshot": variables or None}.
+    keep_epochs: epoch counts e after which the variables are also kept (`run_population`), returned as
+        history["at_epochs"] {e: variables [S, ...]}; with a constant learning rate these are the e-epoch runs.
+    history: {"loss": float32 [S, epochs] per-epoch mean training loss, "snapshot": variables or None,
+        "at_epochs": {e: variables} (empty without keep_epochs)}.
     """
     keys = as_keys(seed_keys)
     n = int(keys.shape[0])
@@ -509,10 +533,10 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     else:
         _check_population("init_variables", init_variables, one, n)
         variables = init_variables
-    out, losses, _, snapshot = run_population(spec, tcfg, keys, images, labels, variables=variables, masks=masks,
-                                              mesh=mesh, fuse=fuse,
-                                              chunk=chunk, capture_step=capture_step, progress=progress)
-    return out, {"loss": losses, "snapshot": snapshot}
+    out, losses, _, snapshot, kept = run_population(
+        spec, tcfg, keys, images, labels, variables=variables, masks=masks, mesh=mesh, fuse=fuse, chunk=chunk,
+        capture_step=capture_step, progress=progress, keep_epochs=keep_epochs)
+    return out, {"loss": losses, "snapshot": snapshot, "at_epochs": kept}
 
 
 

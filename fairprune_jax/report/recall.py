@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from fairprune_jax.analysis import budget as budget_lib
 from fairprune_jax.analysis.recall_tiers import Analysis, analyze
 from fairprune_jax.report import writer as W
 
@@ -160,6 +161,10 @@ def header_lines(cfg: Any) -> list[str]:
     p = cfg.prune
     grid = (f"sparsities {tuple(p.sparsities)}" if p.protocol != "iterative"
             else f"levels 1–{p.levels} (s_L = 1 − {1 - p.fraction:g}^L, rewind to step {p.rewind_step})")
+    if p.protocol == "budget":
+        b = p.budget
+        grid += (f"; fine-tuning budgets: epochs {tuple(b.epochs)} × lr {tuple(b.lrs)} × momentum "
+                 f"{tuple(b.momenta)} (wd {cfg.finetune.optimizer.weight_decay:g}) at fixed masks")
     imb = cfg.data.imbalance
     imb_s = (f"; underrepresented classes {tuple(imb.classes)} kept at {tuple(imb.fractions)}" if imb.classes else "")
     return [f"- dataset **{cfg.dataset}**{imb_s}; models {', '.join(cfg.models)}; "
@@ -186,12 +191,19 @@ def build_report(wd, *, out: Path | None = None) -> str:
         n = pruned.groupby(["model", "criterion", "seed", "level"]).ngroups
         raise ValueError(f"{wd.path}: every pruned network diverged ({n} networks, flagged in table "
                          f"{RECALL_TABLE!r}); nothing to analyse — lower config.finetune.optimizer.lr")
+    warning = spine.incomplete_warning(unit_keys(cfg), wd.keys(RECALL_TABLE))
+    timings = timings_table({k: v for k, v in wd.stage_seconds().items() if k not in UNREPORTED_STAGES})
+    if budget_lib.is_budget_table(recall):
+        from fairprune_jax.report import budget as budget_report
+
+        ban = budget_lib.analyze(recall, level=float(cfg.analysis.level), chance=float(cfg.analysis.chance_factor),
+                                 bootstrap=int(cfg.analysis.bootstrap), seed=int(cfg.seed))
+        return budget_report.write(ban, out or wd.path, title=f"Recovery budget and recall distortion: {cfg.dataset}",
+                                   header=[*warning, *header_lines(cfg)], timings=timings)
     an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
                  chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
-    warning = spine.incomplete_warning(unit_keys(cfg), wd.keys(RECALL_TABLE))
     return write(an, out or wd.path, title=f"Recall distortion under pruning: {cfg.dataset}",
-                 header=[*warning, *header_lines(cfg)], timings=timings_table(
-                     {k: v for k, v in wd.stage_seconds().items() if k not in UNREPORTED_STAGES}))
+                 header=[*warning, *header_lines(cfg)], timings=timings)
 
 
 def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings: pd.DataFrame | None) -> str:

@@ -30,9 +30,9 @@ import pandas as pd
 from fairprune_jax import data as data_lib
 from fairprune_jax import models as models_lib
 from fairprune_jax import multihost
-from fairprune_jax.studies import spine
+from fairprune_jax.studies import budget, spine
 
-PROTOCOLS = ("one_shot", "iterative", "gmp")
+PROTOCOLS = ("one_shot", "iterative", "gmp", "budget")
 RECALL_TABLE = "recall"
 
 
@@ -65,8 +65,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             fail("prune.criteria", f"unknown criterion {c!r}; known: {', '.join(scores.CRITERIA)}")
     if len(set(config.prune.criteria)) != len(config.prune.criteria):
         fail("prune.criteria", f"duplicates in {tuple(config.prune.criteria)}")
-    if config.prune.protocol in ("one_shot", "gmp"):
+    if config.prune.protocol in ("one_shot", "gmp", "budget"):
         spine.check_sparsities(tuple(config.prune.sparsities))
+        if config.prune.protocol == "budget":
+            budget.validate(config)
     else:
         if int(config.prune.levels) < 1:
             fail("prune.levels", f"{config.prune.levels}; need at least 1 level")
@@ -363,7 +365,8 @@ def _iter_state_like(spec, keys, m: int):
 def unit_keys(config: Any) -> list[str]:
     """Keys of every unit of the recall table a finished run has (for the report's incomplete-run warning)."""
     per_model = ([f"L{lvl:02d}" for lvl in range(1, int(config.prune.levels) + 1)]
-                 if config.prune.protocol == "iterative" else list(config.prune.criteria))
+                 if config.prune.protocol == "iterative" else budget.unit_names(config)
+                 if config.prune.protocol == "budget" else list(config.prune.criteria))
     return [f"{m}.{u}" for m in config.models for u in ("dense", *per_model)]
 
 
@@ -395,6 +398,8 @@ def _run_model(config, wd, study: StudyData, model_name: str, keys: jax.Array, p
         run_one_shot(config, wd, spec, study, keys, dense, progress)
     elif config.prune.protocol == "gmp":
         run_gmp(config, wd, spec, study, keys, dense, progress)
+    elif config.prune.protocol == "budget":
+        budget.run(config, wd, spec, study, keys, dense, progress, table=RECALL_TABLE, evaluate_rows=_evaluate_rows)
     else:
         run_iterative(config, wd, spec, study, keys, dense, rewind, progress)
 

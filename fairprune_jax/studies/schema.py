@@ -67,7 +67,7 @@ def recall_config(dataset: str) -> ml_collections.ConfigDict:
     c.train.augment = "none"  # none | flip_crop (random flip + pad-4 crop, the reference CIFAR augmentation)
 
     c.prune = ml_collections.ConfigDict()
-    c.prune.protocol = "one_shot"  # one_shot | iterative | gmp
+    c.prune.protocol = "one_shot"  # one_shot | iterative | gmp | budget (the :budget variant)
     c.prune.criteria = CRITERIA
     c.prune.sparsities = ONE_SHOT_GRID  # one_shot and gmp targets
     c.prune.levels = 15  # iterative: levels 1..L, sparsity 1 - (1 - fraction)^L
@@ -118,14 +118,45 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def with_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Apply a variant name ("" default, "smoke", "paper") to a recall config; unknown names are refused."""
+    """Apply a variant name (a key of RECALL_VARIANTS: "" default, "smoke", "paper", "wd", "iterative", "budget") to
+    a recall config; unknown names are refused."""
     c.variant = variant
-    if variant == "smoke":
-        return smoke(c)
-    if variant == "paper":
-        return paper(c)
-    if variant:
-        raise ValueError(f"config variant: unknown {variant!r}; use '', 'smoke' or 'paper'")
+    if variant not in RECALL_VARIANTS:
+        raise ValueError(f"config variant: unknown {variant!r}; use one of {', '.join(map(repr, RECALL_VARIANTS))}")
+    return RECALL_VARIANTS[variant](c)
+
+
+def weight_decay(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """UP's premise (docs/methods.md §4): coupled weight decay 5e-4 in dense training AND fine-tuning, with
+    λ_UP equal to that decay, 10 seeds; everything else as the default sweep."""
+    c.num_seeds = 10
+    c.train.optimizer.weight_decay = 5e-4
+    c.finetune.optimizer.weight_decay = 5e-4
+    c.prune.lambda_up = 5e-4
+    return c
+
+
+def iterative_short(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Paper 1's iterative protocol (levels 1–15, 20% per level, rewinding to init) at a stated shorter budget:
+    10 epochs per level instead of 40, 5 seeds, MP and UP (about 25 minutes on 2 CPU cores)."""
+    c = paper(c)
+    c.num_seeds = 5
+    c.train.epochs = 10
+    c.prune.criteria = ("mp", "up")
+    return c
+
+
+def budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Recovery budget as a moderator (an extension; docs/methods.md §6): the default sweep's dense models and
+    one-shot masks (MP, UP at 50–98%), fine-tuned for 0, 1, 2 and 5 epochs at lr .01 and .1, with and without
+    momentum .9. Every setting starts from the same masks; epochs 1 and 2 are read off the 5-epoch run (the
+    same data order and a constant learning rate make them the 1- and 2-epoch runs)."""
+    c.prune.protocol = "budget"
+    # fine-tuning settings crossed at fixed masks; epochs are read off one run of max(epochs) per (lr, momentum)
+    c.prune.budget = ml_collections.ConfigDict(dict(epochs=(0, 1, 2, 5), lrs=(0.01, 0.1), momenta=(0.0, 0.9)))
+    c.prune.criteria = ("mp", "up")
+    c.prune.sparsities = (0.5, 0.8, 0.9, 0.95, 0.98)
+    c.finetune.epochs = 5
     return c
 
 
@@ -140,6 +171,10 @@ def paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.prune.rewind_step = 0
     c.train.chunk = 0
     return c
+
+
+RECALL_VARIANTS = {"": lambda c: c, "smoke": smoke, "paper": paper, "wd": weight_decay,
+                   "iterative": iterative_short, "budget": budget}
 
 
 def cifar_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:

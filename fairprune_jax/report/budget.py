@@ -1,0 +1,117 @@
+"""The recovery-budget report: E[α_t] by fine-tuning budget at fixed masks, and the pooled regression with the
+budget as a factor (`fairprune_jax.analysis.budget`), rendered to `report.md` + a plot."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fairprune_jax.analysis.budget import BudgetAnalysis
+from fairprune_jax.report import writer as W
+
+MARK = {"intensification": "▲", "de-intensification": "▼"}
+
+
+def alpha_grid(an: BudgetAnalysis, criterion: str) -> pd.DataFrame:
+    """E[α_t] [95% CI] and a verdict mark, one row per setting, one column per sparsity, for one criterion."""
+    a = an.tier_a[(an.tier_a["subset"] == "all") & (an.tier_a["criterion"] == criterion)]
+    a = a.sort_values(["ft_epochs", "ft_lr", "ft_momentum", "requested_sparsity"])
+    cell = lambda r: (f"{r.mean:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] {MARK.get(r.verdict, '·')}"  # noqa: E731
+                      if np.isfinite(r.mean) else "–")
+    out = a.assign(cell=[cell(r) for r in a.itertuples()], sparsity=a["requested_sparsity"].map(W.pct))
+    order = list(dict.fromkeys(out["setting"]))
+    cols = list(dict.fromkeys(out["sparsity"]))
+    grid = out.pivot(index="setting", columns="sparsity", values="cell").reindex(index=order, columns=cols)
+    return grid.reset_index()
+
+
+def accuracy_grid(an: BudgetAnalysis, criterion: str) -> pd.DataFrame:
+    """Mean accuracy, one row per setting, one column per sparsity."""
+    a = an.accuracy[an.accuracy["criterion"] == criterion].sort_values(["ft_epochs", "ft_lr", "ft_momentum",
+                                                                         "requested"])
+    a = a.assign(sparsity=a["requested"].map(W.pct), acc=a["accuracy"].map(lambda x: f"{x:.4f}"))
+    order, cols = list(dict.fromkeys(a["setting"])), list(dict.fromkeys(a["sparsity"]))
+    return a.pivot(index="setting", columns="sparsity", values="acc").reindex(index=order, columns=cols).reset_index()
+
+
+def reading(an: BudgetAnalysis) -> list[str]:
+    """Findings generated from the numbers: how many cells each setting leaves intensified / de-intensified, and
+    the budget terms of the pooled fits."""
+    a = an.tier_a[an.tier_a["subset"] == "all"].sort_values(["ft_epochs", "ft_lr", "ft_momentum"], kind="stable")
+    out = []
+    for setting, g in a.groupby("setting", sort=False):
+        v = g["verdict"].value_counts()
+        out.append(f"- **{setting}**: {int(v.get('intensification', 0))} of {len(g)} cells intensify, "
+                   f"{int(v.get('de-intensification', 0))} de-intensify (95% t-intervals); mean E[α_t] over cells "
+                   f"{g['mean'].mean():.2f}.")
+    for name, fit in (("by setting (reference: no fine-tuning)", an.by_setting), ("budget factors", an.factors)):
+        if fit is None:
+            continue
+        t = fit.table[fit.table["moderator"].astype(str).str.startswith(("setting", "ft_"))]
+        bits = [f"{r.term.split('[T.')[-1].rstrip(']')} ({r.moderator}): {r.coef:+.3f} [{r.ci_low:+.3f}, "
+                f"{r.ci_high:+.3f}]" for r in t.itertuples()]
+        if bits:
+            out.append(f"- **Pooled slope, {name}**: " + "; ".join(bits) + ".")
+    return out
+
+
+def plot(an: BudgetAnalysis):
+    """E[α_t] against fine-tuning epochs, one panel per criterion, one line per (lr, momentum) and sparsity."""
+    import matplotlib.pyplot as plt
+
+    a = an.tier_a[an.tier_a["subset"] == "all"]
+    crits = list(dict.fromkeys(a["criterion"]))
+    fig, axes = plt.subplots(1, len(crits), figsize=(5.5 * len(crits), 4), squeeze=False)
+    none = a[a["ft_epochs"] == 0]
+    for ax, c in zip(axes[0], crits):
+        g = a[(a["criterion"] == c) & (a["ft_epochs"] > 0)]
+        for (lr, mom), h in g.groupby(["ft_lr", "ft_momentum"]):
+            for sp, k in h.groupby("requested_sparsity"):
+                base = none[(none["criterion"] == c) & (none["requested_sparsity"] == sp)]
+                k = pd.concat([base, k]).sort_values("ft_epochs")
+                ax.plot(k["ft_epochs"], k["mean"], marker="o", lw=1,
+                        label=f"{W.pct(sp)} lr {lr:g} m {mom:g}")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_xlabel("fine-tuning epochs")
+        ax.set_ylabel("E[α_t]")
+        ax.set_title(c.upper())
+    axes[0][-1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def render(an: BudgetAnalysis, *, title: str, header: Sequence[str], timings: pd.DataFrame | None) -> str:
+    lines = [f"# {title}", "", *header, "",
+             "This moderator is an extension: neither reference study varies the recovery budget.", "",
+             f"- Diverged networks (excluded): {len(an.diverged)}.", "",
+             "## Reading (generated from the numbers below)", "", *reading(an), ""]
+    for c in dict.fromkeys(an.tier_a["criterion"]):
+        lines += [f"## {c.upper()}: E[α_t] by budget (mean over seeds, 95% t-interval; ▲ intensification, "
+                  "▼ de-intensification, · inconclusive)", "", W.markdown_table(alpha_grid(an, c)), "",
+                  f"Accuracy ({c.upper()}):", "", W.markdown_table(accuracy_grid(an, c)), ""]
+    for name, fit in (("by setting, reference: no fine-tuning", an.by_setting),
+                      ("fine-tuned settings, budget factors", an.factors)):
+        if fit is None:
+            continue
+        lines += [f"## Pooled moderated slope ({name})", "", f"Formula: `{fit.formula}`; {fit.n_clusters} clusters; "
+                  "flagged networks excluded.", "", W.markdown_table(fit.table.drop(columns=["null"])), ""]
+        lines += [f"- {n}" for n in fit.notes] + [""]
+    lines += ["## Plots", "", "![alpha by budget](plots/budget_alpha.png)", ""]
+    if timings is not None and not timings.empty:
+        lines += ["## Time per stage (this machine, all runs of this workdir)", "", W.markdown_table(timings, ".1f"),
+                  ""]
+    return "\n".join(lines)
+
+
+def write(an: BudgetAnalysis, out: Path, *, title: str, header: Sequence[str], timings: pd.DataFrame | None) -> str:
+    """report.md, plots/budget_alpha.png and tables/*.csv into `out`; returns a terminal summary."""
+    text = render(an, title=title, header=header, timings=timings)
+    tables: dict[str, Any] = {"alpha_networks": an.alpha, "alpha_tier_a": an.tier_a, "accuracy": an.accuracy,
+                              "pooled_ols_by_setting": an.by_setting.table, "diverged_networks": an.diverged}
+    if an.factors is not None:
+        tables["pooled_ols_budget_factors"] = an.factors.table
+    path = W.write(out, text, tables=tables, plots={"budget_alpha.png": lambda: plot(an)})
+    return f"report: {path}\n" + "\n".join(reading(an))
