@@ -1,4 +1,4 @@
-"""The claims table: every claim of the two reference studies, tested on stored results (docs/methods.md §11).
+"""The claims table: every claim of the two reference studies, tested on stored results (docs/methods.md §13).
 
 Each row is one claim in one setting: the paper's statement, our setting, our estimate with its 95% interval, a
 verdict and one generated sentence of why. Units are seeds, so intervals are honest with few of them:

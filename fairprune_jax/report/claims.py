@@ -61,7 +61,7 @@ def write(workdirs: Sequence[Path], out: Path) -> str:
         "High sparsity is a requested sparsity of at least 90%, low at most 50%; MP, GP and UP networks, flagged "
         "(near-chance) networks excluded; random pruning is a control and tests no claim. Verdict: reproduced when "
         "the interval lies on the claimed side of the null, not reproduced when on the other side, inconclusive "
-        "otherwise (docs/methods.md §11).", "", markdown(table), ""])
+        "otherwise (docs/methods.md §13).", "", markdown(table), ""])
     for f in (out / "claims.md",):
         W.atomic_write(f, text.encode())
     W.atomic_write(out / W.TABLES_DIR / "claims.csv", table.to_csv(index=False).encode())
