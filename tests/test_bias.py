@@ -7,6 +7,8 @@ import pytest
 from scipy import special, stats
 
 from fairprune_jax.analysis import bias as B
+from fairprune_jax.analysis import bias_identification as BI
+from fairprune_jax.analysis import bias_softmax as BSM
 
 
 # ------------------------------------------------------------------------------------------------ thresholds
@@ -205,10 +207,10 @@ def test_group_error_rates_by_hand():
 # ------------------------------------------------------------------------------------------------ softmax analogues
 def test_softmax_uncertainty_and_argmax():
     z = np.array([[5.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 9.0], [0.0, 2.0, 0.0]])
-    np.testing.assert_array_equal(B.argmax_predictions(z), np.eye(3, dtype=int)[[0, 0, 2, 1]])
+    np.testing.assert_array_equal(BSM.argmax_predictions(z), np.eye(3, dtype=int)[[0, 0, 2, 1]])
     conf = special.softmax(z, axis=1).max(1)
-    assert B.softmax_uncertainty(z) == pytest.approx((conf < 0.9).mean())
-    np.testing.assert_allclose(B.softmax_uncertainty(z, [0, 1, 2, 1]), [0.0, 1.0, 0.0])
+    assert BSM.softmax_uncertainty(z) == pytest.approx((conf < 0.9).mean())
+    np.testing.assert_allclose(BSM.softmax_uncertainty(z, [0, 1, 2, 1]), [0.0, 1.0, 0.0])
 
 
 def test_class_offsets_match_predicted_to_true_counts():
@@ -216,13 +218,13 @@ def test_class_offsets_match_predicted_to_true_counts():
     labels = rng.integers(0, 4, size=400)
     z = 2.0 * np.eye(4)[labels] + rng.normal(size=(400, 4))
     z[:, 0] += 1.5  # class 0 over-predicted
-    b = B.calibrate_class_offsets(z, labels)
-    before = B.argmax_predictions(z).sum(0)
-    after = B.argmax_predictions(B.apply_class_offsets(z, b)).sum(0)
+    b = BSM.calibrate_class_offsets(z, labels)
+    before = BSM.argmax_predictions(z).sum(0)
+    after = BSM.argmax_predictions(BSM.apply_class_offsets(z, b)).sum(0)
     true = np.bincount(labels, minlength=4)
     assert np.abs(after - true).sum() < np.abs(before - true).sum() / 4
     assert b[0] < b[1:].min()
-    bs = B.calibrate_class_offsets(np.stack([z, z]), labels)  # stacked seeds
+    bs = BSM.calibrate_class_offsets(np.stack([z, z]), labels)  # stacked seeds
     np.testing.assert_allclose(bs, [b, b])
 
 
@@ -234,8 +236,8 @@ def test_logit_interdependence_and_softmax_metrics_consistency():
     labels = rng.integers(0, 3, size=300)
     g = rng.integers(0, 2, size=300)
     pf, nf = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.3, 0.5])
-    m = B.softmax_metrics(z, labels, g, pf, nf, triggered=g)
-    ba = B.bias_amplification(B.argmax_predictions(z), B.one_hot(labels, 3), g, pf, nf)
+    m = BSM.softmax_metrics(z, labels, g, pf, nf, triggered=g)
+    ba = B.bias_amplification(BSM.argmax_predictions(z), BSM.one_hot(labels, 3), g, pf, nf)
     np.testing.assert_array_equal(np.isnan(m["ba"]), np.isnan(ba))
     np.testing.assert_allclose(m["ba"][~np.isnan(ba)], ba[~np.isnan(ba)])
     assert np.isnan(m["ba"][1])  # pf = nf
@@ -308,7 +310,7 @@ def test_bad_predictions_and_probabilities_are_refused_naming_the_argument():
     with pytest.raises(ValueError, match="yhat: expected binary"):
         B.bba(yhat * 0.5, y, g)
     logits = np.array([-3.0, 0.2, 2.5])
-    for fn in (B.susceptibility_flags, B.susceptibility_score):
+    for fn in (BI.susceptibility_flags, BI.susceptibility_score):
         with pytest.raises(ValueError, match=r"p_bar: expected probabilities in \[0, 1\], got -3 \(logits"):
             fn(logits)
         with pytest.raises(ValueError, match="p_bar: expected probabilities"):
@@ -317,47 +319,47 @@ def test_bad_predictions_and_probabilities_are_refused_naming_the_argument():
 
 
 def test_cie_science_vector():
-    ch = B.identify_cies(DENSE, SPARSE, labels=[1, 0, 0, 0, 1, 1])
+    ch = BI.identify_cies(DENSE, SPARSE, labels=[1, 0, 0, 0, 1, 1])
     np.testing.assert_array_equal(ch.dense_mode, [1, 0, 0, 0, 1, 0])
     np.testing.assert_array_equal(ch.sparse_mode, [1, 1, 0, 0, 1, 1])
     np.testing.assert_array_equal(ch.cie, [0, 1, 0, 0, 0, 1])
     np.testing.assert_array_equal(ch.harmful, [0, 1, 0, 0, 0, 0])  # sample 5: sparse right, dense wrong
-    u = B.susceptibility_flags(P_BAR)
+    u = BI.susceptibility_flags(P_BAR)
     np.testing.assert_array_equal(u, [0, 1, 1, 0, 0, 1])
-    sc = B.flag_scores(u, ch.cie)
+    sc = BI.flag_scores(u, ch.cie)
     assert sc["precision"] == pytest.approx(2 / 3) and sc["recall"] == 1.0 and sc["f1"] == pytest.approx(0.8)
     assert sc["flagged_fraction"] == 0.5 and sc["enrichment"] == np.inf
 
 
 def test_cies_multilabel_ties_and_classes():
     stacked = np.stack([DENSE, SPARSE], -1)  # [S, N, A=2]
-    ch = B.identify_cies(stacked, stacked[..., ::-1])
+    ch = BI.identify_cies(stacked, stacked[..., ::-1])
     np.testing.assert_array_equal(ch.cie[:, 0], [0, 1, 0, 0, 0, 1])
-    np.testing.assert_array_equal(B.modal_binary([[0, 1], [1, 0]]), [1, 1])  # ties → 1
-    np.testing.assert_array_equal(B.modal_class([[0, 2, 1], [1, 2, 1], [2, 0, 0], [1, 0, 0]], 3), [1, 2, 1])
+    np.testing.assert_array_equal(BI.modal_binary([[0, 1], [1, 0]]), [1, 1])  # ties → 1
+    np.testing.assert_array_equal(BI.modal_class([[0, 2, 1], [1, 2, 1], [2, 0, 0], [1, 0, 0]], 3), [1, 2, 1])
     d = np.array([[0, 2, 1], [0, 2, 1], [1, 0, 1]])
     s = np.array([[0, 1, 2], [1, 1, 2], [1, 1, 2]])
-    pie = B.identify_cies(d, s, labels=[0, 2, 2], num_classes=3)
+    pie = BI.identify_cies(d, s, labels=[0, 2, 2], num_classes=3)
     np.testing.assert_array_equal(pie.cie, [1, 1, 1])
     np.testing.assert_array_equal(pie.harmful, [1, 1, 0])
     with pytest.raises(ValueError, match="sparse_preds"):
-        B.identify_cies(DENSE, SPARSE[:, :5])
+        BI.identify_cies(DENSE, SPARSE[:, :5])
 
 
 def test_flag_metrics_enrichment_auroc_and_groups():
     u = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     c = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0, 0])
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
-    sc = B.flag_scores(u, c, score)
+    sc = BI.flag_scores(u, c, score)
     assert sc["precision"] == 0.5 and sc["recall"] == pytest.approx(2 / 3)
     assert sc["enrichment"] == pytest.approx(0.5 / (1 / 6))
     assert sc["auroc"] == pytest.approx((7 + 7 + 5) / 21)  # positives beat 7, 7, 5 of 7 negatives
-    t = B.evaluate_flags(np.c_[u, u], np.c_[c, c], np.c_[score, score], groups=np.r_[np.ones(5), np.zeros(5)],
-                         names=["x", "y"], per_attribute=True)
+    t = BI.evaluate_flags(np.c_[u, u], np.c_[c, c], np.c_[score, score], groups=np.r_[np.ones(5), np.zeros(5)],
+                          names=["x", "y"], per_attribute=True)
     assert len(t) == 9
     row = t[(t.attribute == "all") & (t.subset == "g=0")].iloc[0]
     assert row.n == 10 and row.n_cie == 0 and np.isnan(row.precision)
-    np.testing.assert_array_equal(B.disagreement_flags([[0, 1, 1], [0, 1, 0]]), [False, False, True])
+    np.testing.assert_array_equal(BI.disagreement_flags([[0, 1, 1], [0, 1, 0]]), [False, False, True])
 
 
 def test_attribute_regression_against_numpy_hc3_and_spearman():
@@ -367,9 +369,9 @@ def test_attribute_regression_against_numpy_hc3_and_spearman():
                       "prevalence": rng.uniform(size=n), "group_gap": rng.uniform(size=n)})
     t["delta_ba"] = 0.3 * t.dense_uncertainty - 0.1 * t.group_gap + 0.05 * rng.normal(size=n)
     t.loc[3, "dense_r2"] = np.nan  # dropped
-    r = B.attribute_regression(t)
+    r = BI.attribute_regression(t)
     d = t.dropna()
-    x = np.c_[np.ones(len(d)), d[list(B.DENSE_PREDICTORS)].to_numpy()]
+    x = np.c_[np.ones(len(d)), d[list(BI.DENSE_PREDICTORS)].to_numpy()]
     yv = d.delta_ba.to_numpy()
     xtx_inv = np.linalg.inv(x.T @ x)
     beta = xtx_inv @ x.T @ yv
@@ -382,17 +384,17 @@ def test_attribute_regression_against_numpy_hc3_and_spearman():
     assert (ols.n_units == n - 1).all()
     sp = r[(r.method == "spearman") & (r.term == "dense_uncertainty")].iloc[0]
     assert sp.estimate == pytest.approx(stats.spearmanr(d.dense_uncertainty, d.delta_ba).statistic)
-    few = B.attribute_regression(t.iloc[:5])
+    few = BI.attribute_regression(t.iloc[:5])
     assert few[few.method == "ols_hc3"].estimate.isna().all() and "too few" in few.note.iloc[0]
     with pytest.raises(ValueError, match="missing"):
-        B.attribute_regression(t, predictors=B.DELTA_PREDICTORS)
+        BI.attribute_regression(t, predictors=BI.DELTA_PREDICTORS)
 
 
 def test_attribute_table_seed_means():
     names = ["a", "b"]
-    t = B.attribute_table(names, ba_dense=[[0.0, np.nan], [0.2, np.nan]], ba_sparse=[[0.3, 0.1], [0.5, np.nan]],
-                          dense_uncertainty=[[0.1, 0.2], [0.3, 0.4]], dense_r2=[0.5, 0.6], prevalence=[0.1, 0.4],
-                          pf=[0.3, 0.2], nf=[0.1, 0.4], sparse_uncertainty=[0.4, 0.4], sparse_r2=[0.7, 0.6])
+    t = BI.attribute_table(names, ba_dense=[[0.0, np.nan], [0.2, np.nan]], ba_sparse=[[0.3, 0.1], [0.5, np.nan]],
+                           dense_uncertainty=[[0.1, 0.2], [0.3, 0.4]], dense_r2=[0.5, 0.6], prevalence=[0.1, 0.4],
+                           pf=[0.3, 0.2], nf=[0.1, 0.4], sparse_uncertainty=[0.4, 0.4], sparse_r2=[0.7, 0.6])
     np.testing.assert_allclose(t.delta_ba, [0.3, np.nan])
     np.testing.assert_allclose(t.group_gap, [0.2, 0.2])
     np.testing.assert_allclose(t.rel_group_gap, [2.0, 1.0])
@@ -446,21 +448,21 @@ def test_planted_bias_grows_and_dense_uncertainty_finds_cies():
     assert abs(ba[0] - ba_dense) < 0.01
     assert np.all(np.diff(ba) > 0.01), ba
 
-    ch = B.identify_cies(B.predict(dense), B.predict(sparse[2.0]), labels=y)
+    ch = BI.identify_cies(B.predict(dense), B.predict(sparse[2.0]), labels=y)
     assert ch.cie.sum() > 50 and ch.cie[susc].mean() > 3 * ch.cie[~susc].mean()
-    p_bar = B.dense_mean_probability(dense)
-    u = B.susceptibility_flags(p_bar)
+    p_bar = BI.dense_mean_probability(dense)
+    u = BI.susceptibility_flags(p_bar)
     np.testing.assert_array_equal(u, susc)  # the known subset is exactly what the band flags
-    res = B.evaluate_flags(u, ch.cie, B.susceptibility_score(p_bar), groups=g)
+    res = BI.evaluate_flags(u, ch.cie, BI.susceptibility_score(p_bar), groups=g)
     overall = res[res.subset == "all"].iloc[0]
     rand = B.auc(np.random.default_rng(9).uniform(size=y.size), ch.cie.astype(float))
     assert overall.auroc > 0.7 and overall.auroc - rand > 0.15
     assert overall.enrichment > 3 and overall.precision > 2 * ch.cie.mean()
 
     # attenuation: giving flagged samples the dense prediction shrinks the bias increase
-    tab = B.attenuation_table(B.predict(dense[..., None]), B.predict(sparse[2.0][..., None]), y[:, None], g,
-                              pf, nf, u, names=["a"])
-    summ = B.attenuation_summary(tab).set_index(["variant", "attribute"])
+    tab = BI.attenuation_table(B.predict(dense[..., None]), B.predict(sparse[2.0][..., None]), y[:, None], g,
+                               pf, nf, u, names=["a"])
+    summ = BI.attenuation_summary(tab).set_index(["variant", "attribute"])
     assert summ.loc[("full", "a"), "delta_ba"] > 0.02
     assert summ.loc[("dense_fill", "a"), "delta_ba"] < 0.5 * summ.loc[("full", "a"), "delta_ba"]
     assert ("exclude", "mean") in summ.index

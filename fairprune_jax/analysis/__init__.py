@@ -7,14 +7,16 @@ the package pulls in neither statsmodels nor matplotlib:
 - ``stats``: Tier A (t-intervals, t-test vs 1), Tier B (MixedLM), Tier C (cluster-robust pooled OLS), per-class
   Welch tests with BH/Holm, seed bootstrap.
 - ``plots``: matplotlib (Agg) figures of E[α_t], class deviations and accuracy against sparsity.
-- ``bias``: paper-2 metrics.
+- ``bias``: paper-2 metrics of one multi-label head (thresholds, BA, uncertainty, interdependence, ECE, ...).
+- ``bias_softmax``: their softmax (single-label) analogues.
+- ``bias_identification``: CIEs over populations and the dense-only criteria (flags, attenuation, regression).
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-_SUBMODULES = ("intensification", "stats", "plots", "bias")
+_SUBMODULES = ("intensification", "stats", "plots", "bias", "bias_softmax", "bias_identification")
 __all__ = list(_SUBMODULES)
 
 

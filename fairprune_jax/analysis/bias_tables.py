@@ -3,7 +3,8 @@
 Per population every §6 metric per seed × attribute at τ = 0 and at calibrated thresholds (global, and per
 protected group = the countermeasure); per sparsity the CIEs of the pruned population vs the dense one, the dense
 susceptibility criteria scored against them (with a random baseline), attenuation, and the attribute-level
-regression. The metric functions themselves are `fairprune_jax.analysis.bias`.
+regression. The metric functions themselves are `fairprune_jax.analysis.bias` and (CIEs, criteria, attenuation,
+regression) `fairprune_jax.analysis.bias_identification`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fairprune_jax.analysis import bias as B
+from fairprune_jax.analysis import bias_identification as BI
 
 if TYPE_CHECKING:
     from fairprune_jax.studies.bias_data import StudyData
@@ -134,24 +136,24 @@ def identification_tables(dense_test_logits, sparse_test_logits, data: StudyData
     zd, zs = np.asarray(dense_test_logits, float), np.asarray(sparse_test_logits, float)
     names, y = list(data.names), data.y_test
     yd, ys = B.predict(zd, 0.0), B.predict(zs, 0.0)
-    ch = B.identify_cies(yd, ys, y)
-    pbar = B.dense_mean_probability(zd)
-    score = B.susceptibility_score(pbar)
-    flags = B.susceptibility_flags(pbar, band)
+    ch = BI.identify_cies(yd, ys, y)
+    pbar = BI.dense_mean_probability(zd)
+    score = BI.susceptibility_score(pbar)
+    flags = BI.susceptibility_flags(pbar, band)
     crits: dict[str, tuple[np.ndarray, np.ndarray]] = {DEFAULT_CRITERION: (flags, score)}
     for b in bands:
-        crits[f"uncertainty_{b:g}"] = (B.susceptibility_flags(pbar, b), score)
-    crits["disagreement"] = (B.disagreement_flags(yd), -np.abs(yd.mean(axis=0) - 0.5))
+        crits[f"uncertainty_{b:g}"] = (BI.susceptibility_flags(pbar, b), score)
+    crits["disagreement"] = (BI.disagreement_flags(yd), -np.abs(yd.mean(axis=0) - 0.5))
     key = jax.random.fold_in(jax.random.key(0), _RANDOM_BASELINE) if key is None else key
     crits["random"] = random_baseline(key, int(flags.sum()), flags.shape)
     rows = []
     for crit, (u, s) in crits.items():
-        f = B.evaluate_flags(u, ch.cie, s)
+        f = BI.evaluate_flags(u, ch.cie, s)
         f.insert(0, "protected", "")
         f.insert(0, "criterion", crit)
         rows.append(f)
         for p, name in enumerate(data.protected):
-            f = B.evaluate_flags(u, ch.cie, s, data.g_test[p])
+            f = BI.evaluate_flags(u, ch.cie, s, data.g_test[p])
             f = f[f["subset"] != "all"].copy()
             f.insert(0, "protected", name)
             f.insert(0, "criterion", crit)
@@ -176,8 +178,8 @@ def attenuation_frame(dense_test_logits, sparse_test_logits, data: StudyData, fl
     ys = B.predict(np.asarray(sparse_test_logits, float), 0.0)
     frames = []
     for p, name in enumerate(data.protected):
-        t = B.attenuation_table(yd, ys, data.y_test, data.g_test[p], data.pf[p], data.nf[p], flags,
-                                names=data.names)
+        t = BI.attenuation_table(yd, ys, data.y_test, data.g_test[p], data.pf[p], data.nf[p], flags,
+                                 names=data.names)
         t.loc[t["attribute"].isin([a for a, x in zip(data.names, data.ba_excluded[p]) if x]), "ba"] = np.nan
         t.insert(0, "protected", name)
         frames.append(t)
@@ -192,15 +194,15 @@ def attribute_frames(dense: pd.DataFrame, sparse: pd.DataFrame, data: StudyData,
     tables, regs = [], []
     arr = lambda f, m, prot="": metric_array(f, m, names, protected=prot)  # noqa: E731
     for p, name in enumerate(data.protected):
-        t = B.attribute_table(
+        t = BI.attribute_table(
             names, ba_dense=arr(dense, "ba", name), ba_sparse=arr(sparse, "ba", name),
             dense_uncertainty=arr(dense, "uncertainty"), dense_r2=arr(dense, "r2"), prevalence=data.prevalence,
             pf=data.pf[p], nf=data.nf[p], sparse_uncertainty=arr(sparse, "uncertainty"),
             sparse_r2=arr(sparse, "r2"))
         t.insert(0, "protected", name)
         tables.append(t)
-        for label, preds in (("dense", B.DENSE_PREDICTORS), ("delta", B.DELTA_PREDICTORS)):
-            r = B.attribute_regression(t, predictors=preds)
+        for label, preds in (("dense", BI.DENSE_PREDICTORS), ("delta", BI.DELTA_PREDICTORS)):
+            r = BI.attribute_regression(t, predictors=preds)
             r.insert(0, "predictors", label)
             r.insert(0, "protected", name)
             regs.append(r)

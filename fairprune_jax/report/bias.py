@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from fairprune_jax.analysis import bias as B
+from fairprune_jax.analysis import bias_identification as BI
 from fairprune_jax.report import writer as W
 from fairprune_jax.report.bias_plots import plot_calibration, plot_identification, plot_metrics
 from fairprune_jax.report.bias_summary import GROUP_METRICS, LABELS, metric_series, row, summarize_metrics
@@ -249,7 +249,7 @@ def _reading_regression(reg: pd.DataFrame, protected: Sequence[str], focus: list
 
 
 def attenuation_summary_frame(att: pd.DataFrame) -> pd.DataFrame:
-    return B.attenuation_summary(att[["population", "seed", "attribute", "variant", "ba"]])
+    return BI.attenuation_summary(att[["population", "seed", "attribute", "variant", "ba"]])
 
 
 # ------------------------------------------------------------------------------------------------------------
