@@ -229,6 +229,24 @@ def sparsity(mask: Mask, prunable: PathPredicate, *, lead: int = 0) -> jax.Array
     return _over_lead(one, lead)(mask)
 
 
+def agreement(a: Mask, b: Mask, prunable: PathPredicate, *, lead: int = 0) -> jax.Array:
+    """Fraction of the prunable weights kept by `a` that `b` keeps too: 1 for identical masks, about b's density
+    (1 − sparsity) for an unrelated one, symmetric for two masks of equal sparsity; [*lead] over leading axes, NaN
+    when `a` keeps nothing. Kept rather than pruned weights, so that it discriminates at high sparsity, where any two
+    masks share most pruned weights. Asks whether two criteria select different weights (UP against GP)."""
+    validate(a, a, name="a")
+    validate(a, b, name="b")
+
+    def one(x: Mask, y: Mask) -> jax.Array:
+        xs = [m for _, m in _prunable_leaves(x, prunable)]
+        ys = [m for _, m in _prunable_leaves(y, prunable)]
+        both = sum(jnp.sum(m & n, dtype=jnp.int32) for m, n in zip(xs, ys))
+        kept = sum(jnp.sum(m, dtype=jnp.int32) for m in xs)
+        return jnp.where(kept > 0, both / jnp.maximum(kept, 1), jnp.nan)
+
+    return _over_lead(one, lead)(a, b)
+
+
 def kernel_sparsity(mask: Mask) -> jax.Array:
     """Fraction of pruned weights over all leaves named ``kernel`` (eligible or not), the second figure of §4."""
     leaves = [m for p, m in _flatten(mask)[0] if path_str(p).split("/")[-1] == "kernel"]

@@ -165,8 +165,7 @@ def test_bias_claims_use_the_highest_sparsity_with_every_ba_defined():
 
 def test_claims_cli_on_a_real_smoke_run(tmp_path):
     run = subprocess.run([sys.executable, "-m", "experiments.sweep", "--config=configs/mnist.py:smoke",
-                          f"--workdir={tmp_path / 'wd'}", "--config.progress=False", "--config.save_pruned=False",
-                          "--config.analysis.bootstrap=0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                          f"--workdir={tmp_path / 'wd'}", "--config.progress=False", "--config.analysis.bootstrap=0"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     bad = subprocess.run([sys.executable, "-m", "experiments.report", "--claims", f"--workdir={tmp_path / 'wd'}"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -177,3 +176,13 @@ def test_claims_cli_on_a_real_smoke_run(tmp_path):
     text = (tmp_path / "claims" / "claims.md").read_text()
     table = pd.read_csv(tmp_path / "claims" / "tables" / "claims.csv")
     assert {"high", "up_mp"} <= set(table["claim"]) and "| paper | claim | our setting |" in text
+    # the saved pruned masks give the UP/MP agreement note (95% is the smoke grid's high-sparsity point)
+    assert "of the weights UP keeps are kept by MP too" in table.loc[table["claim"] == "up_mp", "why"].item()
+
+
+def test_mask_agreement_averages_the_high_sparsity_grid_points():
+    up = {"w": np.array([[[[1, 1, 0, 0], [1, 0, 0, 0]]]], bool).repeat(2, axis=0)}  # [S=2, 1, P=2, 4]
+    mp = {"w": np.array([[[[1, 0, 1, 0], [1, 0, 0, 0]]]], bool).repeat(2, axis=0)}
+    got = C.mask_agreement({"up": up, "mp": mp}, [0.5, 0.95], lambda p, x: True)
+    assert got == {("up", "mp"): 1.0}  # only the 95% point (index 1) counts: UP keeps w0, so does MP
+    assert C.mask_agreement({"up": up}, [0.5, 0.95], lambda p, x: True) == {}

@@ -554,3 +554,27 @@ def test_exact_sparsity_carries_the_float64_count_through_jit_and_vmap(n):
     np.testing.assert_array_equal(np.asarray(counts.n_zero(ex, n)), want)
     with pytest.raises(ValueError, match="sparsity"):
         counts.exact([0.5, 1.5])
+
+
+def test_agreement_counts_kept_weights_shared_with_the_other_mask():
+    pred = lambda path, x: True  # noqa: E731
+    a = {"w": jnp.array([True, True, False, False]), "v": jnp.array([[True, False]])}
+    b = {"w": jnp.array([True, False, True, False]), "v": jnp.array([[True, True]])}
+    # a keeps w0, w1, v00 (3); b keeps w0 and v00 of those (2)
+    assert float(masks.agreement(a, b, pred)) == pytest.approx(2 / 3)
+    assert float(masks.agreement(b, a, pred)) == pytest.approx(2 / 4)
+    assert float(masks.agreement(a, a, pred)) == 1.0
+    none = jax.tree.map(jnp.zeros_like, a)
+    assert np.isnan(float(masks.agreement(none, a, pred)))
+    stacked = jax.tree.map(lambda x, y: jnp.stack([x, y]), a, b)
+    np.testing.assert_allclose(masks.agreement(stacked, jax.tree.map(lambda x: jnp.stack([x, x]), a), pred, lead=1),
+                               [1.0, 2 / 4])
+    with pytest.raises(ValueError, match="b: leaf 'w' has shape"):
+        masks.agreement(a, {"w": jnp.ones(3, bool), "v": b["v"]}, pred)
+
+
+def test_agreement_of_an_unrelated_mask_is_about_its_density():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    a = {"w": jax.random.bernoulli(k1, 0.1, (200_000,))}
+    b = {"w": jax.random.bernoulli(k2, 0.1, (200_000,))}
+    assert float(masks.agreement(a, b, lambda p, x: True)) == pytest.approx(0.1, abs=0.01)

@@ -66,6 +66,7 @@ class RecallRun:
     config: Any
     alpha: pd.DataFrame
     long: pd.DataFrame
+    agreement: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)  # (a, b) -> `mask_agreement`
 
 
 def verdict(claim: Claim, low: float, high: float) -> str:
@@ -177,8 +178,12 @@ def criterion_rows(run: RecallRun) -> list[dict]:
         if diff.empty:
             continue
         est, lo, hi, n = one_sample(diff.to_numpy(), 0.0)
+        note = f"UP {up.mean():.3g} vs {other.upper()} {ref.mean():.3g}."
+        if ("up", other) in run.agreement:
+            note += (f" {100 * run.agreement[('up', other)]:.1f}% of the weights UP keeps are kept by "
+                     f"{other.upper()} too (mean over seeds and sparsities).")
         out.append(row(key, describe(run, HIGH, ("up", other)), est, lo, hi, f"{n} seeds, paired",
-                       f"E[α_t] UP − {other.upper()}", f"UP {up.mean():.3g} vs {other.upper()} {ref.mean():.3g}."))
+                       f"E[α_t] UP − {other.upper()}", note))
     return out
 
 
@@ -338,14 +343,30 @@ def bias_rows(config: Any, metrics: pd.DataFrame, identification: pd.DataFrame) 
 
 # ---------------------------------------------------------------------------------------------- table
 
-def recall_run(name: str, config: Any, recall: pd.DataFrame, *, chance: float = 1.5) -> RecallRun:
+def recall_run(name: str, config: Any, recall: pd.DataFrame, *, chance: float = 1.5,
+               agreement: dict[tuple[str, str], float] | None = None) -> RecallRun:
     """α_t and the long table of a stored recall table (diverged networks left out)."""
     from fairprune_jax.analysis import intensification
 
     if "diverged" in recall:
         recall = recall[~recall["diverged"].astype(bool)]
     long = intensification.long_table(recall.reset_index(drop=True), chance=chance)
-    return RecallRun(name, config, intensification.alpha(long), long)
+    return RecallRun(name, config, intensification.alpha(long), long, dict(agreement or {}))
+
+
+def mask_agreement(masks: dict[str, Any], sparsities: Sequence[float], prunable: Any,
+                   pairs: Sequence[tuple[str, str]] = (("up", "mp"), ("up", "gp"))) -> dict[tuple[str, str], float]:
+    """Mean `masks.agreement` over seeds and the high-sparsity grid points, for each pair of criteria whose masks
+    [S, 1, P, ...] are given."""
+    from fairprune_jax import masks as masks_lib
+
+    high = [i for i, s in enumerate(sparsities) if HIGH[0] <= s <= HIGH[1]]
+    out = {}
+    for a, b in pairs:
+        if a in masks and b in masks and high:
+            agree = np.asarray(masks_lib.agreement(masks[a], masks[b], prunable, lead=3))
+            out[(a, b)] = float(np.nanmean(agree[:, :, high]))
+    return out
 
 
 def build(recall_runs: Sequence[RecallRun], bias_runs: Sequence[tuple[Any, pd.DataFrame, pd.DataFrame]]

@@ -43,7 +43,8 @@ def load(workdirs: Sequence[Path]):
         recall = wd.read_table(RECALL_TABLE)
         if recall.empty:
             raise ValueError(f"{path}: no results yet (table {RECALL_TABLE!r} is empty)")
-        recall_runs.append(C.recall_run(str(path), cfg, recall, chance=float(cfg.analysis.chance_factor)))
+        recall_runs.append(C.recall_run(str(path), cfg, recall, chance=float(cfg.analysis.chance_factor),
+                                        agreement=_agreement(wd, cfg)))
     return recall_runs, bias_runs
 
 
@@ -67,3 +68,22 @@ def write(workdirs: Sequence[Path], out: Path) -> str:
     W.atomic_write(out / W.TABLES_DIR / "claims.csv", table.to_csv(index=False).encode())
     counts = table["verdict"].value_counts().to_dict()
     return f"claims: {out / 'claims.md'} ({len(table)} rows: {counts})"
+
+
+def _agreement(wd, cfg) -> dict:
+    """Mask agreement between criteria from a one-shot run's saved pruned checkpoints (empty without them)."""
+    from fairprune_jax import checkpoints, models
+    from fairprune_jax import data as data_lib
+    from fairprune_jax.analysis import claims as C
+
+    if cfg.prune.protocol != "one_shot" or len(cfg.models) != 1:
+        return {}
+    model = cfg.models[0]
+    found = {c: f"pruned-{model}-{c}" for c in ("mp", "gp", "up")}
+    found = {c: n for c, n in found.items() if checkpoints.exists(wd.path / "checkpoints", n)}
+    if len(found) < 2:
+        return {}
+    info = data_lib.info(cfg.dataset)
+    spec = models.get_model(model, num_outputs=info.num_classes, input_shape=info.image_shape)
+    masks = {c: checkpoints.restore(wd.path / "checkpoints", n)["masks"] for c, n in found.items()}
+    return C.mask_agreement(masks, list(cfg.prune.sparsities), spec.prunable(bool(cfg.exclude_output)))
