@@ -73,6 +73,39 @@ def reading(an: Analysis) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ render
 
+MARK = {"intensification": "▲", "de-intensification": "▼"}
+COLUMN_ORDER = ("mp", "gp", "up", "random")  # the default sweep's criteria first, any other after them
+
+
+def summary_tables(an: Analysis) -> list[str]:
+    """Per (dataset, model): E[α_t] [95% CI] with a verdict mark and mean accuracy, sparsity × criterion (the
+    compact tables the README quotes)."""
+    a = an.tier_a[an.tier_a["subset"] == "all"] if "subset" in an.tier_a else an.tier_a
+    acc = an.accuracy
+    seen = set(an.recall["criterion"].str.strip().str.lower()) - {"dense"}
+    crits = [c.upper() for c in (*COLUMN_ORDER, *sorted(seen - set(COLUMN_ORDER))) if c in seen]
+    lines = []
+    for (ds, model), g in a.groupby(["dataset", "model"], sort=False):
+        g = g.assign(sparsity=g["requested_sparsity"].map(_pct), crit=g["criterion"].str.upper(),
+                     cell=[f"{r.mean:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] {MARK.get(r.verdict, '·')}"
+                           for r in g.itertuples()])
+        order = g.sort_values("requested_sparsity")["sparsity"].unique()
+        grid = g.pivot_table(index="sparsity", columns="crit", values="cell", aggfunc="first").reindex(
+            index=order, columns=[c for c in crits if c in set(g["crit"])])
+        n = int(g["n_seeds"].max())
+        lines += [f"### {ds} / {model}: E[α_t] (mean over {n} seeds, 95% t-interval; ▲ intensification, "
+                  "▼ de-intensification, · inconclusive)", "", _md(grid.reset_index()), ""]
+        ag = acc[(acc["dataset"] == ds) & (acc["model"] == model)]
+        dense = ag[ag["criterion"] == "dense"]["accuracy"]
+        ag = ag[ag["criterion"] != "dense"].assign(sparsity=lambda d: d["requested"].map(_pct),
+                                                    crit=lambda d: d["criterion"].str.upper())
+        grid = ag.pivot_table(index="sparsity", columns="crit", values="accuracy", aggfunc="first").reindex(
+            index=order, columns=[c for c in crits if c in set(ag["crit"])])
+        dense_s = f"; dense {dense.iloc[0]:.4f}" if len(dense) else ""
+        lines += [f"Test accuracy (mean over seeds{dense_s}):", "",
+                  _md(grid.map(lambda x: f"{x:.4f}").reset_index()), ""]
+    return lines
+
 _md = W.markdown_table
 
 
@@ -112,6 +145,7 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
     notes = [f"- Diverged networks (non-finite loss or parameters; excluded from every statistic): "
              f"{len(an.diverged)}.", *EXTENSION_NOTES]
     lines = [f"# {title}", "", *header, "", "## Notes", "", *notes, "",
+             "## Summary", "", *summary_tables(an),
              "## Reading (generated from the numbers below)", "", *reading(an), "",
              "## E[α_t] per cell (Tier A: mean over seeds, 95% t-interval, t-test vs 1, Holm across cells)", "",
              "α_t is the through-origin slope of δ_t on δ_0 over the classes of one network (docs/methods.md §7). "
