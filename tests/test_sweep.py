@@ -55,6 +55,12 @@ def test_smoke_sweep_end_to_end(finished):
     report = (finished / "report.md").read_text()
     for heading in ("E[α_t] per cell (Tier A", "Tier B", "Pooled moderated slope", "Accuracy", "RQ1", "RQ4"):
         assert heading in report
+    # the Summary's compact grid: one row per sparsity, MP before UP, each cell "mean [low, high] mark"
+    summary = report.split("## Summary", 1)[1].split("## Reading", 1)[0]
+    assert "| sparsity | MP | UP |" in summary
+    tier_a = pd.read_csv(finished / "tables" / "alpha_tier_a.csv").query("subset == 'all' and criterion == 'mp'")
+    first = tier_a.sort_values("requested_sparsity").iloc[0]
+    assert f"| {first['mean']:.2f} [{first['ci_low']:.2f}, {first['ci_high']:.2f}]" in summary
     for png in ("alpha.png", "accuracy.png", "class_deviation.png"):
         assert (finished / "plots" / png).stat().st_size > 1000
     # Rerunning a finished sweep recomputes nothing and changes nothing.

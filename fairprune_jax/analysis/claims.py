@@ -137,8 +137,10 @@ def seed_means(alpha: pd.DataFrame, *, regime: tuple[float, float], criteria: Se
     return sel.groupby("seed")[value].mean()
 
 
-def describe(run: RecallRun, regime: tuple[float, float] | None = None, criteria: Sequence[str] = STRUCTURED) -> str:
-    """Our setting in words: dataset · model · protocol · seeds · weight decay · criteria · regime."""
+def describe(run: RecallRun, regime: tuple[float, float] | None = None, criteria: Sequence[str] = STRUCTURED,
+             omit: str = "") -> str:
+    """Our setting in words: dataset · model · protocol · seeds · weight decay · criteria · regime (`omit`
+    "dataset" or "model" leaves that field out, for comparisons that name it already)."""
     c = run.config
     wd = float(c.train.optimizer.weight_decay)
     models = "/".join(sorted(run.alpha["model"].unique()))
@@ -148,7 +150,9 @@ def describe(run: RecallRun, regime: tuple[float, float] | None = None, criteria
         grid = [s for s in grid if regime[0] <= s <= regime[1]]
     span = f"{100 * min(grid):.0f}–{100 * max(grid):.0f}%" if grid else "no sparsity in range"
     crit = "/".join(x.upper() for x in criteria)
-    return (f"{c.dataset} · {models} · {proto} · {int(c.num_seeds)} seeds · wd {wd:g} · {crit} at {span}")
+    fields = {"dataset": c.dataset, "model": models}
+    head = " · ".join(v for k, v in fields.items() if k != omit)
+    return f"{head} · {proto} · {int(c.num_seeds)} seeds · wd {wd:g} · {crit} at {span}"
 
 
 def regime_rows(run: RecallRun) -> list[dict]:
@@ -188,7 +192,8 @@ def criterion_rows(run: RecallRun) -> list[dict]:
 
 
 def compare_rows(key: str, harder: RecallRun, easier: RecallRun, label: str, *, value: str = "alpha",
-                 table: tuple[pd.DataFrame, pd.DataFrame] | None = None, what: str = "E[α_t]") -> dict | None:
+                 table: tuple[pd.DataFrame, pd.DataFrame] | None = None, what: str = "E[α_t]",
+                 omit: str = "dataset") -> dict | None:
     """A Welch comparison of per-seed high-sparsity means between two runs (harder/smaller minus the other)."""
     a_h, a_e = table if table is not None else (harder.alpha, easier.alpha)
     crits = [c for c in STRUCTURED if c in set(a_h["criterion"]) & set(a_e["criterion"])]
@@ -196,7 +201,7 @@ def compare_rows(key: str, harder: RecallRun, easier: RecallRun, label: str, *, 
     if mh.empty or me.empty:
         return None
     est, lo, hi = welch(mh.to_numpy(), me.to_numpy())
-    setting = f"{label}: {describe(harder, HIGH, crits)} vs {describe(easier, HIGH, crits)}"
+    setting = f"{label} · {describe(harder, HIGH, crits, omit=omit)}"
     return row(key, setting, est, lo, hi, f"{len(mh)} vs {len(me)} seeds, Welch",
                f"{what} difference", f"{mh.mean():.3g} vs {me.mean():.3g}.")
 
@@ -236,9 +241,9 @@ def dataset_rows(runs: Sequence[RecallRun]) -> list[dict]:
                 f"({_dense_accuracy(easy):.3f})"
         out.append(compare_rows("harder", hard, easy, label))
         scaled = (scale_table(hard.long, hard.alpha), scale_table(easy.long, easy.alpha))
-        out.append(compare_rows("harder", hard, easy, "δ0-scale controlled, log(α_t / α_null), " + label,
+        out.append(compare_rows("harder", hard, easy, label + " · δ0-scale controlled: log(α_t / α_null)",
                                 value="log_excess", table=scaled, what="mean log(α_t/α_null)"))
-        out.append(compare_rows("harder", hard, easy, "rank-based, Spearman ρ(δ0, δt − δ0), " + label,
+        out.append(compare_rows("harder", hard, easy, label + " · rank-based: Spearman ρ(δ0, δt − δ0)",
                                 value="rank_rho", table=scaled, what="mean ρ"))
     return [r for r in out if r is not None]
 
@@ -250,7 +255,7 @@ def model_rows(runs: Sequence[RecallRun]) -> list[dict]:
         small, large = (a, b) if _n_params(a) < _n_params(b) else (b, a)
         label = f"{small.alpha['model'].iloc[0]} ({_n_params(small):,} parameters) vs {large.alpha['model'].iloc[0]} " \
                 f"({_n_params(large):,})"
-        out.append(compare_rows("smaller", small, large, label))
+        out.append(compare_rows("smaller", small, large, label, omit="model"))
     return [r for r in out if r is not None]
 
 
