@@ -58,27 +58,32 @@ def reading(an: BudgetAnalysis) -> list[str]:
 
 
 def plot(an: BudgetAnalysis):
-    """E[α_t] against fine-tuning epochs, one panel per criterion, one line per (lr, momentum) and sparsity."""
+    """E[α_t] against fine-tuning epochs: one panel per sparsity, one colour per (lr, momentum), one line style per
+    criterion; each line starts at the un-tuned network (0 epochs). Symmetric-log y axis (un-tuned α_t can be < 0)."""
     import matplotlib.pyplot as plt
 
     a = an.tier_a[an.tier_a["subset"] == "all"]
-    crits = list(dict.fromkeys(a["criterion"]))
-    fig, axes = plt.subplots(1, len(crits), figsize=(5.5 * len(crits), 4), squeeze=False)
-    none = a[a["ft_epochs"] == 0]
-    for ax, c in zip(axes[0], crits):
-        g = a[(a["criterion"] == c) & (a["ft_epochs"] > 0)]
-        for (lr, mom), h in g.groupby(["ft_lr", "ft_momentum"]):
-            for sp, k in h.groupby("requested_sparsity"):
-                base = none[(none["criterion"] == c) & (none["requested_sparsity"] == sp)]
-                k = pd.concat([base, k]).sort_values("ft_epochs")
-                ax.plot(k["ft_epochs"], k["mean"], marker="o", lw=1,
-                        label=f"{W.pct(sp)} lr {lr:g} m {mom:g}")
+    sparsities = sorted(a["requested_sparsity"].unique())
+    runs = sorted({(r.ft_lr, r.ft_momentum) for r in a[a["ft_epochs"] > 0].itertuples()})
+    colours = plt.get_cmap("tab10")
+    styles = dict(zip(dict.fromkeys(a["criterion"]), ("-", "--", ":", "-.")))
+    fig, axes = plt.subplots(1, len(sparsities), figsize=(3.2 * len(sparsities), 3.4), squeeze=False, sharey=True)
+    for ax, sp in zip(axes[0], sparsities):
+        cell = a[a["requested_sparsity"] == sp]
+        for crit, style in styles.items():
+            c = cell[cell["criterion"] == crit]
+            base = c[c["ft_epochs"] == 0]
+            for k, (lr, mom) in enumerate(runs):
+                line = pd.concat([base, c[(c["ft_lr"] == lr) & (c["ft_momentum"] == mom) & (c["ft_epochs"] > 0)]])
+                line = line.sort_values("ft_epochs")
+                ax.plot(line["ft_epochs"], line["mean"], style, marker="o", ms=3, lw=1, color=colours(k),
+                        label=f"{crit.upper()} lr {lr:g} m {mom:g}")
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        ax.set_yscale("log")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_title(W.pct(sp))
         ax.set_xlabel("fine-tuning epochs")
-        ax.set_ylabel("E[α_t]")
-        ax.set_title(c.upper())
-    axes[0][-1].legend(fontsize=6, ncol=2)
+    axes[0][0].set_ylabel("E[α_t]")
+    axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
     return fig
 
