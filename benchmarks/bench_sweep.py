@@ -5,12 +5,14 @@ Prints: the exact FLOP count of the grid from the model's kernel shapes (forward
 layer, input-gradient GEMMs of layers 2..L, evaluation forwards on the test set); the rate XLA reaches on each of
 those GEMM shapes in this run (one model, S models batched, S models fused into one wide GEMM) and the square-GEMM
 peak; then, interleaved, `python -m experiments.sweep` runs of the grid per variant (wall, per-stage seconds from
-the workdir's `timings.json`, peak RSS of the child), their medians and wall / bound; and the fusion lever measured
-at library level (one fine-tuning epoch of the grid's 80 pruned models, `fuse` on/off, interleaved).
+the workdir's `timings.json`, peak RSS of the child), their medians and wall / bound; and two levers measured at
+library level, interleaved: shared-batch fusion (one fine-tuning epoch of the grid's 80 pruned models, `fuse` on/off)
+and fewer elementwise passes (the library's masked step against the same step unmasked and a hand-fused update).
 
     python -m benchmarks.bench_sweep                        # 3 interleaved repeats of every variant
     python -m benchmarks.bench_sweep --repeats 1 --variants default host2 --no-fusion-lever
     python -m benchmarks.bench_sweep --default-sweep        # also the README's default MNIST sweep
+    python -m benchmarks.bench_sweep --levers-only --no-fusion-lever  # only the fewer-passes lever
 """
 from __future__ import annotations
 
@@ -174,11 +176,74 @@ def fusion_lever(repeats: int) -> dict[str, list[float]]:
     return {k: v[1:] for k, v in times.items()} | {"maxdiff": [diff]}
 
 
+def passes_lever(repeats: int, models: int = 16, steps: int = 100) -> dict[str, list[float]]:
+    """Seconds per model-step of the masked SGD step (momentum .9, weight decay 5e-4) on real MNIST batches, `models`
+    LeNets vmapped, `steps` steps scanned: the library's `train.train_step` (masks the gradient, the update and the
+    new weights: several elementwise passes), the same step without a mask (a floor for the masking passes), and a
+    hand-fused step doing the whole masked update in one expression (m ← mask·(g + wd·w + μm), w ← w − lr·m).
+    Interleaved; also the largest weight difference between the library and the fused step."""
+    import jax
+    import jax.numpy as jnp
+
+    from fairprune_jax import optim, train
+    from fairprune_jax.data import load_split
+    from fairprune_jax.models import get_model
+
+    lr, mu, wd = 0.1, 0.9, 5e-4
+    split = load_split("mnist", "train")
+    n = steps * B
+    x = jnp.asarray((split.images[:n].astype(np.float32) / 255.0 - 0.1307) / 0.3081).reshape(steps, B, 28, 28, 1)
+    y = jnp.asarray(split.labels[:n]).reshape(steps, B)
+    spec = get_model("lenet_300_100")
+    tx = optim.make_optimizer(name="sgd", lr=lr, momentum=mu, weight_decay=wd, steps_per_epoch=steps, epochs=1)
+    keys = train.as_keys(list(range(models)))
+    variables = train.init_population(spec, keys)
+    mask = jax.tree.map(lambda p: jax.random.bernoulli(jax.random.key(1), 0.2, p.shape), variables["params"])
+
+    def fused_step(state, m, xb, yb):
+        def objective(params):
+            return optim.softmax_cross_entropy(spec.apply({"params": params}, xb, train=True)[0], yb)
+
+        loss, g = jax.value_and_grad(objective)(state.params)
+        mom = jax.tree.map(lambda g_, w, v, k: jnp.where(k, g_ + wd * w + mu * v, 0.0), g, state.params,
+                           state.opt_state, m)
+        return state._replace(params=jax.tree.map(lambda w, v: w - lr * v, state.params, mom), opt_state=mom), loss
+
+    steps_of = {"library": lambda st, m, xb, yb: train.train_step(spec, tx, st, m, xb, yb),
+                "unmasked": lambda st, m, xb, yb: train.train_step(spec, tx, st, None, xb, yb),
+                "fused": fused_step}
+    inits = {"library": jax.jit(jax.vmap(lambda v, m: train.init_state(tx, v, m))),
+             "unmasked": jax.jit(jax.vmap(lambda v, m: train.init_state(tx, v, None))),
+             "fused": jax.jit(jax.vmap(lambda v, m: train.TrainState(
+                 train.mask_tree(v["params"], m), {}, jax.tree.map(jnp.zeros_like, v["params"]),
+                 jnp.zeros((), jnp.int32))))}
+
+    def compiled(fn):
+        def one(st, m):
+            return jax.lax.scan(lambda s_, i: fn(s_, m, x[i], y[i]), st, jnp.arange(steps))[0]
+        return jax.jit(jax.vmap(one))
+
+    runs = {k: compiled(f) for k, f in steps_of.items()}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    outs = {}
+    for _ in range(repeats + 1):  # the first round compiles
+        for k, fn in runs.items():
+            st = jax.block_until_ready(inits[k](variables, mask))
+            t = time.perf_counter()
+            outs[k] = jax.block_until_ready(fn(st, mask))
+            times[k].append((time.perf_counter() - t) / (models * steps))
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(outs["library"].params),
+                                                              jax.tree.leaves(outs["fused"].params)))
+    return {k: v[1:] for k, v in times.items()} | {"maxdiff": [diff]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--no-fusion-lever", action="store_true")
+    ap.add_argument("--no-passes-lever", action="store_true")
+    ap.add_argument("--levers-only", action="store_true", help="measure the levers, skip the sweeps")
     ap.add_argument("--default-sweep", action="store_true", help="also time the default MNIST sweep")
     args = ap.parse_args()
     print(f"load average: {os.getloadavg()}")
@@ -204,6 +269,15 @@ def main() -> None:
         print(f"fusion lever (one fine-tuning epoch of {SEEDS * pruned} models): fused "
               f"{np.median(lev['fused']):.1f} s, unfused {np.median(lev['unfused']):.1f} s (medians of "
               f"{args.repeats}); max |w_fused - w_unfused| {lev['maxdiff'][0]:.2e}")
+    if not args.no_passes_lever:
+        lev = passes_lever(args.repeats)
+        med = {k: float(np.median(v)) * 1e3 for k, v in lev.items() if k != "maxdiff"}
+        print(f"passes lever (16 LeNets x 100 steps, ms per model-step, medians of {args.repeats}): library "
+              f"{med['library']:.3f}, without mask {med['unmasked']:.3f} ({med['library'] / med['unmasked']:.2f}x), "
+              f"hand-fused update {med['fused']:.3f} ({med['library'] / med['fused']:.2f}x); max |w_library - "
+              f"w_fused| {lev['maxdiff'][0]:.2e}")
+    if args.levers_only:
+        return
     results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
