@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fairprune_jax import masks, scores, schedules
+from fairprune_jax import mask_io, masks, scores, schedules
 from fairprune_jax.models import get_model, kernel_predicate
 
 PRUNABLE = kernel_predicate()
@@ -441,25 +441,25 @@ def test_save_load_roundtrip_and_validation(tmp_path):
     params = model_like("mlp_100_30")
     mask = masks.threshold(scores.magnitude(params), 0.7, prunable=spec.prunable())
     path = tmp_path / "mask.npz"
-    masks.save(path, mask)
-    assert trees_equal(masks.load(path, like_params=params), mask)
-    assert trees_equal(masks.load(path), mask)  # nested dict from the path strings
+    mask_io.save(path, mask)
+    assert trees_equal(mask_io.load(path, like_params=params), mask)
+    assert trees_equal(mask_io.load(path), mask)  # nested dict from the path strings
     other = model_like("lenet_300_100")
     with pytest.raises(ValueError, match=r"mask\.npz.*head/kernel.*shape"):
-        masks.load(path, like_params=other)
+        mask_io.load(path, like_params=other)
     extra = {**params, "extra": {"kernel": jnp.zeros((2, 2))}}
     with pytest.raises(ValueError, match="extra/kernel"):
-        masks.load(path, like_params=extra)
+        mask_io.load(path, like_params=extra)
     with pytest.raises(ValueError, match="expected bool"):
-        masks.save(tmp_path / "bad.npz", jax.tree.map(lambda m: m.astype(jnp.uint8), mask))
+        mask_io.save(tmp_path / "bad.npz", jax.tree.map(lambda m: m.astype(jnp.uint8), mask))
     (tmp_path / "garbage.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="garbage.npz"):
-        masks.load(tmp_path / "garbage.npz")
+        mask_io.load(tmp_path / "garbage.npz")
     with pytest.raises(ValueError, match="not found"):
-        masks.load(tmp_path / "absent.npz")
+        mask_io.load(tmp_path / "absent.npz")
     np.savez(tmp_path / "foreign.npz", a=np.ones(3, bool))
     with pytest.raises(ValueError, match="not a fairprune_jax mask"):
-        masks.load(tmp_path / "foreign.npz")
+        mask_io.load(tmp_path / "foreign.npz")
 
 
 def test_jaxpruner_roundtrip():
@@ -467,17 +467,17 @@ def test_jaxpruner_roundtrip():
     pred = spec.prunable(exclude_output=True)
     params = model_like("mlp_100_30")
     mask = masks.threshold(scores.magnitude(params), 0.6, prunable=pred)
-    jp = masks.to_jaxpruner(mask, pred)
+    jp = mask_io.to_jaxpruner(mask, pred)
     assert jp["head"]["kernel"] is None and jp["hidden_0"]["bias"] is None
     assert jp["hidden_0"]["kernel"].dtype == jnp.uint8
     np.testing.assert_array_equal(np.asarray(jp["hidden_1"]["kernel"]), np.asarray(mask["hidden_1"]["kernel"]))
-    assert trees_equal(masks.from_jaxpruner(jp, params), mask)
+    assert trees_equal(mask_io.from_jaxpruner(jp, params), mask)
     bad = {**jp, "hidden_0": {**jp["hidden_0"], "kernel": jp["hidden_0"]["kernel"] * 3}}
     with pytest.raises(ValueError, match="hidden_0/kernel"):
-        masks.from_jaxpruner(bad, params)
+        mask_io.from_jaxpruner(bad, params)
     missing = {k: v for k, v in jp.items() if k != "head"}
     with pytest.raises(ValueError, match="head"):
-        masks.from_jaxpruner(missing, params)
+        mask_io.from_jaxpruner(missing, params)
 
 
 # ----------------------------------------------------------------------------------------------- populations
@@ -525,14 +525,14 @@ def test_load_broadcasts_leading_axes(tmp_path):
     grid = jnp.array([0.5, 0.9])
     pop = jax.vmap(lambda p: jax.vmap(lambda s: masks.threshold(scores.magnitude(p), s, prunable=pred))(grid))(
         params)  # [S, P]
-    masks.save(tmp_path / "pop.npz", pop)
+    mask_io.save(tmp_path / "pop.npz", pop)
     one_model = jax.tree.map(lambda a: a[0], params)
     for like in (params, one_model):  # [S] params or one model's: both broadcast to the file's [S, P]
-        loaded = masks.load(tmp_path / "pop.npz", like_params=like)
+        loaded = mask_io.load(tmp_path / "pop.npz", like_params=like)
         assert trees_equal(loaded, pop)
     other = _population("mlp_100_30", 3)  # [3] params: not a prefix of the file's [2, 2]
     with pytest.raises(ValueError, match=r"pop\.npz: leaf 'head/bias' has shape \(2, 2, 10\)"):
-        masks.load(tmp_path / "pop.npz", like_params=other)
+        mask_io.load(tmp_path / "pop.npz", like_params=other)
 
 
 @pytest.mark.parametrize("n", [300, 81_700, 265_200, 2**31 - 1])

@@ -10,13 +10,17 @@ the package pulls in neither statsmodels nor matplotlib:
 - ``bias``: paper-2 metrics of one multi-label head (thresholds, BA, uncertainty, interdependence, ECE, ...).
 - ``bias_softmax``: their softmax (single-label) analogues.
 - ``bias_identification``: CIEs over populations and the dense-only criteria (flags, attenuation, regression).
+- ``recall_tiers``, ``bias_tables``: every statistic of one recall or bias study, as the reports use them.
+- ``budget``: the recovery budget as a moderator (stacked long tables, pooled fits with the budget as a factor).
+- ``claims``: the claims table of both papers over several stored runs (§13), with the scale-free RQ2 measures.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-_SUBMODULES = ("intensification", "stats", "plots", "bias", "bias_softmax", "bias_identification")
+_SUBMODULES = ("intensification", "stats", "plots", "bias", "bias_softmax", "bias_identification", "recall_tiers",
+               "bias_tables", "budget", "claims")
 __all__ = list(_SUBMODULES)
 
 
