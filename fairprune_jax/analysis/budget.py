@@ -27,7 +27,7 @@ class BudgetAnalysis:
     long: pd.DataFrame  # long table, every setting stacked, with the budget columns
     alpha: pd.DataFrame  # one row per (setting, network)
     tier_a: pd.DataFrame  # E[α_t] per (setting, criterion, level)
-    accuracy: pd.DataFrame  # mean accuracy per (setting, criterion, level)
+    accuracy: pd.DataFrame  # mean accuracy with a t-interval per (setting, criterion, level)
     by_setting: Any  # stats.PooledOLS, flagged networks excluded, reference setting 'none'
     factors: Any  # stats.PooledOLS on fine-tuned settings, budget factors as moderators (None if < 2 levels)
     diverged: pd.DataFrame  # networks left out by the divergence guard
@@ -62,7 +62,7 @@ def analyze(recall: pd.DataFrame, *, level: float = 0.95, chance: float = 1.5, b
     """Every table of the budget report from a budget-protocol recall table (diverged networks left out)."""
     import warnings
 
-    from fairprune_jax.analysis import stats
+    from fairprune_jax.analysis import recall_tiers, stats
 
     bad = recall["diverged"].astype(bool) if "diverged" in recall else pd.Series(False, index=recall.index)
     net_cols = ["dataset", "model", "criterion", "seed", "level", "setting"]
@@ -72,7 +72,8 @@ def analyze(recall: pd.DataFrame, *, level: float = 0.95, chance: float = 1.5, b
     long, alpha = stacked_long(recall, chance=chance)
     by = (*BUDGET_COLUMNS, "dataset", "model", "criterion", "level")
     tier_a = stats.summarize(alpha, by=by, level=level)
-    acc = accuracy_table(recall)
+    acc = recall_tiers.accuracy_table(recall[recall["setting"].notna()], level=level,
+                                      keys=(*BUDGET_COLUMNS, "dataset", "model", "criterion", "level"))
     reference = {"level": int(long["level"].min()), "setting": "none", "criterion": "mp"}
     kw = dict(level=level, bootstrap=bootstrap, seed=seed, exclude_flagged=True)
     with warnings.catch_warnings():
@@ -88,11 +89,3 @@ def analyze(recall: pd.DataFrame, *, level: float = 0.95, chance: float = 1.5, b
             factors = stats.pooled_ols(tuned, moderators=factor_mods, reference=ref, **kw)
     return BudgetAnalysis(long, alpha, tier_a, acc, by_setting, factors, diverged)
 
-
-def accuracy_table(recall: pd.DataFrame) -> pd.DataFrame:
-    """Mean test accuracy over seeds per (setting, criterion, level), with the budget columns."""
-    keys = [*BUDGET_COLUMNS, "dataset", "model", "criterion", "level"]
-    nets = recall[recall["setting"].notna()].groupby([*keys, "seed"], as_index=False).agg(
-        accuracy=("accuracy", "first"), requested=("requested_sparsity", "first"))
-    return nets.groupby(keys, as_index=False).agg(requested=("requested", "first"), n_seeds=("seed", "nunique"),
-                                                  accuracy=("accuracy", "mean"), sd=("accuracy", "std"))

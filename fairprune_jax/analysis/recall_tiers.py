@@ -8,7 +8,7 @@ reference levels, and computes the accuracy table. The report (`fairprune_jax.re
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,18 +72,23 @@ def _analyze(recall: pd.DataFrame, *, level: float, bootstrap: int, chance: floa
     return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, pooled_all, welch, acc, diverged)
 
 
-def accuracy_table(recall: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
-    """Mean test accuracy (and realised sparsity) per (dataset, model, criterion, level) with a t-interval."""
+CELL = ("dataset", "model", "criterion", "level")
+
+
+def accuracy_table(recall: pd.DataFrame, *, level: float = 0.95, keys: Sequence[str] = CELL) -> pd.DataFrame:
+    """Mean test accuracy (and realised sparsity) per cell `keys` (default (dataset, model, criterion, level); the
+    budget analysis adds its setting columns) with a t-interval over seeds."""
     from scipy import stats as sps
 
-    nets = recall.groupby(["dataset", "model", "criterion", "level", "seed"], as_index=False).agg(
+    keys = list(keys)
+    nets = recall.groupby([*keys, "seed"], as_index=False).agg(
         accuracy=("accuracy", "first"), t=("actual_sparsity", "first"), requested=("requested_sparsity", "first"))
     rows = []
-    for keys, g in nets.groupby(["dataset", "model", "criterion", "level"]):
+    for cell, g in nets.groupby(keys):
         n = len(g)
         sd = g["accuracy"].std(ddof=1) if n > 1 else np.nan
         half = sps.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n) if n > 1 else np.nan
-        rows.append(dict(zip(["dataset", "model", "criterion", "level"], keys), requested=g["requested"].iloc[0],
+        rows.append(dict(zip(keys, cell), requested=g["requested"].iloc[0],
                          t=g["t"].mean(), n_seeds=n, accuracy=g["accuracy"].mean(), sd=sd,
                          ci_low=g["accuracy"].mean() - half, ci_high=g["accuracy"].mean() + half))
     return pd.DataFrame(rows)

@@ -11,20 +11,13 @@ import pandas as pd
 from fairprune_jax.analysis.budget import BudgetAnalysis
 from fairprune_jax.report import writer as W
 
-MARK = {"intensification": "▲", "de-intensification": "▼"}
-
-
 def alpha_grid(an: BudgetAnalysis, criterion: str) -> pd.DataFrame:
     """E[α_t] [95% CI] and a verdict mark, one row per setting, one column per sparsity, for one criterion."""
     a = an.tier_a[(an.tier_a["subset"] == "all") & (an.tier_a["criterion"] == criterion)]
     a = a.sort_values(["ft_epochs", "ft_lr", "ft_momentum", "requested_sparsity"])
-    cell = lambda r: (f"{r.mean:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] {MARK.get(r.verdict, '·')}"  # noqa: E731
-                      if np.isfinite(r.mean) else "–")
-    out = a.assign(cell=[cell(r) for r in a.itertuples()], sparsity=a["requested_sparsity"].map(W.pct))
-    order = list(dict.fromkeys(out["setting"]))
-    cols = list(dict.fromkeys(out["sparsity"]))
-    grid = out.pivot(index="setting", columns="sparsity", values="cell").reindex(index=order, columns=cols)
-    return grid.reset_index()
+    out = a.assign(cell=[W.alpha_cell(r) if np.isfinite(r.mean) else "–" for r in a.itertuples()],
+                   sparsity=a["requested_sparsity"].map(W.pct))
+    return W.grid(out, "setting", "sparsity", "cell")
 
 
 def accuracy_grid(an: BudgetAnalysis, criterion: str) -> pd.DataFrame:
@@ -32,8 +25,7 @@ def accuracy_grid(an: BudgetAnalysis, criterion: str) -> pd.DataFrame:
     a = an.accuracy[an.accuracy["criterion"] == criterion].sort_values(["ft_epochs", "ft_lr", "ft_momentum",
                                                                          "requested"])
     a = a.assign(sparsity=a["requested"].map(W.pct), acc=a["accuracy"].map(lambda x: f"{x:.4f}"))
-    order, cols = list(dict.fromkeys(a["setting"])), list(dict.fromkeys(a["sparsity"]))
-    return a.pivot(index="setting", columns="sparsity", values="acc").reindex(index=order, columns=cols).reset_index()
+    return W.grid(a, "setting", "sparsity", "acc")
 
 
 def reading(an: BudgetAnalysis) -> list[str]:

@@ -73,7 +73,6 @@ def reading(an: Analysis) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ render
 
-MARK = {"intensification": "▲", "de-intensification": "▼"}
 COLUMN_ORDER = ("mp", "gp", "up", "random")  # the default sweep's criteria first, any other after them
 
 
@@ -87,24 +86,24 @@ def summary_tables(an: Analysis) -> list[str]:
     lines = []
     for (ds, model), g in a.groupby(["dataset", "model"], sort=False):
         g = g.assign(sparsity=g["requested_sparsity"].map(_pct), crit=g["criterion"].str.upper(),
-                     cell=[f"{r.mean:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] {MARK.get(r.verdict, '·')}"
-                           for r in g.itertuples()])
+                     cell=[W.alpha_cell(r) for r in g.itertuples()])
         order = g.sort_values("requested_sparsity")["sparsity"].unique()
-        grid = g.pivot_table(index="sparsity", columns="crit", values="cell", aggfunc="first").reindex(
-            index=order, columns=[c for c in crits if c in set(g["crit"])])
+        alpha = W.grid(g, "sparsity", "crit", "cell", index_order=order,
+                       column_order=[c for c in crits if c in set(g["crit"])])
         n = int(g["n_seeds"].max())
         lines += [f"### {ds} / {model}: E[α_t] (mean over {n} seeds, 95% t-interval; ▲ intensification, "
-                  "▼ de-intensification, · inconclusive)", "", _md(grid.reset_index()), ""]
+                  "▼ de-intensification, · inconclusive)", "", _md(alpha), ""]
         ag = acc[(acc["dataset"] == ds) & (acc["model"] == model)]
         dense = ag[ag["criterion"] == "dense"]["accuracy"]
         ag = ag[ag["criterion"] != "dense"].assign(sparsity=lambda d: d["requested"].map(_pct),
-                                                    crit=lambda d: d["criterion"].str.upper())
-        grid = ag.pivot_table(index="sparsity", columns="crit", values="accuracy", aggfunc="first").reindex(
-            index=order, columns=[c for c in crits if c in set(ag["crit"])])
+                                                    crit=lambda d: d["criterion"].str.upper(),
+                                                    acc=lambda d: d["accuracy"].map(lambda x: f"{x:.4f}"))
+        accuracy = W.grid(ag, "sparsity", "crit", "acc", index_order=order,
+                          column_order=[c for c in crits if c in set(ag["crit"])])
         dense_s = f"; dense {dense.iloc[0]:.4f}" if len(dense) else ""
-        lines += [f"Test accuracy (mean over seeds{dense_s}):", "",
-                  _md(grid.map(lambda x: f"{x:.4f}").reset_index()), ""]
+        lines += [f"Test accuracy (mean over seeds{dense_s}):", "", _md(accuracy), ""]
     return lines
+
 
 _md = W.markdown_table
 

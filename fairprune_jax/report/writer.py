@@ -52,6 +52,24 @@ def pct(s: float) -> str:
     return f"{100 * s:.1f}%" if s < 0.99 or s >= 0.9995 else f"{100 * s:.2f}%"
 
 
+VERDICT_MARK = {"intensification": "▲", "de-intensification": "▼"}  # anything else (inconclusive): ·
+
+
+def alpha_cell(row: Any) -> str:
+    """E[α_t] of a Tier A row as ``mean [low, high] mark`` (the compact grids of the recall and budget reports)."""
+    return f"{row.mean:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}] {VERDICT_MARK.get(row.verdict, '·')}"
+
+
+def grid(frame: pd.DataFrame, index: str, columns: str, values: str, *, index_order: Any = None,
+         column_order: Any = None) -> pd.DataFrame:
+    """`values` laid out `index` × `columns` (one value per pair), rows and columns in the given orders (default:
+    first appearance), with `index` as the first column: the sparsity × criterion / setting × sparsity grids."""
+    rows = list(dict.fromkeys(frame[index])) if index_order is None else list(index_order)
+    cols = list(dict.fromkeys(frame[columns])) if column_order is None else list(column_order)
+    table = frame.pivot_table(index=index, columns=columns, values=values, aggfunc="first")
+    return table.reindex(index=rows, columns=cols).reset_index()
+
+
 def markdown_table(df: pd.DataFrame, spec: str = ".4g") -> str:
     """GitHub markdown table; floats through `general`; an empty frame reads ``_(none)_``."""
     if df.empty:
