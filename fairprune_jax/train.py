@@ -423,6 +423,7 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
         if snap is not None:
             snap = jax.tree.map(jnp.copy, snap)
         chunk_losses = []
+        keep = slice(0, min(chunk, n - c * chunk))  # the chunk's real models (padding dropped)
         for e in range(cfg.epochs):
             if between_epochs is not None:
                 state, m_c = between_epochs(e, state, m_c, idx)
@@ -430,11 +431,10 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
             chunk_losses.append(loss)
             if e + 1 in at_epochs:  # a host copy: the next epoch donates these buffers
                 kept = sharding.gather(state_variables(state))
-                at_epochs[e + 1].append(jax.tree.map(lambda x: np.array(x[: min(chunk, n - c * chunk)]), kept))
+                at_epochs[e + 1].append(jax.tree.map(lambda x: np.array(x[keep]), kept))
             if progress is not None:
                 progress({"chunk": c, "chunks": n_chunks, "epoch": e, "epochs": cfg.epochs,
-                          "loss": sharding.to_host(loss)[: n - c * chunk]})
-        keep = slice(0, min(chunk, n - c * chunk))
+                          "loss": sharding.to_host(loss)[keep]})
         state, m_c, snap = sharding.gather((state, m_c, snap))  # multi-host: whole results on every host
         outs.append(jax.tree.map(lambda x: x[keep], state_variables(state)))
         losses.append(np.stack([sharding.to_host(x) for x in chunk_losses], axis=-1)[keep] if chunk_losses

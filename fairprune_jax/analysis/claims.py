@@ -284,16 +284,20 @@ def _dense_accuracy(run: RecallRun) -> float:
     return float(run.alpha.groupby("seed")["a0"].first().mean())
 
 
-def _n_params(run: RecallRun) -> int:
-    """Prunable weights of the run's (first) model, from its shapes."""
-    import jax
-
+def model_spec(config: Any) -> Any:
+    """The ModelSpec of a recall run's (first) model on its dataset."""
     from fairprune_jax import data as data_lib
     from fairprune_jax import models as models_lib
 
-    info = data_lib.info(run.config.dataset)
-    spec = models_lib.get_model(run.config.models[0], num_outputs=info.num_classes, input_shape=info.image_shape)
-    params = jax.eval_shape(spec.init, jax.random.key(0))["params"]
+    info = data_lib.info(config.dataset)
+    return models_lib.get_model(config.models[0], num_outputs=info.num_classes, input_shape=info.image_shape)
+
+
+def _n_params(run: RecallRun) -> int:
+    """Parameters of the run's (first) model, from its shapes."""
+    import jax
+
+    params = jax.eval_shape(model_spec(run.config).init, jax.random.key(0))["params"]
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 

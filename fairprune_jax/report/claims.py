@@ -63,8 +63,7 @@ def write(workdirs: Sequence[Path], out: Path) -> str:
         "(near-chance) networks excluded; random pruning is a control and tests no claim. Verdict: reproduced when "
         "the interval lies on the claimed side of the null, not reproduced when on the other side, inconclusive "
         "otherwise (docs/methods.md §13).", "", markdown(table), ""])
-    for f in (out / "claims.md",):
-        W.atomic_write(f, text.encode())
+    W.atomic_write(out / "claims.md", text.encode())
     W.atomic_write(out / W.TABLES_DIR / "claims.csv", table.to_csv(index=False).encode())
     counts = table["verdict"].value_counts().to_dict()
     return f"claims: {out / 'claims.md'} ({len(table)} rows: {counts})"
@@ -72,8 +71,7 @@ def write(workdirs: Sequence[Path], out: Path) -> str:
 
 def _agreement(wd, cfg) -> dict:
     """Mask agreement between criteria from a one-shot run's saved pruned checkpoints (empty without them)."""
-    from fairprune_jax import checkpoints, models
-    from fairprune_jax import data as data_lib
+    from fairprune_jax import checkpoints
     from fairprune_jax.analysis import claims as C
 
     if cfg.prune.protocol != "one_shot" or len(cfg.models) != 1:
@@ -83,7 +81,6 @@ def _agreement(wd, cfg) -> dict:
     found = {c: n for c, n in found.items() if checkpoints.exists(wd.path / "checkpoints", n)}
     if len(found) < 2:
         return {}
-    info = data_lib.info(cfg.dataset)
-    spec = models.get_model(model, num_outputs=info.num_classes, input_shape=info.image_shape)
+    spec = C.model_spec(cfg)
     masks = {c: checkpoints.restore(wd.path / "checkpoints", n)["masks"] for c, n in found.items()}
     return C.mask_agreement(masks, list(cfg.prune.sparsities), spec.prunable(bool(cfg.exclude_output)))

@@ -20,7 +20,6 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from fairprune_jax.studies import spine
 
@@ -102,8 +101,8 @@ def run(config, wd, spec, study, keys, dense, progress: spine.Progress, *, table
         todo = [s for s in grid if not wd.has(table, f"{spec.name}.{criterion}.{s['setting']}")]
         if not todo:
             continue
-        pruned, masks, _ = protocols.one_shot(spec, finetune_config(config, 1.0, 0.0, 0), dense, [criterion], sparsities,
-                                         keys, study.train.images, study.train.labels, **kw)
+        pruned, masks, _ = protocols.one_shot(spec, finetune_config(config, 1.0, 0.0, 0), dense, [criterion],
+                                              sparsities, keys, study.train.images, study.train.labels, **kw)
 
         def commit(setting: dict[str, Any], variables: Any, loss: Any) -> None:
             with wd.stage_timer(f"evaluate.{spec.name}.{criterion}.{setting['setting']}"):
@@ -134,8 +133,3 @@ def run(config, wd, spec, study, keys, dense, progress: spine.Progress, *, table
                 e = s["ft_epochs"]
                 commit(s, hist["at_epochs"][e], loss[..., :e])
 
-
-def table_of(recall: pd.DataFrame) -> pd.DataFrame:
-    """The budget columns of a recall table as one row per setting (for reports)."""
-    cols = ["setting", "ft_epochs", "ft_lr", "ft_momentum"]
-    return recall.dropna(subset=["setting"])[cols].drop_duplicates().sort_values(cols[1:]).reset_index(drop=True)
