@@ -44,11 +44,16 @@ def _to_arrays(tree: PyTree) -> PyTree:
     def conv(path: tuple, x: Any) -> jax.Array:
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             raise ValueError(f"tree: leaf {path_str(path)!r} is a typed PRNG key; save jax.random.key_data(k)")
-        arr = np.asarray(x) if not isinstance(x, jax.Array) else x
+        # one process: spread arrays (a seed mesh) are saved whole, so any device layout restores them
+        spread = isinstance(x, jax.Array) and not multi and len(x.sharding.device_set) > 1
+        arr = np.asarray(x) if not isinstance(x, jax.Array) or spread else x
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
             raise ValueError(f"tree: leaf {path_str(path)!r} has non-numeric dtype {arr.dtype}")
         return jnp.asarray(arr)
 
+    from fairprune_jax import multihost
+
+    multi = multihost.active()
     return _global(jax.tree_util.tree_map_with_path(conv, tree))
 
 

@@ -79,3 +79,25 @@ def test_overwrite_errors_and_atomicity(tmp_path):
     # only complete checkpoints are listed; orbax leaves no temporary directories behind
     assert checkpoints.names(tmp_path) == ["m"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_arrays_spread_over_a_seed_mesh_restore_on_one_device(tmp_path):
+    """A sweep on every core saves models spread over the `seed` mesh; a later process with another device count
+    (a report, a notebook) restores them, with or without `like`."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import jax, jax.numpy as jnp; from fairprune_jax import checkpoints, sharding; "
+            "mesh = sharding.seed_mesh(); assert jax.device_count() == 2; "
+            "x = sharding.shard_models({'w': jnp.arange(8.0).reshape(4, 2)}, mesh); "
+            f"checkpoints.save({str(tmp_path)!r}, 'spread', x)")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    want = np.arange(8.0).reshape(4, 2)
+    np.testing.assert_array_equal(np.asarray(checkpoints.restore(tmp_path, "spread")["w"]), want)
+    like = {"w": jax.ShapeDtypeStruct((4, 2), jnp.float32)}
+    np.testing.assert_array_equal(np.asarray(checkpoints.restore(tmp_path, "spread", like=like)["w"]), want)
