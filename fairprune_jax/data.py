@@ -26,7 +26,7 @@ import gzip
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +74,7 @@ class Split(NamedTuple):
 
 
 class DeviceSplit(NamedTuple):
-    """One split on the device, normalised once: float32 NHWC images and int32 labels."""
+    """One split on the device: normalised float32 NHWC images (or `Pixels` that read as them) and int32 labels."""
 
     images: jax.Array
     labels: jax.Array
@@ -347,6 +347,47 @@ def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return _normalize(jnp.asarray(images), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Pixels:
+    """uint8 images [N, H, W, C] that read as their normalised float32: indexing returns (x/255 − mean)/std of the
+    selected rows, the very expression `normalize` computes (bit-identical values).
+
+    A training set kept this way takes a quarter of the memory of its floats on every device it is replicated to;
+    `train.fit` and the protocols gather each batch from it and normalise it inside the compiled step. A pytree
+    (its arrays are leaves), so it passes through `jit`, `vmap` and `device_put` like an array."""
+
+    pixels: jax.Array
+    mean: jax.Array
+    std: jax.Array
+    dtype: ClassVar[np.dtype] = np.dtype(np.float32)  # what indexing returns
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.pixels.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def __getitem__(self, index: Any) -> jax.Array:
+        return _normalize(self.pixels[index], self.mean, self.std)
+
+    def __jax_array__(self) -> jax.Array:
+        return self[...]
+
+
+def pixels(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Pixels:
+    """uint8 images on the device, normalised when read (`Pixels`); the checks of `normalize`."""
+    dtype = np.dtype(images.dtype) if hasattr(images, "dtype") else np.asarray(images).dtype
+    if dtype != np.uint8:
+        raise ValueError(f"images: dtype {dtype}; pixels expects uint8 pixels 0-255")
+    return Pixels(jnp.asarray(images), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+
+
 def check_normalized(images: Any, ds: DatasetInfo, *, name: str = "images") -> None:
     """ValueError unless `images` [N, H, W, C] could be `normalize`d pixels of `ds`: every value of channel c
     within [(0 − mean_c)/std_c, (1 − mean_c)/std_c] (the strict, DatasetInfo-aware form of the check
@@ -365,9 +406,11 @@ def check_normalized(images: Any, ds: DatasetInfo, *, name: str = "images") -> N
                          f"data.normalize(uint8_images, info.mean, info.std)")
 
 
-def to_device(split: Split, ds: DatasetInfo) -> DeviceSplit:
-    """Normalised float32 images and int32 labels, placed on the default device."""
-    return DeviceSplit(normalize(split.images, ds.mean, ds.std), jnp.asarray(split.labels, jnp.int32))
+def to_device(split: Split, ds: DatasetInfo, *, lazy: bool = False) -> DeviceSplit:
+    """Normalised float32 images and int32 labels, placed on the default device. lazy=True keeps the images as
+    uint8 `Pixels`, normalised when read (a training set for `train.fit`: 4x less memory per device)."""
+    images = (pixels if lazy else normalize)(split.images, ds.mean, ds.std)
+    return DeviceSplit(images, jnp.asarray(split.labels, jnp.int32))
 
 
 # ------------------------------------------------------------------------------------- underrepresented classes

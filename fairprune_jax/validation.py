@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fairprune_jax.data import Pixels
 from fairprune_jax.models import path_str
 
 PyTree = Any
@@ -72,6 +73,8 @@ def check_images(images: Any, input_shape: tuple[int, ...], *, n: int | None = N
     shape = tuple(np.shape(images))
     if len(shape) < 1 or shape[1:] != tuple(input_shape) or (n is not None and shape[0] != n):
         raise ValueError(f"{name}: shape {shape} is not [{'N' if n is None else n}, *{tuple(input_shape)}]")
+    if isinstance(images, Pixels):  # uint8 pixels normalised when read: finite and normalised by construction
+        return
     dtype = _dtype(images)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"{name}: dtype {dtype} is not floating (normalise uint8 images with data.normalize)")

@@ -174,3 +174,22 @@ def test_canonical_route_decodes_mock_cifar10():
         split = data.load_split("cifar10", "train", route="tfds")
     assert split.images.shape == (7, 32, 32, 3) and split.labels.shape == (7,)
     assert split.labels.dtype == np.int32 and split.labels.max() < 10
+
+
+def test_pixels_read_as_their_normalised_floats_at_a_quarter_of_the_memory():
+    from fairprune_jax import data
+
+    info = data.info("mnist")
+    images = data.load_split("mnist", "test").images[:500]
+    px = data.pixels(images, info.mean, info.std)
+    floats = np.asarray(data.normalize(images, info.mean, info.std))
+    assert px.shape == floats.shape and px.dtype == np.float32 and len(px) == 500 and px.ndim == 4
+    idx = np.array([[3, 1, 499], [0, 7, 7]])
+    np.testing.assert_array_equal(np.asarray(px[idx]), floats[idx])
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda p, i: p[i])(px, idx)), floats[idx])  # a pytree
+    np.testing.assert_array_equal(np.asarray(jax.numpy.asarray(px)), floats)
+    assert px.pixels.nbytes * 4 == floats.nbytes
+    split = data.to_device(data.Split(images, np.zeros(500, np.int32)), info, lazy=True)
+    assert isinstance(split.images, data.Pixels)
+    with pytest.raises(ValueError, match="images: dtype float32; pixels expects uint8"):
+        data.pixels(floats, info.mean, info.std)
