@@ -8,6 +8,7 @@ traceback instead. Ctrl-C prints one line and exits 130 (the interrupted stage i
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging as py_logging
 import os
@@ -29,6 +30,22 @@ def _die(message: str) -> NoReturn:
     text = " ".join(line.strip() for line in str(message).strip().splitlines() if line.strip())
     print(f"error: {text}", file=sys.stderr)
     sys.exit(2)
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """glibc only, unless $MALLOC_ARENA_MAX is set: at most `arenas` malloc arenas. Each thread that allocates
+    under contention gets its own arena, which keeps the memory it freed; with one device per core, XLA's threads
+    grew the default sweep's peak RSS by ~0.2 GiB that way (measured: 1.78 -> 1.61 GiB). Returns True when set."""
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, int(arenas)))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def _parse(argv: list[str]) -> list[str]:
@@ -162,6 +179,10 @@ def _study_main(study: str) -> None:
         if len(argv) > 1:
             _die(f"unexpected arguments: {argv[1:]}")
         _quiet()
+        from fairprune_jax import sharding
+
+        sharding.use_all_cores()  # before JAX starts its backends: every CPU core a device of the `seed` mesh
+        limit_malloc_arenas()
         try:
             config = config_flag.value
         except Exception as e:  # noqa: BLE001 - a config file that fails in get_config

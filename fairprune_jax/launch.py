@@ -5,9 +5,9 @@
 
 Starts the processes with the study's own entry point and the config's ``distributed`` fields set (coordinator on
 127.0.0.1 at a free port, ``num_processes``, ``process_id``) and ``mesh.enabled``, so each chunk's models are spread
-over the devices of all processes; forwards their output line by line with a ``[pN]`` prefix. When one process
-fails, the others are stopped (SIGTERM, then SIGKILL after a grace period) and the launcher exits with the worst
-exit code. Rerunning the same command resumes from the workdir, like a single-process run.
+over the devices of all processes (one CPU device per process unless XLA_FLAGS sets the count); forwards their
+output line by line with a ``[pN]`` prefix. When one process fails, the others are stopped (SIGTERM, then SIGKILL
+after a grace period) and the launcher exits with the worst exit code. Rerunning the same command resumes from the workdir, like a single-process run.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 from typing import Callable, Sequence, TextIO
+
+from fairprune_jax import sharding
 
 STUDIES = {"recall": "experiments.sweep", "bias": "experiments.bias"}
 GRACE_S = 15.0  # after SIGTERM, how long a process may take to stop before SIGKILL
@@ -109,6 +111,8 @@ def run(p: Plan, *, out: TextIO | None = None, err: TextIO | None = None, grace:
     out, err = out or sys.stdout, err or sys.stderr
     lock = threading.Lock()
     env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    if sharding.host_device_flags(env, 2) is not None:  # one CPU device per process: the processes share the cores
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {sharding.HOST_DEVICES_FLAG}=1".strip()
     procs, threads = [], []
     for i, cmd in enumerate(p.commands):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

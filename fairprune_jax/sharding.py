@@ -78,6 +78,35 @@ def size(mesh: Mesh | None) -> int:
     return 1 if mesh is None else int(mesh.shape[SEED_AXIS])
 
 
+# Per-device working set the automatic CPU chunk aims for: parameters, gradients, optimizer state and masks of
+# the models a device trains at once stay within a share of the last-level cache (benchmarks/bench_sweep.py).
+CPU_CHUNK_BYTES = 16 << 20
+
+
+def auto_chunk(n: int, param_bytes: int, mesh: Mesh | None, *, group: int = 1, platform: str | None = None,
+               budget: int = CPU_CHUNK_BYTES) -> int:
+    """How many of `n` models to train at once when the caller does not say (chunk None/0): c models per device
+    times the device count, c a multiple of `group` (models that must share a chunk, `train.shared_order_group`).
+
+    Accelerators: all of them (wide batched GEMMs keep the chip busy). CPU: a step of a vmapped population touches
+    every model's weights, so beyond the cache each step streams them from memory; on LeNet-300-100 a few models
+    per core train ~1.3x faster per model than 35 at once (benchmarks/bench_sweep.py). So at most
+    cap = `budget // (4 * param_bytes)` models per device (weights, gradients, optimizer state, mask): all n when
+    n <= cap, else the c in [cap/2, cap] that pads n least (the largest on ties). c depends on n, the model and the
+    budget only, never on the device count: a model's numbers depend on how many models its device trains at once,
+    so a run gives the same numbers on any number of cores (tests/test_sweep.py)."""
+    k, g = size(mesh), max(int(group), 1)
+    if platform is None:
+        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    if platform != "cpu":
+        return -(-max(int(n), 1) // (g * k)) * g * k
+    cap = max(1, int(budget) // max(4 * int(param_bytes), 1))
+    if n <= cap:
+        return -(-max(int(n), 1) // g) * g * k
+    candidates = [c for c in range(g, max(cap, g) + 1, g) if 2 * c >= cap] or [g]
+    return min(candidates, key=lambda c: (-(-n // c) * c - n, -c)) * k
+
+
 def round_up(n: int, mesh: Mesh | None) -> int:
     """The smallest multiple of the mesh size that is >= n (chunk sizes must split evenly over devices)."""
     k = size(mesh)

@@ -31,6 +31,7 @@ import optax
 from jax.sharding import Mesh
 
 from fairprune_jax import optim, sharding
+from fairprune_jax.data import Pixels
 from fairprune_jax.models import ModelSpec, path_str
 from fairprune_jax.validation import check_images, check_labels
 
@@ -296,6 +297,18 @@ def shared_order_group(data_keys: jax.Array, limit: int | None = None) -> int:
     return r
 
 
+def resolve_chunk(n: int, chunk: int | None, param_bytes: int, mesh: Mesh | None = None, group: int = 1) -> int:
+    """The number of models trained at once: `chunk` rounded up to whole groups split evenly over the mesh
+    (`group` * devices), at most the population; None or 0 chooses it (`sharding.auto_chunk`: on CPU a
+    cache-sized chunk, on accelerators the whole population). `param_bytes`: one model's parameter bytes."""
+    unit = max(int(group), 1) * sharding.size(mesh)
+    if not chunk:
+        return sharding.auto_chunk(n, param_bytes, mesh, group=group)
+    if int(chunk) < 1:
+        raise ValueError(f"chunk: need a positive integer, got {chunk}")
+    return -(-min(int(chunk), n) // unit) * unit
+
+
 # ----------------------------------------------------------------------------------------------- populations
 
 
@@ -362,6 +375,11 @@ def _check_population(name: str, tree: PyTree, like: PyTree, n: int) -> None:
             raise ValueError(f"{name}: leaf {path_str(p)!r} has shape {tuple(x.shape)}, expected {(n, *y.shape)}")
 
 
+def param_bytes(params: PyTree, n: int = 1) -> int:
+    """Bytes of one model's parameters in a population tree with `n` models on its leading axis."""
+    return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(params)) // max(n, 1)
+
+
 def _take(tree: PyTree, idx: np.ndarray) -> PyTree:
     return jax.tree.map(lambda x: x[idx], tree)
 
@@ -395,13 +413,11 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     tx, _ = make_tx(tcfg, int(images.shape[0]))
     keep_at = check_keep_epochs(keep_epochs, cfg.epochs)
     n = int(keys.shape[0])
-    chunk = n if chunk is None else int(chunk)
-    if chunk < 1:
-        raise ValueError(f"chunk: need a positive integer, got {chunk}")
+    if chunk is not None and (isinstance(chunk, bool) or int(chunk) < 1):
+        raise ValueError(f"chunk: need a positive integer or None (automatic), got {chunk}")
     data_keys = jax.vmap(lambda k: purpose_key(k, "data"))(keys)
-    group = shared_order_group(data_keys, limit=chunk) if fuse else 1
-    unit = group * sharding.size(mesh)  # whole groups, split evenly over the devices
-    chunk = -(-min(chunk, n) // unit) * unit
+    group = shared_order_group(data_keys, limit=chunk or n) if fuse else 1
+    chunk = resolve_chunk(n, chunk, param_bytes(variables["params"], n), mesh, group)
     n_chunks = -(-n // chunk)
     whole = n_chunks == 1 and chunk == n  # one chunk, no padding: use the trees as they are
     images, labels = sharding.replicate((images, labels), mesh)
@@ -492,10 +508,12 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
       tcfg.augment (optional): "none" (default) or "flip_crop" (random flip + pad-4 crop, CIFAR).
     seed_keys: typed keys [S] (or raw uint32 [S, 2], or int seeds [S]); init from `purpose_key(k, "init")`
         unless `init_variables` [S, ...] is given, data order from `purpose_key(k, "data")`.
-    x_train, y_train: the whole training set (float32 [N, ...] normalised; int labels [N] or {0,1} [N, A]),
-        put on the device once and shared by all models.
+    x_train, y_train: the whole training set (float32 [N, ...] normalised, or `data.Pixels`: uint8 normalised
+        batch by batch inside the step, bit-identical and 4x smaller; int labels [N] or {0,1} [N, A]), put on the
+        device once and shared by all models.
     masks: bool trees [S, ...] shaped like params; pruned weights stay exactly zero.
-    chunk: train at most this many models at a time (one compiled function for all chunks).
+    chunk: train at most this many models at a time (one compiled function for all chunks); None: automatic
+        (`resolve_chunk`: on CPU a few models per device, so their weights stay in cache; elsewhere all).
     mesh: spread each chunk's models over the devices of a `sharding.seed_mesh()` (same results).
     fuse: train consecutive keys that are equal (the variants of one seed) as one shared-batch group
         (`run_population`; off by default, see there); same results up to float-sum order.
@@ -510,7 +528,7 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     keys = as_keys(seed_keys)
     n = int(keys.shape[0])
     check_images(x_train, spec.input_shape, name="x_train")
-    images = jnp.asarray(x_train)
+    images = x_train if isinstance(x_train, Pixels) else jnp.asarray(x_train)
     if images.dtype != jnp.float32:
         raise ValueError(f"x_train: dtype {images.dtype}; expected normalised float32")
     check_labels(y_train, spec.num_outputs, n=int(images.shape[0]), multilabel=spec.multilabel, name="y_train")

@@ -25,3 +25,23 @@ def test_passes_lever_times_the_same_step_three_ways():
     lev = bench_sweep.passes_lever(1, models=2, steps=5)
     assert lev["maxdiff"][0] < 1e-5
     assert all(t > 0 for k in ("library", "unmasked", "fused") for t in lev[k])
+
+
+def test_compare_recall_counts_differing_predictions_and_accuracy_gaps(tmp_path):
+    import pandas as pd
+    import pytest
+
+    rows = pd.DataFrame({"model": "m", "criterion": ["dense", "dense", "mp", "mp"], "seed": 0, "level": 0,
+                         "sparsity_index": [0, 0, 1, 1], "requested_sparsity": [0.0, 0.0, 0.99, 0.99],
+                         "class": [0, 1, 0, 1], "n": 10, "correct": [9, 8, 5, 6], "accuracy": [0.85, 0.85, 0.55, 0.55]})
+    other = rows.assign(correct=[9, 7, 5, 8], accuracy=[0.8, 0.8, 0.65, 0.65])
+    for name, t in (("a", rows), ("b", other)):
+        (tmp_path / name / "results" / "recall").mkdir(parents=True)
+        t.to_parquet(tmp_path / name / "results" / "recall" / "part.parquet")
+    line = bench_sweep.compare_recall(tmp_path / "a", tmp_path / "b")
+    assert line == ("predictions differing: 3 of 40 (7.50%; dense models 1); largest mean-accuracy gap per cell "
+                    "0.1000 (0.0500 up to 98% sparsity)")
+    assert bench_sweep.compare_recall(tmp_path / "a", tmp_path / "a").startswith("predictions differing: 0 of 40")
+    (tmp_path / "c").mkdir()
+    with pytest.raises(SystemExit, match="holds no recall table"):
+        bench_sweep.compare_recall(tmp_path / "a", tmp_path / "c")

@@ -117,6 +117,14 @@ def test_run_prefixes_output_and_returns_zero(capsys):
     assert out.splitlines() == ["[p0] hello"] and err.splitlines() == ["[p1] oops"]
 
 
+def test_run_gives_each_process_one_cpu_device_unless_the_user_set_the_count(capsys):
+    show = "import os; print(os.environ.get('XLA_FLAGS'))"
+    assert launch.run(_fake(show), env={"PATH": os.environ.get("PATH", "")}) == 0
+    assert capsys.readouterr().out.split() == ["[p0]", "--xla_force_host_platform_device_count=1"]
+    assert launch.run(_fake(show), env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}) == 0
+    assert capsys.readouterr().out.split() == ["[p0]", "--xla_force_host_platform_device_count=4"]
+
+
 def test_first_failure_stops_the_others_and_sets_the_exit_code(capsys):
     t0 = time.monotonic()
     code = launch.run(_fake("import time; time.sleep(60)", "import sys; sys.exit(3)",

@@ -200,6 +200,9 @@ def _same(new: pd.DataFrame, golden: pd.DataFrame) -> None:
 def test_refactored_studies_reproduce_the_stored_tables(tmp_path):
     cfg = mnist.get_config("smoke")
     cfg.progress = False
+    # the golden tables predate the automatic chunks: every model of a unit in one program, on one device
+    cfg.train.chunk = cfg.finetune.chunk = 100000
+    cfg.mesh.enabled = False
     wd = recall_study.run(cfg, workdir=tmp_path / "recall", log=lambda s: None)
     _same(wd.read_table("recall"), pd.read_parquet(GOLDEN / "mnist_smoke_recall.parquet"))
     assert "Incomplete run" not in (wd.path / "report.md").read_text()
@@ -211,6 +214,8 @@ def test_refactored_studies_reproduce_the_stored_tables(tmp_path):
     bcfg = planted_mnist.get_config("smoke")
     bcfg.progress = False
     bcfg.eval.r2_constant = "nan"  # the golden tables predate the authors' constant-column rule (now the default)
+    bcfg.train.chunk = bcfg.finetune.chunk = 100000
+    bcfg.mesh.enabled = False
     out = bias_study.run(bcfg, workdir=tmp_path / "bias", echo=lambda s: None)
     bwd = results.Workdir.existing(out.workdir)
     for path in sorted(GOLDEN.glob("planted_mnist_smoke_*.parquet")):

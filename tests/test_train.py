@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -452,3 +453,70 @@ def test_fused_groups_equal_unfused_and_alone(mnist_slice):
     np.testing.assert_allclose(ha["loss"][0], hf["loss"][5], rtol=1e-5)
     for p, m in zip(jax.tree.leaves(fused["params"]), jax.tree.leaves(masks)):
         assert bool(jnp.all(jnp.where(m, 0.0, p) == 0.0))
+
+
+# ----------------------------------------------------------------------------------------------- chunks and pixels
+
+
+def test_resolve_chunk_rounds_explicit_chunks_and_chooses_automatic_ones():
+    lenet = train.param_bytes(jax.eval_shape(get_model("lenet_300_100").init, jax.random.key(0))["params"])
+    assert lenet == 4 * 266610
+    assert train.resolve_chunk(35, 8, lenet) == 8 and train.resolve_chunk(35, 100, lenet) == 35
+    assert train.resolve_chunk(35, 3, lenet, group=2) == 4  # whole groups
+    # automatic on CPU: 16 MiB / (4 x 1.07 MB) = 3 models per device at most, half of that at least, least padding
+    assert train.resolve_chunk(35, None, lenet) == 3 and train.resolve_chunk(20, 0, lenet) == 2
+    assert train.resolve_chunk(2, None, lenet) == 2
+    with pytest.raises(ValueError, match="chunk: need a positive integer"):
+        train.resolve_chunk(35, -1, lenet)
+
+
+def test_auto_chunk_fills_accelerators_and_keeps_cpu_chunks_in_cache():
+    from fairprune_jax import sharding
+
+    assert sharding.auto_chunk(35, 10**6, None, platform="gpu") == 35
+    assert sharding.auto_chunk(35, 10**6, None, platform="cpu") == 4  # cap 4: chunks of 4 pad 35 to 36
+    assert sharding.auto_chunk(35, 10**9, None, platform="cpu") == 1  # one model already exceeds the budget
+    assert sharding.auto_chunk(6, 10**6, None, platform="cpu", group=3) == 3
+    assert sharding.auto_chunk(1, 10**6, None, platform="cpu") == 1
+    # models per device do not depend on the device count (so neither do the numbers); only the padding does
+    four = types.SimpleNamespace(shape={"seed": 4})  # size() reads the seed axis; the platform is given
+    for n in (1, 2, 5, 20, 35, 80, 140):
+        assert sharding.auto_chunk(n, 10**6, four, platform="cpu") == 4 * sharding.auto_chunk(n, 10**6, None,
+                                                                                                platform="cpu")
+
+
+def test_automatic_chunks_give_the_all_at_once_result(mnist_slice):
+    """chunk=None splits 5 LeNets into chunks of 3 on a CPU; each model's result equals the all-at-once run's to
+    float-sum order (a different batched shape compiles differently) and its own chunk-sized run's bitwise."""
+    x, y = mnist_slice
+    spec, keys = get_model("lenet_300_100"), train.as_keys([0, 1, 2, 3, 4])
+    if jax.devices()[0].platform != "cpu":
+        pytest.skip("the automatic chunk is cache-sized on CPUs only")
+    auto, ha = train.fit(spec, _cfg(epochs=1), keys, x, y)
+    whole, hw = train.fit(spec, _cfg(epochs=1), keys, x, y, chunk=5)
+    first, _ = train.fit(spec, _cfg(epochs=1), keys[:3], x, y, chunk=3)
+    assert _maxdiff(auto, whole) < 1e-5 and np.allclose(ha["loss"], hw["loss"], rtol=1e-5)
+    assert _maxdiff(jax.tree.map(lambda a: a[:3], auto), first) == 0.0
+
+
+def test_pixels_train_bit_identically_to_their_normalised_floats(mnist_slice):
+    """`data.Pixels` (uint8 on the device, normalised batch by batch inside the step) give the same weights, bit
+    for bit, as the floats `data.normalize` makes; masked fine-tuning and GP scoring through the protocols too."""
+    from fairprune_jax import data, protocols
+
+    split = load_split("mnist", "train")
+    info = data.info("mnist")
+    px = data.pixels(split.images[:2048], info.mean, info.std)
+    floats = data.normalize(split.images[:2048], info.mean, info.std)
+    y = mnist_slice[1]
+    spec, keys = get_model("mlp_100_30"), train.as_keys([1, 2])
+    a, ha = train.fit(spec, _cfg(), keys, px, y)
+    b, hb = train.fit(spec, _cfg(), keys, floats, y)
+    assert _maxdiff(a, b) == 0.0 and np.array_equal(ha["loss"], hb["loss"])
+    pa, ma, _ = protocols.one_shot(spec, _cfg(epochs=1), a, ["gp"], [0.5], keys, px, y)
+    pb, mb, _ = protocols.one_shot(spec, _cfg(epochs=1), a, ["gp"], [0.5], keys, floats, y)
+    assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(ma), jax.tree.leaves(mb)))
+    assert _maxdiff(pa, pb) == 0.0
+    small = data.pixels(np.zeros((16, 4, 4, 1), np.uint8), info.mean, info.std)
+    with pytest.raises(ValueError, match=r"x_train: shape \(16, 4, 4, 1\) is not"):
+        train.fit(spec, _cfg(), keys, small, y[:16])

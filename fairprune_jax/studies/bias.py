@@ -347,7 +347,7 @@ def _dense(r: _Run) -> PyTree:
         return r.cache["dense"]
     progress = spine.Progress(bool(_field(cfg, "progress", True)))
     epochs = int(cfg.train.epochs)
-    with progress.bar(epochs * spine.chunks(n_seeds, int(cfg.train.chunk)), "dense training", "epoch") as bar, \
+    with progress.bar(epochs * spine.chunks(r.spec, n_seeds, int(cfg.train.chunk), cfg), "dense training", "epoch") as bar, \
             r.timed("dense"):
         variables, losses = train_dense(r.spec, cfg, r.data, progress=progress.epochs(bar))
         spine.check_dense(variables, losses, list(range(int(cfg.seed), int(cfg.seed) + n_seeds)), cfg.model)
@@ -507,4 +507,5 @@ def run(cfg: Any, *, workdir: str | os.PathLike | None = None, fresh: bool = Fal
 
 
 # never change a result (data.mirror only says where checksum-verified files come from)
-IGNORED_FIELDS = ("workdir", "fresh", "progress", "mesh", "distributed", "eval.chunk", "data.mirror")
+IGNORED_FIELDS = ("workdir", "fresh", "progress", "mesh", "distributed", "train.chunk", "finetune.chunk",
+                  "eval.chunk", "data.mirror")

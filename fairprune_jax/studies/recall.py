@@ -142,7 +142,7 @@ def load_data(config: ml_collections.ConfigDict) -> StudyData:
     if cap > 0:
         train = data_lib.Split(train.images[:cap], train.labels[:cap])
         table["n_after"] = data_lib.class_counts(train.labels, k)
-    return StudyData(data_lib.to_device(train, ds), data_lib.to_device(test, ds), k, table,
+    return StudyData(data_lib.to_device(train, ds, lazy=True), data_lib.to_device(test, ds), k, table,
                      tuple(train.images.shape[1:]))
 
 
@@ -222,7 +222,7 @@ def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: s
     n = int(keys.shape[0])
     chunk = int(config.train.chunk) or None
     with wd.stage_timer(f"dense.{spec.name}"), progress.bar(
-            int(config.train.epochs) * spine.chunks(n, chunk or n), f"dense {spec.name} ×{n} seeds", "epoch") as bar:
+            int(config.train.epochs) * spine.chunks(spec, n, chunk or 0, config), f"dense {spec.name} ×{n} seeds", "epoch") as bar:
         dense, hist = train.fit(spec, config.train, keys, study.train.images, study.train.labels, chunk=chunk,
                                 progress=progress.epochs(bar), capture_step=capture or None,
                                 mesh=spine.mesh_of(config))
@@ -259,7 +259,7 @@ def run_one_shot(config, wd, spec, study, keys, dense, progress: spine.Progress)
         key = f"{spec.name}.{criterion}"
         if wd.has(RECALL_TABLE, key):
             continue
-        epochs = int(config.finetune.epochs) * spine.chunks(n_models, chunk or n_models)
+        epochs = int(config.finetune.epochs) * spine.chunks(spec, n_models, chunk or 0, config)
         with wd.stage_timer(f"prune.{key}"), progress.bar(epochs, f"one-shot {key} ×{n_models}", "epoch") as bar:
             variables, masks, hist = protocols.one_shot(
                 spec, config.finetune, dense, [criterion], sparsities, keys, study.train.images,
@@ -285,7 +285,7 @@ def run_gmp(config, wd, spec, study, keys, dense, progress: spine.Progress) -> N
         if wd.has(RECALL_TABLE, key):
             continue
         with wd.stage_timer(f"prune.{key}"), progress.bar(
-                epochs * spine.chunks(n_models, chunk or n_models), f"gmp {key} ×{n_models}", "epoch") as bar:
+                epochs * spine.chunks(spec, n_models, chunk or 0, config), f"gmp {key} ×{n_models}", "epoch") as bar:
             variables, masks, hist = protocols.gmp(
                 spec, tcfg, keys, study.train.images, study.train.labels, [criterion], sparsities,
                 start=int(g.start), end=end, every=int(g.every), initial=float(g.initial),
@@ -316,7 +316,7 @@ def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: spine.
         resume = protocols.IterativeState(last, saved["variables"], saved["masks"], saved["rewind"])
     n_models = int(keys.shape[0]) * len(criteria)
     chunk = int(config.train.chunk) or None
-    per_level = int(config.train.epochs) * spine.chunks(n_models, chunk or n_models)
+    per_level = int(config.train.epochs) * spine.chunks(spec, n_models, chunk or 0, config)
     bar = progress.bar(per_level * (levels - last), f"iterative {spec.name} L{last + 1}-{levels} ×{n_models}",
                        "epoch")
     gen = protocols.iterative(spec, config.train, keys, study.train.images, study.train.labels, criteria, levels,
@@ -423,7 +423,7 @@ def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool =
         wd.record_timing("data", time.perf_counter() - t_start)
         wd.write_text("train_class_counts.csv", study.train_counts.to_csv(index=False))
         log(f"data: {config.dataset} train {study.train.images.shape[0]} / test {study.test.images.shape[0]} "
-            "examples")
+            f"examples; {spine.devices_line(config)}")
         keys = train.seed_keys(seeds_of(config))
         progress = spine.Progress(bool(config.progress) and multihost.is_primary())
         for model_name in config.models:
@@ -437,4 +437,5 @@ def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool =
 
 
 # data.mirror only says where checksum-verified files come from, so it never changes results.
-IGNORED_FIELDS = ("workdir", "progress", "variant", "mesh", "distributed", "data.mirror")
+IGNORED_FIELDS = ("workdir", "progress", "variant", "mesh", "distributed", "train.chunk", "finetune.chunk",
+                  "eval.chunk", "data.mirror")

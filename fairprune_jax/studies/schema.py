@@ -63,7 +63,7 @@ def recall_config(dataset: str) -> ml_collections.ConfigDict:
     c.train.batch_size = 128
     c.train.optimizer = sgd(0.1)  # reference: SGD lr .1, no momentum, no weight decay (LeNet on MNIST)
     c.train.schedule = schedule()
-    c.train.chunk = 0  # models trained at once; 0 = all
+    c.train.chunk = 0  # models trained at once; 0 = automatic (CPU: cache-sized, accelerators: all)
     c.train.augment = "none"  # none | flip_crop (random flip + pad-4 crop, the reference CIFAR augmentation)
 
     c.prune = ml_collections.ConfigDict()
@@ -88,10 +88,11 @@ def recall_config(dataset: str) -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict(dict(chunk=64, batch_size=2500))
     c.analysis = ml_collections.ConfigDict(dict(chance_factor=1.5, bootstrap=2000, level=0.95, welch_q=0.05))
-    # Scale-out (results are identical with or without; excluded from the workdir fingerprint):
-    # mesh.enabled spreads each chunk of models over every device on a `seed` mesh axis; distributed starts
-    # multi-host JAX (TPU pods: leave the addresses empty, JAX discovers the slice).
-    c.mesh = ml_collections.ConfigDict(dict(enabled=False))
+    # Scale-out (excluded from the workdir fingerprint, like the chunk sizes; results agree to float-sum order):
+    # mesh.enabled spreads each chunk of models over every device on a `seed` mesh axis when there is more than
+    # one (the entry points expose a CPU's cores as devices); distributed starts multi-host JAX (TPU pods: leave
+    # the addresses empty, JAX discovers the slice). train/finetune.chunk 0 = automatic (train.resolve_chunk).
+    c.mesh = ml_collections.ConfigDict(dict(enabled=True))
     c.distributed = distributed()
     c.save_pruned = True  # orbax checkpoints of pruned params + masks (for notebooks and later analysis)
     c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
@@ -245,7 +246,7 @@ def bias_config(dataset: str) -> ml_collections.ConfigDict:
     c.train.batch_size = 128
     c.train.optimizer = optimizer("sgd", 0.05, momentum=0.9)
     c.train.schedule = schedule()
-    c.train.chunk = 0  # models trained at once; 0 = all seeds
+    c.train.chunk = 0  # models trained at once; 0 = automatic (CPU: cache-sized, accelerators: all)
 
     c.prune = ml_collections.ConfigDict()
     c.prune.protocol = "gmp"  # gmp (post-training, paper 2) | one_shot (+ fine-tuning)
@@ -261,7 +262,7 @@ def bias_config(dataset: str) -> ml_collections.ConfigDict:
     c.finetune.batch_size = 128
     c.finetune.optimizer = optimizer("adam", 1e-4)  # paper 2's post-training GMP fine-tunes with Adam 1e-4
     c.finetune.schedule = schedule()
-    c.finetune.chunk = 0  # one_shot only (GMP trains all seeds of a sparsity at once)
+    c.finetune.chunk = 0  # one_shot only (GMP: per sparsity); 0 = automatic
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 10000  # prediction batch
@@ -270,9 +271,10 @@ def bias_config(dataset: str) -> ml_collections.ConfigDict:
     c.eval.bands = (0.3, 0.45)  # variants also scored
     c.eval.r2_constant = "authors"  # interdependence R² of a constant column: authors (1 if fitted exactly) | nan
 
-    # Scale-out (results are identical; excluded from the workdir fingerprint): spread each chunk of models over
-    # every device on a `seed` mesh axis; distributed runs it as several JAX processes (experiments.launch, pods).
-    c.mesh = ml_collections.ConfigDict(dict(enabled=False))
+    # Scale-out (excluded from the workdir fingerprint, like the chunk sizes): spread each chunk of models over
+    # every device on a `seed` mesh axis when there is more than one; distributed runs it as several JAX
+    # processes (experiments.launch, pods).
+    c.mesh = ml_collections.ConfigDict(dict(enabled=True))
     c.distributed = distributed()
     c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
     c.variant = ""

@@ -231,16 +231,31 @@ def population_like(spec: Any, n: int) -> PyTree:
 
 
 def mesh_of(config: Any):
-    """The `seed` mesh over every device when ``config.mesh.enabled``, else None (one device)."""
+    """The `seed` mesh over every device when ``config.mesh.enabled`` and there is more than one, else None."""
     from fairprune_jax import sharding
 
     mesh = config.get("mesh", None)
-    return sharding.seed_mesh() if mesh is not None and bool(mesh.enabled) else None
+    return sharding.default_mesh(None) if mesh is not None and bool(mesh.enabled) else None
 
 
-def chunks(n: int, chunk: int) -> int:
-    """Number of chunks of ``chunk`` models (0 = all at once) in a population of ``n``."""
-    return -(-n // chunk) if chunk else 1
+def devices_line(config: Any) -> str:
+    """Where the models train, for the log: e.g. "models spread over 2 cpu devices" or "one cpu device"."""
+    from fairprune_jax import sharding
+
+    mesh = mesh_of(config)
+    platform = jax.devices()[0].platform
+    if mesh is None:
+        return f"one {platform} device" + (" (mesh.enabled=False)" if jax.device_count() > 1 else "")
+    return f"models spread over {sharding.size(mesh)} {platform} devices"
+
+
+def chunks(spec: Any, n: int, chunk: int, config: Any) -> int:
+    """Number of chunks `train` splits a population of ``n`` models of ``spec`` into (``chunk`` 0 = automatic,
+    `train.resolve_chunk`, on the mesh of ``config``): the progress bars' totals."""
+    from fairprune_jax import train
+
+    params = population_like(spec, 1)["params"]
+    return -(-n // train.resolve_chunk(n, int(chunk) or None, train.param_bytes(params), mesh_of(config)))
 
 
 class Progress:
