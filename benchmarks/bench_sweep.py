@@ -10,8 +10,9 @@ library level, interleaved: shared-batch fusion (one fine-tuning epoch of the gr
 and fewer elementwise passes (the library's masked step against the same step unmasked and a hand-fused update).
 
     python -m benchmarks.bench_sweep                        # 3 interleaved repeats of every variant
-    python -m benchmarks.bench_sweep --repeats 1 --variants default host2 --no-fusion-lever
-    python -m benchmarks.bench_sweep --default-sweep        # also the README's default MNIST sweep
+    python -m benchmarks.bench_sweep --repeats 1 --variants default one-device --no-fusion-lever
+    git worktree add /tmp/base <rev> && python -m benchmarks.bench_sweep --baseline /tmp/base --default-sweep
+                                                            # against another revision, and the default sweep
     python -m benchmarks.bench_sweep --levers-only --no-fusion-lever  # only the fewer-passes lever
 """
 from __future__ import annotations
@@ -37,10 +38,16 @@ GRID = ["--config.num_seeds=4", "--config.train.epochs=10", "--config.train.opti
         "--config.finetune.optimizer.momentum=0.9", "--config.finetune.optimizer.weight_decay=5e-4",
         "--config.prune.criteria=('mp','random','gp','up')", "--config.prune.sparsities=(0.5,0.8,0.9,0.95,0.98)",
         "--config.save_pruned=False"]
-# variant -> (extra overrides, extra environment)
+# variant -> (extra overrides, extra environment). "default" is the command as a user types it: every core a device
+# of the seed mesh, cache-sized chunks. The others take levers away: every model of a unit at once ("whole"), one CPU
+# device (auto chunks), and both (the defaults before the levers). "baseline" runs another checkout.
+ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 VARIANTS = {
     "default": ([], {}),
-    "host2": (["--config.mesh.enabled=True"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
+    "whole": (["--config.train.chunk=100000", "--config.finetune.chunk=100000"], {}),
+    "one-device": ([], ONE_DEVICE),
+    "one-device-whole": (["--config.train.chunk=100000", "--config.finetune.chunk=100000"], ONE_DEVICE),
+    "baseline": ([], {}),
 }
 
 
@@ -126,12 +133,16 @@ def bound_seconds(layers: list[tuple[int, int]], rates: dict[str, float], flops:
 
 
 def run_sweep(workdir: Path, overrides: list[str], env: dict[str, str], config: str = "configs/mnist.py",
-              ) -> dict[str, float]:
-    """One `python -m experiments.sweep` run in a fresh `workdir`: wall, peak RSS (GiB) and per-stage seconds."""
+              checkout: Path | None = None) -> dict[str, float]:
+    """One `python -m experiments.sweep` run in a fresh `workdir` (from `checkout`, another clone of the repository,
+    when given): wall, peak RSS (GiB) and per-stage seconds."""
     cmd = [sys.executable, "-m", "experiments.sweep", f"--config={config}", *overrides,
            f"--config.workdir={workdir}", "--config.progress=False"]
+    if checkout is not None:
+        env = {**env, "PYTHONPATH": str(checkout)}
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=checkout)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -143,6 +154,33 @@ def run_sweep(workdir: Path, overrides: list[str], env: dict[str, str], config: 
         group = stage.split(".")[0]
         out[group] = out.get(group, 0.0) + sum(r.get("seconds") or 0.0 for r in runs)
     return out
+
+
+def compare_recall(a: Path, b: Path) -> str:
+    """How far two runs' recall tables are apart: differing test predictions (per-class correct counts), and the
+    largest gap in mean accuracy per (model, criterion, sparsity), overall and up to 98% sparsity."""
+    import pandas as pd
+
+    keys = ["model", "criterion", "seed", "level", "sparsity_index", "class"]
+
+    def table(wd: Path) -> pd.DataFrame:
+        parts = sorted((wd / "results" / "recall").glob("*.parquet"))
+        if not parts:
+            raise SystemExit(f"error: {wd} holds no recall table (results/recall/*.parquet)")
+        return pd.concat([pd.read_parquet(p) for p in parts]).sort_values(keys).reset_index(drop=True)
+
+    ta, tb = table(a), table(b)
+    if len(ta) != len(tb) or not (ta[keys].to_numpy() == tb[keys].to_numpy()).all():
+        raise SystemExit(f"error: {a} and {b} hold different grids")
+    diff = (ta["correct"] - tb["correct"]).abs()
+    cell = ["model", "criterion", "requested_sparsity"]
+    acc = [t.drop_duplicates(keys[:-1]).groupby(cell)["accuracy"].mean() for t in (ta, tb)]
+    gap = (acc[0] - acc[1]).abs()
+    low = gap[gap.index.get_level_values("requested_sparsity") <= 0.98]
+    dense = diff[ta["criterion"] == "dense"].sum()
+    return (f"predictions differing: {int(diff.sum())} of {int(ta['n'].sum())} ({diff.sum() / ta['n'].sum():.2%}; "
+            f"dense models {int(dense)}); largest mean-accuracy gap per cell {gap.max():.4f} "
+            f"({low.max():.4f} up to 98% sparsity)")
 
 
 def fusion_lever(repeats: int) -> dict[str, list[float]]:
@@ -244,8 +282,20 @@ def main() -> None:
     ap.add_argument("--no-fusion-lever", action="store_true")
     ap.add_argument("--no-passes-lever", action="store_true")
     ap.add_argument("--levers-only", action="store_true", help="measure the levers, skip the sweeps")
-    ap.add_argument("--default-sweep", action="store_true", help="also time the default MNIST sweep")
+    ap.add_argument("--default-sweep", action="store_true",
+                    help="also time the default MNIST sweep, interleaved, for every variant")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout (e.g. `git worktree add /tmp/base <rev>`) run as the 'baseline' variant")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("WORKDIR_A", "WORKDIR_B"),
+                    help="only compare two finished runs' recall tables (same grid) and exit")
     args = ap.parse_args()
+    if args.compare:
+        print(compare_recall(*args.compare))
+        return
+    if "baseline" in args.variants and args.baseline is None:
+        args.variants.remove("baseline")
+    if args.baseline is not None and not (args.baseline / "experiments" / "sweep.py").is_file():
+        ap.error(f"--baseline: {args.baseline} is not a checkout of this repository")
     print(f"load average: {os.getloadavg()}")
     layers = kernel_shapes()
     flops = grid_flops(layers)
@@ -278,21 +328,28 @@ def main() -> None:
               f"w_fused| {lev['maxdiff'][0]:.2e}")
     if args.levers_only:
         return
-    results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
+    sweeps = {"grid": GRID} | ({"default MNIST sweep": []} if args.default_sweep else {})
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeats):
-            for v in args.variants:
-                extra, env = VARIANTS[v]
-                res = run_sweep(Path(tmp) / f"{v}-{r}", GRID + extra, env)
-                results[v].append(res)
-                print(f"  run {r} {v}: " + ", ".join(f"{k} {x:.1f}" for k, x in res.items()), flush=True)
-        for v, runs in results.items():
-            med = {k: float(np.median([x[k] for x in runs])) for k in runs[0]}
-            print(f"{v}: median wall {med['wall']:.1f} s ({med['wall'] / bound:.2f} x bound), "
-                  + ", ".join(f"{k} {x:.1f}" for k, x in med.items() if k != "wall"))
-        if args.default_sweep:
-            res = run_sweep(Path(tmp) / "default-mnist", [], {})
-            print(f"default MNIST sweep: wall {res['wall']:.1f} s, peak RSS {res['rss_gib']:.2f} GiB")
+        for title, base in sweeps.items():
+            results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
+            workdirs: dict[str, Path] = {}
+            for r in range(args.repeats):
+                for v in args.variants:
+                    extra, env = VARIANTS[v]
+                    workdirs[v] = Path(tmp) / f"{title[:4]}-{v}-{r}"
+                    res = run_sweep(workdirs[v], base + extra, env, checkout=args.baseline if v == "baseline" else None)
+                    results[v].append(res)
+                    print(f"  {title} run {r} {v}: " + ", ".join(f"{k} {x:.1f}" for k, x in res.items()), flush=True)
+            walls = {v: float(np.median([x["wall"] for x in runs])) for v, runs in results.items()}
+            for v, runs in results.items():
+                med = {k: float(np.median([x[k] for x in runs])) for k in runs[0]}
+                ratios = ", ".join(f"{walls[o] / walls[v]:.2f}x faster than {o}" for o in walls if o != v)
+                against = f" ({med['wall'] / bound:.2f} x bound)" if title == "grid" else ""
+                print(f"{title}, {v}: median wall {med['wall']:.1f} s{against}; {ratios}; "
+                      + ", ".join(f"{k} {x:.1f}" for k, x in med.items() if k != "wall"))
+            for v in workdirs:
+                if v != "default" and "default" in workdirs:
+                    print(f"{title}, default against {v}: {compare_recall(workdirs['default'], workdirs[v])}")
 
 
 if __name__ == "__main__":
