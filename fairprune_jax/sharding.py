@@ -94,7 +94,7 @@ def auto_chunk(n: int, param_bytes: int, mesh: Mesh | None, *, group: int = 1, p
     cap = `budget // (4 * param_bytes)` models per device (weights, gradients, optimizer state, mask): all n when
     n <= cap, else the c in [cap/2, cap] that pads n least (the largest on ties). c depends on n, the model and the
     budget only, never on the device count: a model's numbers depend on how many models its device trains at once,
-    so a run gives the same numbers on any number of cores (tests/test_sweep.py)."""
+    so its training gives the same numbers on any number of cores (tests/multidevice_checks.py)."""
     k, g = size(mesh), max(int(group), 1)
     if platform is None:
         platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
