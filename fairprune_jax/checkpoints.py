@@ -41,6 +41,10 @@ def _path(directory: str | os.PathLike, name: str) -> Path:
 def _to_arrays(tree: PyTree) -> PyTree:
     """Every leaf as a jax array; typed PRNG keys and non-numeric leaves are a ValueError naming the path."""
 
+    from fairprune_jax import multihost
+
+    multi = multihost.active()
+
     def conv(path: tuple, x: Any) -> jax.Array:
         if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             raise ValueError(f"tree: leaf {path_str(path)!r} is a typed PRNG key; save jax.random.key_data(k)")
@@ -51,9 +55,6 @@ def _to_arrays(tree: PyTree) -> PyTree:
             raise ValueError(f"tree: leaf {path_str(path)!r} has non-numeric dtype {arr.dtype}")
         return jnp.asarray(arr)
 
-    from fairprune_jax import multihost
-
-    multi = multihost.active()
     return _global(jax.tree_util.tree_map_with_path(conv, tree))
 
 

@@ -337,13 +337,17 @@ def _normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
     return (images.astype(jnp.float32) * (1.0 / 255.0) - mean) / std
 
 
+def _check_uint8(images: Any, who: str) -> None:
+    dtype = np.dtype(images.dtype) if hasattr(images, "dtype") else np.asarray(images).dtype
+    if dtype != np.uint8:
+        raise ValueError(f"images: dtype {dtype}; {who} expects uint8 pixels 0-255 (rescale other data to "
+                         f"0-255 and cast, e.g. np.round(x * 255 / x_max).astype(np.uint8))")
+
+
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
     """(x/255 − mean)/std per channel, computed once on the device as float32 (one fused kernel; the uint8
     images travel to the device, not the 4x larger floats). `images` must be uint8 pixels (0–255)."""
-    dtype = np.dtype(images.dtype) if hasattr(images, "dtype") else np.asarray(images).dtype
-    if dtype != np.uint8:
-        raise ValueError(f"images: dtype {dtype}; normalize expects uint8 pixels 0-255 (rescale other data to "
-                         f"0-255 and cast, e.g. np.round(x * 255 / x_max).astype(np.uint8))")
+    _check_uint8(images, "normalize")
     return _normalize(jnp.asarray(images), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
 
 
@@ -382,10 +386,13 @@ class Pixels:
 
 def pixels(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Pixels:
     """uint8 images on the device, normalised when read (`Pixels`); the checks of `normalize`."""
-    dtype = np.dtype(images.dtype) if hasattr(images, "dtype") else np.asarray(images).dtype
-    if dtype != np.uint8:
-        raise ValueError(f"images: dtype {dtype}; pixels expects uint8 pixels 0-255")
+    _check_uint8(images, "pixels")
     return Pixels(jnp.asarray(images), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+
+
+def device_images(images: Any) -> jax.Array | Pixels:
+    """Model inputs on the device: `Pixels` as they are (normalised when read), anything else as a jax array."""
+    return images if isinstance(images, Pixels) else jnp.asarray(images)
 
 
 def check_normalized(images: Any, ds: DatasetInfo, *, name: str = "images") -> None:

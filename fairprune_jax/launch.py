@@ -7,7 +7,8 @@ Starts the processes with the study's own entry point and the config's ``distrib
 127.0.0.1 at a free port, ``num_processes``, ``process_id``) and ``mesh.enabled``, so each chunk's models are spread
 over the devices of all processes (one CPU device per process unless XLA_FLAGS sets the count); forwards their
 output line by line with a ``[pN]`` prefix. When one process fails, the others are stopped (SIGTERM, then SIGKILL
-after a grace period) and the launcher exits with the worst exit code. Rerunning the same command resumes from the workdir, like a single-process run.
+after a grace period) and the launcher exits with the worst exit code. Rerunning the same command resumes from the
+workdir, like a single-process run.
 """
 from __future__ import annotations
 

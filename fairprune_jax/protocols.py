@@ -162,7 +162,7 @@ def _check_data(spec: ModelSpec, x_train: Any, y_train: Any) -> tuple[jax.Array,
     validation.check_images(x_train, spec.input_shape, name="x_train")
     validation.check_labels(y_train, spec.num_outputs, n=int(np.shape(x_train)[0]), multilabel=spec.multilabel,
                             name="y_train")
-    return (x_train if isinstance(x_train, data.Pixels) else jnp.asarray(x_train)), jnp.asarray(y_train)
+    return data.device_images(x_train), jnp.asarray(y_train)
 
 
 def _score_batch(x_train: Any, y_train: Any, size: int = 128) -> tuple[jax.Array, jax.Array]:

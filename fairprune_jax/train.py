@@ -31,9 +31,9 @@ import optax
 from jax.sharding import Mesh
 
 from fairprune_jax import optim, sharding
+from fairprune_jax.data import device_images
 from fairprune_jax.train_config import (AUGMENTATIONS, TrainConfig, check_keep_epochs, freeze,  # noqa: F401
                                         make_tx, read_config)
-from fairprune_jax.data import Pixels
 from fairprune_jax.models import ModelSpec, path_str
 from fairprune_jax.validation import check_images, check_labels
 
@@ -439,7 +439,7 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     keys = as_keys(seed_keys)
     n = int(keys.shape[0])
     check_images(x_train, spec.input_shape, name="x_train")
-    images = x_train if isinstance(x_train, Pixels) else jnp.asarray(x_train)
+    images = device_images(x_train)
     if images.dtype != jnp.float32:
         raise ValueError(f"x_train: dtype {images.dtype}; expected normalised float32")
     check_labels(y_train, spec.num_outputs, n=int(images.shape[0]), multilabel=spec.multilabel, name="y_train")

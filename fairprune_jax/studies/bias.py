@@ -347,7 +347,8 @@ def _dense(r: _Run) -> PyTree:
         return r.cache["dense"]
     progress = spine.Progress(bool(_field(cfg, "progress", True)))
     epochs = int(cfg.train.epochs)
-    with progress.bar(epochs * spine.chunks(r.spec, n_seeds, int(cfg.train.chunk), cfg), "dense training", "epoch") as bar, \
+    total = epochs * spine.chunks(r.spec, n_seeds, int(cfg.train.chunk), cfg)
+    with progress.bar(total, "dense training", "epoch") as bar, \
             r.timed("dense"):
         variables, losses = train_dense(r.spec, cfg, r.data, progress=progress.epochs(bar))
         spine.check_dense(variables, losses, list(range(int(cfg.seed), int(cfg.seed) + n_seeds)), cfg.model)

@@ -123,7 +123,7 @@ def run(config, wd, spec, study, keys, dense, progress: spine.Progress, *, table
             n_models = s_ * len(sparsities)
             key = f"{spec.name}.{criterion}.lr{lr:g}.m{mom:g}"
             with wd.stage_timer(f"prune.{key}"), progress.bar(
-                    e_max * spine.chunks(spec, n_models, chunk or 0, config), f"budget {key} ×{n_models}", "epoch") as bar:
+                    e_max * spine.chunks(spec, n_models, chunk, config), f"budget {key} ×{n_models}", "epoch") as bar:
                 out, hist = protocols.finetune(spec, finetune_config(config, lr, mom, e_max), dense, masks, keys,
                                                study.train.images, study.train.labels, chunk=chunk,
                                                progress=progress.epochs(bar), mesh=kw["mesh"],

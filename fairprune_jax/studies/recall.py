@@ -221,8 +221,8 @@ def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: s
         return saved["dense"], saved["rewind"]
     n = int(keys.shape[0])
     chunk = int(config.train.chunk) or None
-    with wd.stage_timer(f"dense.{spec.name}"), progress.bar(
-            int(config.train.epochs) * spine.chunks(spec, n, chunk or 0, config), f"dense {spec.name} ×{n} seeds", "epoch") as bar:
+    total = int(config.train.epochs) * spine.chunks(spec, n, chunk, config)
+    with wd.stage_timer(f"dense.{spec.name}"), progress.bar(total, f"dense {spec.name} ×{n} seeds", "epoch") as bar:
         dense, hist = train.fit(spec, config.train, keys, study.train.images, study.train.labels, chunk=chunk,
                                 progress=progress.epochs(bar), capture_step=capture or None,
                                 mesh=spine.mesh_of(config))
@@ -259,7 +259,7 @@ def run_one_shot(config, wd, spec, study, keys, dense, progress: spine.Progress)
         key = f"{spec.name}.{criterion}"
         if wd.has(RECALL_TABLE, key):
             continue
-        epochs = int(config.finetune.epochs) * spine.chunks(spec, n_models, chunk or 0, config)
+        epochs = int(config.finetune.epochs) * spine.chunks(spec, n_models, chunk, config)
         with wd.stage_timer(f"prune.{key}"), progress.bar(epochs, f"one-shot {key} ×{n_models}", "epoch") as bar:
             variables, masks, hist = protocols.one_shot(
                 spec, config.finetune, dense, [criterion], sparsities, keys, study.train.images,
@@ -285,7 +285,7 @@ def run_gmp(config, wd, spec, study, keys, dense, progress: spine.Progress) -> N
         if wd.has(RECALL_TABLE, key):
             continue
         with wd.stage_timer(f"prune.{key}"), progress.bar(
-                epochs * spine.chunks(spec, n_models, chunk or 0, config), f"gmp {key} ×{n_models}", "epoch") as bar:
+                epochs * spine.chunks(spec, n_models, chunk, config), f"gmp {key} ×{n_models}", "epoch") as bar:
             variables, masks, hist = protocols.gmp(
                 spec, tcfg, keys, study.train.images, study.train.labels, [criterion], sparsities,
                 start=int(g.start), end=end, every=int(g.every), initial=float(g.initial),
@@ -316,7 +316,7 @@ def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: spine.
         resume = protocols.IterativeState(last, saved["variables"], saved["masks"], saved["rewind"])
     n_models = int(keys.shape[0]) * len(criteria)
     chunk = int(config.train.chunk) or None
-    per_level = int(config.train.epochs) * spine.chunks(spec, n_models, chunk or 0, config)
+    per_level = int(config.train.epochs) * spine.chunks(spec, n_models, chunk, config)
     bar = progress.bar(per_level * (levels - last), f"iterative {spec.name} L{last + 1}-{levels} ×{n_models}",
                        "epoch")
     gen = protocols.iterative(spec, config.train, keys, study.train.images, study.train.labels, criteria, levels,

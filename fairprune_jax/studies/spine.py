@@ -249,13 +249,13 @@ def devices_line(config: Any) -> str:
     return f"models spread over {sharding.size(mesh)} {platform} devices"
 
 
-def chunks(spec: Any, n: int, chunk: int, config: Any) -> int:
-    """Number of chunks `train` splits a population of ``n`` models of ``spec`` into (``chunk`` 0 = automatic,
-    `train.resolve_chunk`, on the mesh of ``config``): the progress bars' totals."""
+def chunks(spec: Any, n: int, chunk: int | None, config: Any) -> int:
+    """Number of chunks `train` splits a population of ``n`` models of ``spec`` into (``chunk`` 0 or None =
+    automatic, `train.resolve_chunk`, on the mesh of ``config``): the progress bars' totals."""
     from fairprune_jax import train
 
     params = population_like(spec, 1)["params"]
-    return -(-n // train.resolve_chunk(n, int(chunk) or None, train.param_bytes(params), mesh_of(config)))
+    return -(-n // train.resolve_chunk(n, int(chunk or 0) or None, train.param_bytes(params), mesh_of(config)))
 
 
 class Progress:
