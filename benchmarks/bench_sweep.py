@@ -5,7 +5,8 @@ Prints: the exact FLOP count of the grid from the model's kernel shapes (forward
 layer, input-gradient GEMMs of layers 2..L, evaluation forwards on the test set); the rate XLA reaches on each of
 those GEMM shapes in this run (one model, S models batched, S models fused into one wide GEMM) and the square-GEMM
 peak; then, interleaved, `python -m experiments.sweep` runs of the grid per variant (wall, per-stage seconds from
-the workdir's `timings.json`, peak RSS of the child), their medians and wall / bound; and two levers measured at
+the workdir's `timings.json`, peak RSS of the child), their medians and wall / bound, optionally beside the same
+grid as a per-model PyTorch loop (`torch_loop.py`, run by another interpreter); and two levers measured at
 library level, interleaved: shared-batch fusion (one fine-tuning epoch of the grid's 80 pruned models, `fuse` on/off)
 and fewer elementwise passes (the library's masked step against the same step unmasked and a hand-fused update).
 
@@ -14,6 +15,8 @@ and fewer elementwise passes (the library's masked step against the same step un
     git worktree add /tmp/base <rev> && python -m benchmarks.bench_sweep --baseline /tmp/base --default-sweep
                                                             # against another revision, and the default sweep
     python -m benchmarks.bench_sweep --levers-only --no-fusion-lever  # only the fewer-passes lever
+    python -m benchmarks.bench_sweep --variants default torch-loop --torch-python /path/to/venv-with-torch/bin/python
+                                                            # against a per-model PyTorch loop (torch_loop.py)
 """
 from __future__ import annotations
 
@@ -40,14 +43,18 @@ GRID = ["--config.num_seeds=4", "--config.train.epochs=10", "--config.train.opti
         "--config.save_pruned=False"]
 # variant -> (extra overrides, extra environment). "default" is the command as a user types it: every core a device
 # of the seed mesh, cache-sized chunks. The others take levers away: every model of a unit at once ("whole"), one CPU
-# device (auto chunks), and both (the defaults before the levers). "baseline" runs another checkout.
+# device (auto chunks), and both (the defaults before the levers); "one-thread-ops" adds a lever: every operation
+# single-threaded, each device on its own core. "baseline" runs another checkout; "torch-loop" the
+# same grid as a per-model loop in eager PyTorch (benchmarks/torch_loop.py, under the --torch-python interpreter).
 ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 VARIANTS = {
     "default": ([], {}),
     "whole": (["--config.train.chunk=100000", "--config.finetune.chunk=100000"], {}),
     "one-device": ([], ONE_DEVICE),
     "one-device-whole": (["--config.train.chunk=100000", "--config.finetune.chunk=100000"], ONE_DEVICE),
+    "one-thread-ops": ([], {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}),
     "baseline": ([], {}),
+    "torch-loop": ([], {}),
 }
 
 
@@ -156,6 +163,24 @@ def run_sweep(workdir: Path, overrides: list[str], env: dict[str, str], config: 
     return out
 
 
+def run_torch_loop(python: str) -> dict[str, float]:
+    """One run of `benchmarks/torch_loop.py` (the grid as a per-model PyTorch loop) under interpreter `python`:
+    wall, peak RSS (GiB) and its per-phase seconds."""
+    script = Path(__file__).resolve().parent / "torch_loop.py"
+    cmd = [python, str(script), "--seeds", str(SEEDS), "--epochs", str(DENSE_EPOCHS), "--ft-epochs", str(FT_EPOCHS)]
+    with tempfile.TemporaryFile() as out:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        if status:
+            raise RuntimeError(f"torch loop failed ({status}): {' '.join(cmd)}\n{err[-2000:]}")
+        out.seek(0)
+        res = json.loads(out.read().decode().strip().splitlines()[-1])
+    return {"wall": wall, "rss_gib": usage.ru_maxrss / 2**20} | {k: res[k] for k in ("dense", "finetune", "eval")}
+
+
 def compare_recall(a: Path, b: Path) -> str:
     """How far two runs' recall tables are apart: differing test predictions (per-class correct counts), and the
     largest gap in mean accuracy per (model, criterion, sparsity), overall and up to 98% sparsity."""
@@ -166,12 +191,12 @@ def compare_recall(a: Path, b: Path) -> str:
     def table(wd: Path) -> pd.DataFrame:
         parts = sorted((wd / "results" / "recall").glob("*.parquet"))
         if not parts:
-            raise SystemExit(f"error: {wd} holds no recall table (results/recall/*.parquet)")
+            raise ValueError(f"{wd} holds no recall table (results/recall/*.parquet)")
         return pd.concat([pd.read_parquet(p) for p in parts]).sort_values(keys).reset_index(drop=True)
 
     ta, tb = table(a), table(b)
     if len(ta) != len(tb) or not (ta[keys].to_numpy() == tb[keys].to_numpy()).all():
-        raise SystemExit(f"error: {a} and {b} hold different grids")
+        raise ValueError(f"{a} and {b} hold different grids")
     diff = (ta["correct"] - tb["correct"]).abs()
     cell = ["model", "criterion", "requested_sparsity"]
     acc = [t.drop_duplicates(keys[:-1]).groupby(cell)["accuracy"].mean() for t in (ta, tb)]
@@ -286,14 +311,22 @@ def main() -> None:
                     help="also time the default MNIST sweep, interleaved, for every variant")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another checkout (e.g. `git worktree add /tmp/base <rev>`) run as the 'baseline' variant")
+    ap.add_argument("--torch-python", default=None,
+                    help="an interpreter with torch: runs benchmarks/torch_loop.py as the 'torch-loop' variant")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("WORKDIR_A", "WORKDIR_B"),
                     help="only compare two finished runs' recall tables (same grid) and exit")
     args = ap.parse_args()
     if args.compare:
-        print(compare_recall(*args.compare))
+        try:
+            print(compare_recall(*args.compare))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         return
     if "baseline" in args.variants and args.baseline is None:
         args.variants.remove("baseline")
+    if "torch-loop" in args.variants and args.torch_python is None:
+        args.variants.remove("torch-loop")
     if args.baseline is not None and not (args.baseline / "experiments" / "sweep.py").is_file():
         ap.error(f"--baseline: {args.baseline} is not a checkout of this repository")
     print(f"load average: {os.getloadavg()}")
@@ -311,9 +344,8 @@ def main() -> None:
                     f"{batched / 1e9:6.1f}  fused-wide {fused / 1e9:6.1f} GFLOP/s")
     square = gemm_rate(1024, 1024, 1024)
     print("GEMM rates (this run):\n" + "\n".join(rows) + f"\n  square 1024^3: {square / 1e9:.1f} GFLOP/s")
-    bound = bound_seconds(layers, rates, flops)
-    print(f"lower bound: {bound:.1f} s at the batched per-shape rates, {flops['total'] / square:.1f} s at the "
-          f"square peak")
+    bound, square_bound = bound_seconds(layers, rates, flops), flops["total"] / square
+    print(f"lower bound: {bound:.1f} s at the batched per-shape rates, {square_bound:.1f} s at the square peak")
     if not args.no_fusion_lever:
         lev = fusion_lever(args.repeats)
         print(f"fusion lever (one fine-tuning epoch of {SEEDS * pruned} models): fused "
@@ -335,16 +367,24 @@ def main() -> None:
             workdirs: dict[str, Path] = {}
             for r in range(args.repeats):
                 for v in args.variants:
-                    extra, env = VARIANTS[v]
-                    workdirs[v] = Path(tmp) / f"{title[:4]}-{v}-{r}"
-                    res = run_sweep(workdirs[v], base + extra, env, checkout=args.baseline if v == "baseline" else None)
+                    if v == "torch-loop":
+                        if title != "grid":  # the loop implements the grid only
+                            continue
+                        res = run_torch_loop(args.torch_python)
+                    else:
+                        extra, env = VARIANTS[v]
+                        workdirs[v] = Path(tmp) / f"{title[:4]}-{v}-{r}"
+                        res = run_sweep(workdirs[v], base + extra, env,
+                                        checkout=args.baseline if v == "baseline" else None)
                     results[v].append(res)
                     print(f"  {title} run {r} {v}: " + ", ".join(f"{k} {x:.1f}" for k, x in res.items()), flush=True)
+            results = {v: runs for v, runs in results.items() if runs}
             walls = {v: float(np.median([x["wall"] for x in runs])) for v, runs in results.items()}
             for v, runs in results.items():
                 med = {k: float(np.median([x[k] for x in runs])) for k in runs[0]}
                 ratios = ", ".join(f"{walls[o] / walls[v]:.2f}x faster than {o}" for o in walls if o != v)
-                against = f" ({med['wall'] / bound:.2f} x bound)" if title == "grid" else ""
+                against = (f" ({med['wall'] / bound:.2f}x the per-shape bound, {med['wall'] / square_bound:.2f}x the "
+                           f"square-GEMM bound)" if title == "grid" else "")
                 print(f"{title}, {v}: median wall {med['wall']:.1f} s{against}; {ratios}; "
                       + ", ".join(f"{k} {x:.1f}" for k, x in med.items() if k != "wall"))
             for v in workdirs:

@@ -43,5 +43,39 @@ def test_compare_recall_counts_differing_predictions_and_accuracy_gaps(tmp_path)
                     "0.1000 (0.0500 up to 98% sparsity)")
     assert bench_sweep.compare_recall(tmp_path / "a", tmp_path / "a").startswith("predictions differing: 0 of 40")
     (tmp_path / "c").mkdir()
-    with pytest.raises(SystemExit, match="holds no recall table"):
+    with pytest.raises(ValueError, match="holds no recall table"):
         bench_sweep.compare_recall(tmp_path / "a", tmp_path / "c")
+
+
+def test_compare_flag_prints_one_error_line_and_exits_2(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr("sys.argv", ["bench_sweep", "--compare", str(tmp_path / "empty"), str(tmp_path / "empty")])
+    with pytest.raises(SystemExit) as exc:
+        bench_sweep.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "holds no recall table" in err and "\n" not in err
+
+
+def test_run_torch_loop_reads_the_loops_json_line(tmp_path):
+    """The torch variant runs the given interpreter on benchmarks/torch_loop.py with the grid's sizes and reads
+    the phases from its last stdout line (a stand-in interpreter here, so the test needs no torch)."""
+    import json
+
+    import pytest
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho \"$@\" > " + str(tmp_path / "args") + "\n"
+                    "echo warming up\necho '" + json.dumps({"dense": 1.5, "finetune": 2.5, "eval": 0.5}) + "'\n")
+    fake.chmod(0o755)
+    res = bench_sweep.run_torch_loop(str(fake))
+    assert res["dense"] == 1.5 and res["finetune"] == 2.5 and res["eval"] == 0.5
+    assert res["wall"] > 0 and res["rss_gib"] > 0
+    args = (tmp_path / "args").read_text().split()
+    assert args[0].endswith("benchmarks/torch_loop.py") and args[1:] == ["--seeds", "4", "--epochs", "10",
+                                                                        "--ft-epochs", "2"]
+    fake.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
+    with pytest.raises(RuntimeError, match="boom"):
+        bench_sweep.run_torch_loop(str(fake))
