@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,23 @@ def bound_seconds(layers: list[tuple[int, int]], rates: dict[str, float], flops:
     return train + flops["eval"] / max(rates.values())
 
 
+def timed_child(cmd: list[str], *, what: str, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> tuple[float, float, str]:
+    """Run `cmd` to completion: (wall seconds, peak RSS in GiB, stdout). Output goes to temporary files, so a
+    chatty child never blocks on a full pipe; a failure raises RuntimeError with the tail of its stderr."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=None if env is None else {**os.environ, **env}, stdout=out, stderr=err,
+                                cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        if status:
+            raise RuntimeError(f"{what} failed ({status}): {' '.join(cmd)}\n{err.read().decode()[-2000:]}")
+        return wall, usage.ru_maxrss / 2**20, out.read().decode()
+
+
 def run_sweep(workdir: Path, overrides: list[str], env: dict[str, str], config: str = "configs/mnist.py",
               checkout: Path | None = None) -> dict[str, float]:
     """One `python -m experiments.sweep` run in a fresh `workdir` (from `checkout`, another clone of the repository,
@@ -147,16 +165,9 @@ def run_sweep(workdir: Path, overrides: list[str], env: dict[str, str], config: 
            f"--config.workdir={workdir}", "--config.progress=False"]
     if checkout is not None:
         env = {**env, "PYTHONPATH": str(checkout)}
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            cwd=checkout)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if status:
-        raise RuntimeError(f"sweep failed ({status}): {' '.join(cmd)}\n{err[-2000:]}")
+    wall, rss, _ = timed_child(cmd, what="sweep", env=env, cwd=checkout)
     stages = json.loads((workdir / "timings.json").read_text())
-    out = {"wall": wall, "rss_gib": usage.ru_maxrss / 2**20}
+    out = {"wall": wall, "rss_gib": rss}
     for stage, runs in stages.items():
         group = stage.split(".")[0]
         out[group] = out.get(group, 0.0) + sum(r.get("seconds") or 0.0 for r in runs)
@@ -168,17 +179,9 @@ def run_torch_loop(python: str) -> dict[str, float]:
     wall, peak RSS (GiB) and its per-phase seconds."""
     script = Path(__file__).resolve().parent / "torch_loop.py"
     cmd = [python, str(script), "--seeds", str(SEEDS), "--epochs", str(DENSE_EPOCHS), "--ft-epochs", str(FT_EPOCHS)]
-    with tempfile.TemporaryFile() as out:
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        if status:
-            raise RuntimeError(f"torch loop failed ({status}): {' '.join(cmd)}\n{err[-2000:]}")
-        out.seek(0)
-        res = json.loads(out.read().decode().strip().splitlines()[-1])
-    return {"wall": wall, "rss_gib": usage.ru_maxrss / 2**20} | {k: res[k] for k in ("dense", "finetune", "eval")}
+    wall, rss, stdout = timed_child(cmd, what="torch loop")
+    res = json.loads(stdout.strip().splitlines()[-1])
+    return {"wall": wall, "rss_gib": rss} | {k: res[k] for k in ("dense", "finetune", "eval")}
 
 
 def compare_recall(a: Path, b: Path) -> str:
@@ -327,8 +330,14 @@ def main() -> None:
         args.variants.remove("baseline")
     if "torch-loop" in args.variants and args.torch_python is None:
         args.variants.remove("torch-loop")
+    bad = None
+    if args.torch_python is not None and shutil.which(args.torch_python) is None:
+        bad = f"--torch-python: {args.torch_python} is not an executable interpreter"
     if args.baseline is not None and not (args.baseline / "experiments" / "sweep.py").is_file():
-        ap.error(f"--baseline: {args.baseline} is not a checkout of this repository")
+        bad = f"--baseline: {args.baseline} is not a checkout of this repository"
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        sys.exit(2)
     print(f"load average: {os.getloadavg()}")
     layers = kernel_shapes()
     flops = grid_flops(layers)

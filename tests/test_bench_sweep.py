@@ -79,3 +79,16 @@ def test_run_torch_loop_reads_the_loops_json_line(tmp_path):
     fake.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
     with pytest.raises(RuntimeError, match="boom"):
         bench_sweep.run_torch_loop(str(fake))
+
+
+def test_bad_torch_python_or_baseline_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    for flag, value, words in (("--torch-python", str(tmp_path / "nope"), "not an executable interpreter"),
+                               ("--baseline", str(tmp_path), "not a checkout of this repository")):
+        monkeypatch.setattr("sys.argv", ["bench_sweep", flag, value])
+        with pytest.raises(SystemExit) as exc:
+            bench_sweep.main()
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: {flag}: {value} is {words}"
