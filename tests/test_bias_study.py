@@ -19,6 +19,7 @@ from fairprune_jax.studies import bias as BS
 from fairprune_jax.studies import bias_data as BD
 from fairprune_jax import checkpoints, models
 from fairprune_jax.report import bias as BR
+from fairprune_jax.report import bias_summary
 from fairprune_jax.results import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,7 +296,7 @@ def test_report_cli_rebuilds_from_stored_results(smoke_run):
     assert (wd / "report.md").is_file() and (wd / "plots" / "calibration.png").is_file()
     # the reading is computed, not hard-coded: its accuracy sentence quotes the dense mean of the table
     summ = BR.summarize_metrics(Workdir.existing(wd).read_table("metrics"))
-    acc = BR.metric_series(summ, "acc").iloc[0]
+    acc = bias_summary.metric_series(summ, "acc").iloc[0]
     assert f"{acc['mean']:.4f} ± {acc['sd']:.4f} (dense)" in (wd / "report.md").read_text()
 
 

@@ -7,18 +7,17 @@ exceeds twice the combined seed sd); nothing is hard-coded.
 """
 from __future__ import annotations
 
-import math
 import os
 import pathlib
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from fairprune_jax.analysis import bias_identification as BI
 from fairprune_jax.report import writer as W
+from fairprune_jax.report.bias_reading import attenuation_summary_frame, fmt, pm, reading, reference_sparsity
 from fairprune_jax.report.bias_plots import plot_calibration, plot_identification, plot_metrics
-from fairprune_jax.report.bias_summary import GROUP_METRICS, LABELS, metric_series, row, summarize_metrics
+from fairprune_jax.report.bias_summary import GROUP_METRICS, LABELS, row, summarize_metrics
 from fairprune_jax.results import Workdir
 
 # ------------------------------------------------------------------------------------------------------------
@@ -28,228 +27,8 @@ def _as_workdir(workdir: Workdir | str | os.PathLike) -> Workdir:
     return workdir if isinstance(workdir, Workdir) else Workdir.existing(workdir)
 
 
-def _fmt(x: Any, digits: int = 3, signed: bool = False) -> str:
-    return W.number(x, digits, signed)
-
-
-def _pm(mean: float, sd: float, digits: int = 3, signed: bool = False) -> str:
-    if not math.isfinite(mean):
-        return "nan"
-    return _fmt(mean, digits, signed) + ("" if not math.isfinite(sd) else f" ± {sd:.{digits}f}")
-
-
 _pct = W.pct
 _md = W.markdown_table
-
-
-# ------------------------------------------------------------------------------------------------------------
-# reading (generated sentences)
-# ------------------------------------------------------------------------------------------------------------
-def _change_words(a: pd.Series, b: pd.Series) -> str:
-    """'rises'/'falls' when |b − a| > 2·sqrt(sd_a² + sd_b²) (sd NaN counts as 0), else 'stays within seed noise'."""
-    d = b["mean"] - a["mean"]
-    noise = 2 * math.sqrt(np.nan_to_num(a["sd"]) ** 2 + np.nan_to_num(b["sd"]) ** 2)
-    if not math.isfinite(d):
-        return "is undefined at one end"
-    if abs(d) <= noise:
-        return f"stays within seed noise (Δ = {d:+.3f}, 2·sd = {noise:.3f})"
-    return f"{'rises' if d > 0 else 'falls'} (Δ = {d:+.3f}, 2·sd = {noise:.3f})"
-
-
-def _trajectory(series: pd.DataFrame, label: str, digits: int = 3, peak: bool = False) -> str | None:
-    if len(series) < 2:
-        return None
-    d, last = series.iloc[0], series.iloc[-1]
-    sp = series[series["population"] == "sparse"]
-    first = sp.iloc[0]
-    txt = (f"{label} {_change_words(d, last)} from {_pm(d['mean'], d['sd'], digits)} (dense) to "
-           f"{_pm(last['mean'], last['sd'], digits)} at {_pct(last['sparsity'])}")
-    if len(sp) > 1:
-        txt += f"; at {_pct(first['sparsity'])} it is {_pm(first['mean'], first['sd'], digits)}"
-    if peak and len(sp) > 2 and np.isfinite(sp["mean"]).any():
-        top = sp.loc[sp["mean"].idxmax()]
-        if top["sparsity"] not in (first["sparsity"], last["sparsity"]):
-            txt += f"; it peaks at {_pct(top['sparsity'])} ({_pm(top['mean'], top['sd'], digits)})"
-    extra = series[series["n_nan"] > d["n_nan"]]
-    if len(extra):
-        txt += " (NaN seed × attribute values: " + ", ".join(
-            f"{int(r.n_nan)} of {int(r.n_values)} at {_pct(r.sparsity)}" for r in extra.itertuples()) + \
-            f", vs {int(d['n_nan'])} dense; the means cover the defined values only)"
-    return txt + "."
-
-
-def reference_sparsity(summary: pd.DataFrame, protected: Sequence[str]) -> float | None:
-    """Highest grid sparsity at which BA (τ = 0) has no more NaN values than the dense population, for every
-    protected attribute (so attribute-level comparisons there cover the same attributes); None if none."""
-    best = None
-    for s in sorted(summary.loc[summary["population"] == "sparse", "sparsity"].unique()):
-        ok = True
-        for p in protected:
-            d, r = row(summary, "dense", 0.0, "ba", "default", p), row(summary, "sparse", s, "ba", "default", p)
-            ok &= d is not None and r is not None and r["n_nan"] <= d["n_nan"]
-        if ok:
-            best = float(s)
-    return best
-
-
-def _within(series: pd.DataFrame, tol: float | None) -> float | None:
-    """Largest grid sparsity up to which every sparse mean stays within ``tol`` of dense (2·combined sd if None)."""
-    d = series.iloc[0]
-    best = None
-    for _, r in series[series["population"] == "sparse"].iterrows():
-        t = tol if tol is not None else 2 * math.sqrt(np.nan_to_num(d["sd"]) ** 2 + np.nan_to_num(r["sd"]) ** 2)
-        if not (math.isfinite(r["mean"]) and abs(r["mean"] - d["mean"]) <= t):
-            break
-        best = r["sparsity"]
-    return best
-
-
-def reading(summary: pd.DataFrame, ident: pd.DataFrame, cies: pd.DataFrame, att: pd.DataFrame, reg: pd.DataFrame,
-            protected: Sequence[str], meta: dict | None = None) -> list[str]:
-    """The generated sentences of the report's "Reading" section."""
-    meta = meta or {}
-    out = _reading_metrics(summary, protected)
-    grid = sorted(summary.loc[summary["population"] == "sparse", "sparsity"].unique())
-    ref = reference_sparsity(summary, protected)
-    focus = sorted({float(grid[-1]), *(() if ref is None else (ref,))}) if grid else []
-    if grid and ref != grid[-1]:
-        out.append("BA has extra NaN values at the highest sparsity, so the sentences below also report "
-                   + (f"{_pct(ref)}, the highest sparsity where BA is defined for as many attributes as for dense."
-                      if ref is not None else "no reference sparsity (BA loses attributes at every sparsity)."))
-    out += _reading_identification(ident, cies, focus)
-    out += _reading_calibration(summary, protected, focus, meta)
-    out += _reading_attenuation(att, protected, focus)
-    out += _reading_regression(reg, protected, focus)
-    return [s for s in out if s]
-
-
-def _reading_metrics(summary: pd.DataFrame, protected: Sequence[str]) -> list[str]:
-    """Accuracy and BA trajectories, the other metrics' trajectories, and their co-movement with BA."""
-    out = []
-    acc = metric_series(summary, "acc")
-    if len(acc) > 1:
-        w = _within(acc, 0.01)
-        out.append(_trajectory(acc, "Accuracy (τ = 0, mean over attributes)", 4))
-        out.append("Accuracy stays within 1 point of dense " + (f"up to {_pct(w)} sparsity." if w is not None
-                                                                 else "at no sparsity of the grid."))
-    ref = reference_sparsity(summary, protected)
-    for p in protected:
-        ba = metric_series(summary, "ba", protected=p)
-        if len(ba) > 1:
-            out.append(_trajectory(ba, f"BA ({p}, τ = 0)", peak=True))
-            sp = ba[ba["population"] == "sparse"]
-            if ref is not None and ref < sp["sparsity"].max():
-                r = sp[np.isclose(sp["sparsity"], ref)].iloc[0]
-                out.append(f"At {_pct(ref)} (the highest sparsity where BA is defined for as many attributes as "
-                           f"for dense), BA ({p}) {_change_words(ba.iloc[0], r)} relative to dense: "
-                           f"{_pm(r['mean'], r['sd'], 3)}.")
-            w = _within(ba, None)
-            if w is not None:
-                out.append(f"BA ({p}) stays within 2 combined seed sd of dense up to {_pct(w)} sparsity.")
-            else:
-                r = sp.iloc[0]
-                out.append(f"BA ({p}) already differs from dense by more than 2 combined seed sd at "
-                           f"{_pct(r['sparsity'])} (Δ = {r['mean'] - ba.iloc[0]['mean']:+.4f}).")
-    for m, p in (("bba", protected[0]), ("uncertainty", ""), ("r2", ""), ("ece", "")):
-        s = metric_series(summary, m, protected=p)
-        if len(s) > 1:
-            out.append(_trajectory(s, LABELS[m], peak=m == "bba"))
-    # co-movement across the populations (dense + grid), on seed means
-    ba0 = metric_series(summary, "ba", protected=protected[0])["mean"].to_numpy(float)
-    for m in ("uncertainty", "r2"):
-        v = metric_series(summary, m)["mean"].to_numpy(float)
-        ok = np.isfinite(ba0) & np.isfinite(v)
-        if ok.sum() >= 3 and np.ptp(ba0[ok]) > 0 and np.ptp(v[ok]) > 0:
-            from scipy import stats
-
-            rho = stats.spearmanr(ba0[ok], v[ok]).statistic
-            out.append(f"Across the {int(ok.sum())} populations, mean BA ({protected[0]}) and mean {LABELS[m]} have "
-                       f"Spearman ρ = {rho:+.2f} (descriptive; few points).")
-    return out
-
-
-def _reading_identification(ident: pd.DataFrame, cies: pd.DataFrame, focus: list[float]) -> list[str]:
-    out = []
-    base = ident[(ident["protected"] == "") & (ident["subset"] == "all")] if not ident.empty else ident
-    u = base[base["criterion"] == "uncertainty"] if not base.empty else base
-    if not u.empty:
-        mm = u.merge(base[base["criterion"] == "random"], on="sparsity", suffixes=("", "_random"))
-        wins = int((mm["auroc"] > mm["auroc_random"]).sum())
-        out.append(f"The dense uncertainty criterion's AUROC for CIEs exceeds the random baseline's at {wins} of "
-                   f"{len(mm)} sparsities.")
-        for s in focus:
-            top = mm[np.isclose(mm["sparsity"], s)]
-            if top.empty:
-                continue
-            top = top.iloc[0]
-            c = cies[(cies["attribute"] == "all") & np.isclose(cies["sparsity"], s)]
-            rate = float(c["cie_rate"].iloc[0]) if not c.empty else float("nan")
-            out.append(f"At {_pct(s)}, {100 * rate:.2f}% of sample-attribute pairs are CIEs; the criterion flags "
-                       f"{100 * top['flagged_fraction']:.1f}% of pairs with precision {_fmt(top['precision'])} "
-                       f"(random: {_fmt(top['precision_random'])}), recall {_fmt(top['recall'])} (random: "
-                       f"{_fmt(top['recall_random'])}), enrichment {_fmt(top['enrichment'], 2)} and AUROC "
-                       f"{_fmt(top['auroc'])} (random: {_fmt(top['auroc_random'])}).")
-    return out
-
-
-def _reading_calibration(summary: pd.DataFrame, protected: Sequence[str], focus: list[float], meta: dict) -> list[str]:
-    out = []
-    for s in focus:
-        for p in protected:
-            vals = {sch: row(summary, "sparse", s, "ba", sch, p) for sch in ("default", "global", "group")}
-            dv = {sch: row(summary, "dense", 0.0, "ba", sch, p) for sch in ("default", "global", "group")}
-            if all(v is not None for v in vals.values()):
-                out.append(f"Calibration ({p}) at {_pct(s)}: mean BA {_fmt(vals['default']['mean'], 3, True)} at "
-                           f"τ = 0, {_fmt(vals['global']['mean'], 3, True)} with global thresholds, "
-                           f"{_fmt(vals['group']['mean'], 3, True)} with per-group thresholds (dense: "
-                           + ", ".join(_fmt(dv[k]['mean'], 3, True) if dv[k] is not None else "nan"
-                                       for k in ("default", "global", "group")) + ").")
-    if focus and "target" in meta and (meta.get("p1"), meta.get("p0")) != (meta.get("test_p1"), meta.get("test_p0")):
-        out.append(f"Caveat (planted data): validation is planted at the training rates ({meta.get('p1')}/"
-                   f"{meta.get('p0')}) and test at {meta.get('test_p1')}/{meta.get('test_p0')}, so thresholds fitted "
-                   "per group on validation carry the training link between trigger and target into the test "
-                   "set; the per-group countermeasure is evaluated under that shift.")
-    return out
-
-
-def _reading_attenuation(att: pd.DataFrame, protected: Sequence[str], focus: list[float]) -> list[str]:
-    out = []
-    if not att.empty:
-        for s in focus:
-            for p in protected:
-                f = attenuation_summary_frame(att[np.isclose(att["sparsity"], s) & (att["protected"] == p)])
-                f = f[f["attribute"] == "mean"].set_index("variant")
-                if {"full", "exclude", "dense_fill"} <= set(f.index):
-                    out.append(f"Attenuation ({p}) at {_pct(s)}: ΔBA (sparse − dense, mean over attributes) "
-                               f"{_fmt(f.loc['full', 'delta_ba'], 4, True)} with all samples, "
-                               f"{_fmt(f.loc['exclude', 'delta_ba'], 4, True)} excluding flagged samples, "
-                               f"{_fmt(f.loc['dense_fill', 'delta_ba'], 4, True)} giving them the dense prediction.")
-    return out
-
-
-def _reading_regression(reg: pd.DataFrame, protected: Sequence[str], focus: list[float]) -> list[str]:
-    out = []
-    if not reg.empty:
-        for s in focus:
-            for p in protected:
-                f = reg[np.isclose(reg["sparsity"], s) & (reg["protected"] == p) & (reg["predictors"] == "dense")]
-                ols = f[(f["method"] == "ols_hc3") & (f["term"] != "const")]
-                if ols.empty or not np.isfinite(ols["estimate"]).any():
-                    note = f["note"].iloc[0] if not f.empty else "no rows"
-                    out.append(f"Attribute regression ({p}) at {_pct(s)}: not estimable ({note}).")
-                    continue
-                sig = ols[ols["p_value"] < 0.05]
-                n = int(ols["n_units"].iloc[0])
-                out.append(f"Attribute regression of ΔBA ({p}) at {_pct(s)} over {n} attributes (OLS, HC3): "
-                           + ("; ".join(f"{t} {e:+.3g} (p = {pv:.2g})" for t, e, pv in
-                                        zip(sig["term"], sig["estimate"], sig["p_value"]))
-                              if not sig.empty else "no dense predictor with p < .05")
-                           + ". Few, correlated units: descriptive only.")
-    return out
-
-
-def attenuation_summary_frame(att: pd.DataFrame) -> pd.DataFrame:
-    return BI.attenuation_summary(att[["population", "seed", "attribute", "variant", "ba"]])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -350,12 +129,12 @@ def _metrics_lines(t: _Tables) -> list[str]:
     rows = []
     for pop, s in [("dense", 0.0)] + [("sparse", g) for g in grid]:
         r = {"population": "dense" if pop == "dense" else _pct(s),
-             "realised": "0" if pop == "dense" else _fmt(float(realised.get(s, np.nan)), 4)}
+             "realised": "0" if pop == "dense" else fmt(float(realised.get(s, np.nan)), 4)}
         for m, p in cols:
             x = row(summary, pop, s, m, "default", p)
             head = LABELS.get(m, m) + (f" ({p})" if p and len(protected) > 1 else "")
             signed = m in GROUP_METRICS + ("bba",)
-            r[head] = "–" if x is None else _pm(x["mean"], x["sd"], 4 if m == "acc" else 3, signed)
+            r[head] = "–" if x is None else pm(x["mean"], x["sd"], 4 if m == "acc" else 3, signed)
             if m == "r2":  # how many columns the R² rests on the constant-column rule for (mean per model)
                 c = row(summary, pop, s, "r2_constant", "default", "")
                 r["constant columns"] = "–" if c is None else f"{c['mean'] * n_attr:.1f}/{n_attr}"
@@ -394,14 +173,14 @@ def _identification_lines(t: _Tables) -> list[str]:
                      "f1", "enrichment", "auroc"]].copy()
         show["sparsity"] = show["sparsity"].map(_pct)
         for k in show.columns[2:]:
-            show[k] = show[k].map(lambda v: _fmt(v, 4))
+            show[k] = show[k].map(lambda v: fmt(v, 4))
         lines += [_md(show), ""]
         grp = ident[(ident["protected"] != "") & (ident["criterion"].isin(["uncertainty", "random"]))]
         if not grp.empty:
             g = grp[["sparsity", "criterion", "protected", "subset", "n_cie", "precision", "recall", "auroc"]].copy()
             g["sparsity"] = g["sparsity"].map(_pct)
             for k in ("precision", "recall", "auroc"):
-                g[k] = g[k].map(lambda v: _fmt(v, 3))
+                g[k] = g[k].map(lambda v: fmt(v, 3))
             lines += ["By protected group:", "", _md(g), ""]
     return lines
 
@@ -417,9 +196,9 @@ def _calibration_lines(t: _Tables) -> list[str]:
             r = {"population": "dense" if pop == "dense" else _pct(s), "protected": p}
             for sch in ("default", "global", "group"):
                 x = row(summary, pop, s, "ba", sch, p)
-                r[f"BA {sch}"] = "–" if x is None else _pm(x["mean"], x["sd"], 3, True)
+                r[f"BA {sch}"] = "–" if x is None else pm(x["mean"], x["sd"], 3, True)
                 a = row(summary, pop, s, "acc", sch, p if sch == "group" else "")
-                r[f"acc {sch}"] = "–" if a is None else _fmt(a["mean"], 4)
+                r[f"acc {sch}"] = "–" if a is None else fmt(a["mean"], 4)
             rows.append(r)
     lines += [_md(pd.DataFrame(rows)), ""]
     return lines
@@ -435,7 +214,7 @@ def _attenuation_lines(t: _Tables) -> list[str]:
             sm = attenuation_summary_frame(f)
             sm = sm[sm["attribute"] == "mean"].set_index("variant")
             rows.append({"sparsity": _pct(s), "protected": p,
-                         **{f"ΔBA {v}": _fmt(sm.loc[v, "delta_ba"], 4, True) if v in sm.index else "–"
+                         **{f"ΔBA {v}": fmt(sm.loc[v, "delta_ba"], 4, True) if v in sm.index else "–"
                             for v in ("full", "exclude", "dense_fill")}})
         lines += [_md(pd.DataFrame(rows)), ""]
     return lines
@@ -517,10 +296,10 @@ def terminal_summary(workdir: Workdir | str | os.PathLike) -> str:
             u, r = b[b["criterion"] == "uncertainty"], b[b["criterion"] == "random"]
             if not u.empty and not r.empty:
                 au = f"{u['auroc'].iloc[0]:.3f}/{r['auroc'].iloc[0]:.3f}"
-        v = lambda x, d=3, sg=False: "–" if x is None else _fmt(x["mean"], d, sg)  # noqa: E731
-        pm = lambda x: "–" if x is None else _pm(x["mean"], x["sd"], 3, True)  # noqa: E731
-        lines.append(f"{'dense' if pop == 'dense' else _pct(s):>9} {v(acc, 4):>7} {pm(ba):>15} "
-                     f"{'–' if un is None else _pm(un['mean'], un['sd'], 3):>15} {v(r2):>7} {v(ec):>7} {cie:>6} "
+        v = lambda x, d=3, sg=False: "–" if x is None else fmt(x["mean"], d, sg)  # noqa: E731
+        signed = lambda x: "–" if x is None else pm(x["mean"], x["sd"], 3, True)  # noqa: E731
+        lines.append(f"{'dense' if pop == 'dense' else _pct(s):>9} {v(acc, 4):>7} {signed(ba):>15} "
+                     f"{'–' if un is None else pm(un['mean'], un['sd'], 3):>15} {v(r2):>7} {v(ec):>7} {cie:>6} "
                      f"{au:>11}")
     secs = wd.stage_seconds()
     if secs:
