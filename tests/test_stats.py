@@ -7,6 +7,7 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from fairprune_jax.analysis import intensification as I
+from fairprune_jax.analysis import pooled as P
 from fairprune_jax.analysis import stats as S
 
 TRUTH = {1: 0.8, 2: 1.3}  # planted E[α_t]: de-intensification at low sparsity, intensification at high
@@ -196,7 +197,7 @@ def test_pooled_ols_recovers_moderators_and_matches_lstsq():
                 rows.append(dict(dataset="mnist", model="m", criterion=crit, level=lev, seed=s,
                                  traj=f"mnist|m|{s}", d0=d0[c], dt=dt[c]))
     long = pd.DataFrame(rows)
-    fit = S.pooled_ols(long, bootstrap=200, seed=3)
+    fit = P.pooled_ols(long, bootstrap=200, seed=3)
     tab = fit.table.set_index("term")
     assert fit.dropped_moderators == ["dataset", "model"] and fit.n_clusters == 12
     assert tab.loc["d0", "coef"] == pytest.approx(.8, abs=.02)
@@ -214,7 +215,7 @@ def test_pooled_ols_recovers_moderators_and_matches_lstsq():
     coef = np.linalg.lstsq(X, long["dt"].to_numpy(), rcond=None)[0]
     np.testing.assert_allclose(tab.loc[["d0", lev_term, crit_term], "coef"], coef, rtol=1e-8)
     # RQ4 by ratio: the criterion × level interaction
-    inter = S.pooled_ols(long, criterion_by_level=True)
+    inter = P.pooled_ols(long, criterion_by_level=True)
     tab2 = inter.table.set_index("term")
     both = [t for t in tab2.index if "C(criterion" in t and "C(level" in t]
     assert len(both) == 1 and tab2.loc[both[0], "moderator"] == "criterion:level" and tab2.loc[both[0], "rq"] == "RQ4"
@@ -267,7 +268,7 @@ def test_undefined_networks_are_dropped_from_every_tier_and_counted_once():
     for c in ("alpha", "se", "ci_low", "ci_high", "tau2", "n_obs", "n_seeds"):
         np.testing.assert_allclose(mm_d[c].to_numpy(float), mm_c[c].to_numpy(float), rtol=1e-10)
     # Tier C: same coefficients, errors and clusters; one network per (criterion, level) of seed 99 = 4
-    pc, pd_ = S.pooled_ols(clean), S.pooled_ols(dirty)
+    pc, pd_ = P.pooled_ols(clean), P.pooled_ols(dirty)
     assert pd_.n_dropped == 4 and pc.n_dropped == 0 and pd_.n_clusters == pc.n_clusters
     assert any("4 network(s) with Σδ0²" in n for n in pd_.notes)
     pd.testing.assert_frame_equal(pd_.table, pc.table, rtol=1e-10)
@@ -289,10 +290,10 @@ def test_criterion_labels_are_normalised_at_the_table_boundary():
     up = long.assign(criterion="up", dt=1.1 * long["dt"] + 0.01 * np.cos(np.arange(len(long))))
     lower = pd.concat([long, up], ignore_index=True)
     shouted = lower.assign(criterion=lower["criterion"].map({"mp": " MP", "up": "Up "}))
-    want = S.pooled_ols(lower)
+    want = P.pooled_ols(lower)
     assert any("Treatment('mp')" in t for t in want.table["term"])
     for table, ref in ((shouted, None), (shouted, {"criterion": "MP"}), (lower, {"criterion": " Mp"})):
-        got = S.pooled_ols(table, reference=ref)
+        got = P.pooled_ols(table, reference=ref)
         pd.testing.assert_frame_equal(got.table, want.table)
         assert not any("not among" in n for n in got.notes)
     for fn in (S.mixed_model, S.welch_per_class):

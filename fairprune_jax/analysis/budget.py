@@ -3,7 +3,7 @@ budget-protocol recall table (`fairprune_jax.studies.budget`).
 
 Every budget setting is paired with the same dense networks, so each setting's networks get their own long table
 (`intensification.long_table` of the dense rows plus that setting's rows) and α_t; the settings are then stacked
-with their budget columns. Two Tier C fits (`stats.pooled_ols`, errors clustered by trajectory = seed):
+with their budget columns. Two Tier C fits (`pooled.pooled_ols`, errors clustered by trajectory = seed):
 
 - `by_setting`: `dt ~ 0 + d0 + d0:C(level) + d0:C(criterion) + d0:C(setting)`, reference setting 'none' (no
   fine-tuning): how each budget moves the slope relative to the pruned, un-tuned network;
@@ -28,8 +28,8 @@ class BudgetAnalysis:
     alpha: pd.DataFrame  # one row per (setting, network)
     tier_a: pd.DataFrame  # E[α_t] per (setting, criterion, level)
     accuracy: pd.DataFrame  # mean accuracy with a t-interval per (setting, criterion, level)
-    by_setting: Any  # stats.PooledOLS, flagged networks excluded, reference setting 'none'
-    factors: Any  # stats.PooledOLS on fine-tuned settings, budget factors as moderators (None if < 2 levels)
+    by_setting: Any  # pooled.PooledOLS, flagged networks excluded, reference setting 'none'
+    factors: Any  # pooled.PooledOLS on fine-tuned settings, budget factors as moderators (None if < 2 levels)
     diverged: pd.DataFrame  # networks left out by the divergence guard
 
 
@@ -63,6 +63,7 @@ def analyze(recall: pd.DataFrame, *, level: float = 0.95, chance: float = 1.5, b
     import warnings
 
     from fairprune_jax.analysis import recall_tiers, stats
+    from fairprune_jax.analysis import pooled as tier_c
 
     bad = recall["diverged"].astype(bool) if "diverged" in recall else pd.Series(False, index=recall.index)
     net_cols = ["dataset", "model", "criterion", "seed", "level", "setting"]
@@ -79,13 +80,13 @@ def analyze(recall: pd.DataFrame, *, level: float = 0.95, chance: float = 1.5, b
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
         moderators = [m for m in ("level", "criterion", "setting") if long[m].nunique() > 1]
-        by_setting = stats.pooled_ols(long, moderators=moderators, reference=reference, **kw)
+        by_setting = tier_c.pooled_ols(long, moderators=moderators, reference=reference, **kw)
         tuned = long[long["ft_epochs"] > 0]
         factor_mods = [m for m in ("level", "criterion", "ft_epochs", "ft_lr", "ft_momentum") if tuned[m].nunique() > 1]
         factors = None
         if any(m.startswith("ft_") for m in factor_mods):
             ref = {"level": reference["level"], "criterion": "mp", "ft_epochs": int(tuned["ft_epochs"].min()),
                    "ft_lr": float(tuned["ft_lr"].min()), "ft_momentum": float(tuned["ft_momentum"].min())}
-            factors = stats.pooled_ols(tuned, moderators=factor_mods, reference=ref, **kw)
+            factors = tier_c.pooled_ols(tuned, moderators=factor_mods, reference=ref, **kw)
     return BudgetAnalysis(long, alpha, tier_a, acc, by_setting, factors, diverged)
 

@@ -23,8 +23,8 @@ class Analysis:
     tier_a: pd.DataFrame  # E[α_t] per cell, t-interval, verdict (all networks, and without flagged ones)
     tier_b: pd.DataFrame  # mixed model per cell
     bootstrap: pd.DataFrame  # seed-bootstrap intervals per cell
-    pooled: Any  # stats.PooledOLS, flagged (near-chance / one-class) networks excluded
-    pooled_all: Any  # stats.PooledOLS with every network
+    pooled: Any  # pooled.PooledOLS, flagged (near-chance / one-class) networks excluded
+    pooled_all: Any  # pooled.PooledOLS with every network
     welch: pd.DataFrame  # per-class Welch tests with BH
     accuracy: pd.DataFrame  # accuracy per cell
     diverged: pd.DataFrame  # one row per diverged network (excluded from every statistic above)
@@ -45,6 +45,7 @@ def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000,
 def _analyze(recall: pd.DataFrame, *, level: float, bootstrap: int, chance: float, welch_q: float,
              seed: int) -> Analysis:
     from fairprune_jax.analysis import intensification, stats
+    from fairprune_jax.analysis import pooled as tier_c
 
     net_cols = ["dataset", "model", "criterion", "seed", "level", "requested_sparsity"]
     bad = recall["diverged"].astype(bool) if "diverged" in recall else pd.Series(False, index=recall.index)
@@ -65,8 +66,8 @@ def _analyze(recall: pd.DataFrame, *, level: float, bootstrap: int, chance: floa
     # report shows the fit with them as well.
     pooled_kw = dict(moderators=moderators or ("level",), reference=reference, level=level,
                      bootstrap=bootstrap if clusters < 30 else 0, seed=seed)
-    pooled = stats.pooled_ols(long, exclude_flagged=True, **pooled_kw)
-    pooled_all = stats.pooled_ols(long, exclude_flagged=False, **pooled_kw)
+    pooled = tier_c.pooled_ols(long, exclude_flagged=True, **pooled_kw)
+    pooled_all = tier_c.pooled_ols(long, exclude_flagged=False, **pooled_kw)
     welch = stats.welch_per_class(long, q=welch_q)
     acc = accuracy_table(recall, level=level)
     return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, pooled_all, welch, acc, diverged)
