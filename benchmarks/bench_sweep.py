@@ -178,7 +178,8 @@ def run_torch_loop(python: str) -> dict[str, float]:
     """One run of `benchmarks/torch_loop.py` (the grid as a per-model PyTorch loop) under interpreter `python`:
     wall, peak RSS (GiB) and its per-phase seconds."""
     script = Path(__file__).resolve().parent / "torch_loop.py"
-    cmd = [python, str(script), "--seeds", str(SEEDS), "--epochs", str(DENSE_EPOCHS), "--ft-epochs", str(FT_EPOCHS)]
+    cmd = [python, str(script), "--seeds", str(SEEDS), "--epochs", str(DENSE_EPOCHS), "--ft-epochs", str(FT_EPOCHS),
+           "--criteria", *CRITERIA, "--sparsities", *map(str, SPARSITIES)]
     wall, rss, stdout = timed_child(cmd, what="torch loop")
     res = json.loads(stdout.strip().splitlines()[-1])
     return {"wall": wall, "rss_gib": rss} | {k: res[k] for k in ("dense", "finetune", "eval")}

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 MEAN, STD = 0.1307, 0.3081
-CRITERIA = ("mp", "random", "gp", "up")
+CRITERIA = ("mp", "random", "gp", "up")  # the defaults: the issue-14 grid (bench_sweep passes its own)
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)
 LAMBDA_UP = 5e-4
 
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--criteria", nargs="+", default=list(CRITERIA))
+    ap.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
     args = ap.parse_args(argv)
     if not (args.data_dir / "train-images-idx3-ubyte.gz").is_file():
         print(f"error: --data-dir: {args.data_dir} holds no train-images-idx3-ubyte.gz", file=sys.stderr)
@@ -144,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         if value < least:
             print(f"error: {flag}: need an integer >= {least}, got {value}", file=sys.stderr)
             return 2
+    unknown = [c for c in args.criteria if c not in CRITERIA]
+    if unknown:
+        print(f"error: --criteria: unknown {unknown[0]!r}; known: {', '.join(CRITERIA)}", file=sys.stderr)
+        return 2
+    outside = [x for x in args.sparsities if not 0 <= x < 1]
+    if outside:
+        print(f"error: --sparsities: {outside[0]} is not in [0, 1)", file=sys.stderr)
+        return 2
     try:
         import torch
     except ImportError:
@@ -164,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         acc_dense.append(evaluate(dense, xt, yt).sum() / len(yt))
         times["eval"] += time.perf_counter() - t
-        for c, criterion in enumerate(CRITERIA):
+        for c, criterion in enumerate(args.criteria):
             score = scores(dense, criterion, x, y, 1000 * seed + c)
-            for sparsity in SPARSITIES:
+            for sparsity in args.sparsities:
                 t = time.perf_counter()
                 net = lenet(seed)
                 net.load_state_dict(dense.state_dict())

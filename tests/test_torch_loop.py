@@ -22,7 +22,8 @@ def test_read_idx_matches_the_librarys_loader():
 
 
 @pytest.mark.parametrize("args, field", [(["--seeds", "0"], "--seeds"), (["--threads", "0"], "--threads"),
-                                         (["--ft-epochs", "-1"], "--ft-epochs")])
+                                         (["--ft-epochs", "-1"], "--ft-epochs"), (["--criteria", "snip"], "--criteria"),
+                                         (["--sparsities", "0.5", "1.0"], "--sparsities")])
 def test_bad_flags_are_one_error_line_and_exit_2(args, field, capsys):
     assert torch_loop.main(args) == 2
     err = capsys.readouterr().err.strip()

@@ -348,8 +348,7 @@ def _dense(r: _Run) -> PyTree:
     progress = spine.Progress(bool(_field(cfg, "progress", True)))
     epochs = int(cfg.train.epochs)
     total = epochs * spine.chunks(r.spec, n_seeds, int(cfg.train.chunk), cfg)
-    with progress.bar(total, "dense training", "epoch") as bar, \
-            r.timed("dense"):
+    with progress.bar(total, "dense training", "epoch") as bar, r.timed("dense"):
         variables, losses = train_dense(r.spec, cfg, r.data, progress=progress.epochs(bar))
         spine.check_dense(variables, losses, list(range(int(cfg.seed), int(cfg.seed) + n_seeds)), cfg.model)
         hist = pd.DataFrame([{"seed": s, "epoch": e, "loss": float(losses[s, e])}

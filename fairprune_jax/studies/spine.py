@@ -255,7 +255,7 @@ def chunks(spec: Any, n: int, chunk: int | None, config: Any) -> int:
     from fairprune_jax import train
 
     params = population_like(spec, 1)["params"]
-    return -(-n // train.resolve_chunk(n, int(chunk or 0) or None, train.param_bytes(params), mesh_of(config)))
+    return -(-n // train.resolve_chunk(n, chunk, train.param_bytes(params), mesh_of(config)))
 
 
 class Progress:
