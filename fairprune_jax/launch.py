@@ -112,8 +112,8 @@ def run(p: Plan, *, out: TextIO | None = None, err: TextIO | None = None, grace:
     out, err = out or sys.stdout, err or sys.stderr
     lock = threading.Lock()
     env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-    if sharding.host_device_flags(env, 2) is not None:  # one CPU device per process: the processes share the cores
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {sharding.HOST_DEVICES_FLAG}=1".strip()
+    if sharding.host_devices_configurable(env):  # one CPU device per process: the processes share the cores
+        env["XLA_FLAGS"] = sharding.with_host_devices(env, 1)
     procs, threads = [], []
     for i, cmd in enumerate(p.commands):
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -33,17 +33,27 @@ def seed_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 
+def host_devices_configurable(env: Mapping[str, str]) -> bool:
+    """Whether the host device count is ours to set: XLA_FLAGS does not set it already and JAX_PLATFORMS
+    names no platform other than cpu (the user's choice always wins)."""
+    if re.search(re.escape(HOST_DEVICES_FLAG) + r"\b", env.get("XLA_FLAGS", "")):
+        return False
+    platforms = [p.strip() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    return not platforms or platforms == ["cpu"]
+
+
+def with_host_devices(env: Mapping[str, str], count: int) -> str:
+    """`env`'s XLA_FLAGS with the host device count set to `count` appended."""
+    return f"{env.get('XLA_FLAGS', '')} {HOST_DEVICES_FLAG}={int(count)}".strip()
+
+
 def host_device_flags(env: Mapping[str, str], cores: int) -> str | None:
     """The XLA_FLAGS value that exposes `cores` CPU cores as host devices, or None to leave `env` alone: when
-    XLA_FLAGS already sets the device count, when JAX_PLATFORMS names a platform other than cpu, or with
-    fewer than 2 cores. Pure: `use_all_cores` applies it."""
-    flags = env.get("XLA_FLAGS", "")
-    if cores < 2 or re.search(re.escape(HOST_DEVICES_FLAG) + r"\b", flags):
+    the count is not ours to set (`host_devices_configurable`) or with fewer than 2 cores. Pure:
+    `use_all_cores` applies it."""
+    if cores < 2 or not host_devices_configurable(env):
         return None
-    platforms = [p.strip() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
-    if platforms and platforms != ["cpu"]:
-        return None
-    return f"{flags} {HOST_DEVICES_FLAG}={int(cores)}".strip()
+    return with_host_devices(env, cores)
 
 
 def use_all_cores(env: MutableMapping[str, str] | None = None, cores: int | None = None) -> bool:

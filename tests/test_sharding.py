@@ -49,6 +49,12 @@ def test_host_device_flags_only_on_cpu_and_only_when_unset():
     assert sharding.host_device_flags({"JAX_PLATFORMS": "cuda"}, 8) is None
     assert sharding.host_device_flags({"JAX_PLATFORMS": "cpu"}, 8) is not None
     assert sharding.host_device_flags({}, 1) is None
+    assert sharding.host_devices_configurable({}) and sharding.host_devices_configurable({"JAX_PLATFORMS": "cpu"})
+    assert not sharding.host_devices_configurable({"JAX_PLATFORMS": "tpu,cpu"})
+    assert not sharding.host_devices_configurable({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"})
+    assert sharding.host_devices_configurable({"XLA_FLAGS": "--xla_force_host_platform_device_count_x=3"})
+    assert sharding.with_host_devices({}, 1) == "--xla_force_host_platform_device_count=1"
+    assert sharding.with_host_devices({"XLA_FLAGS": "--a"}, 2) == "--a --xla_force_host_platform_device_count=2"
     env: dict[str, str] = {}
     assert sharding.use_all_cores(env, cores=4) and env["XLA_FLAGS"].endswith("device_count=4")
     assert not sharding.use_all_cores(env, cores=4)  # already set: left alone
