@@ -27,18 +27,18 @@ import io
 import json
 import os
 import pathlib
-import re
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fairprune_jax.config_fingerprint import DEFAULT_IGNORE, canonical_config, canonical_json, config_diff, \
     fingerprint, short, to_json_value
+from fairprune_jax.files import atomic_write, fsync_dir, make_key, remove_stale_temp_files, validate_key, \
+    validate_relpath
 
 __all__ = [
     "DEFAULT_IGNORE",
@@ -59,135 +59,9 @@ STAGES_DIR = "stages"
 ARTIFACTS_DIR = "artifacts"
 PART_SUFFIX = ".parquet"
 LOCK_FILE = ".lock"
-TMP_SUFFIX = ".tmp"
 
 _MAX_DIFFS_SHOWN = 8
-_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]{0,199}")
-_TMP_RE = re.compile(r"\..+\.(\d+)\.[0-9a-f]{12}" + re.escape(TMP_SUFFIX))
 _timings_lock = threading.Lock()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Names
-# ----------------------------------------------------------------------------------------------------------
-
-
-def validate_key(key: str, *, what: str = "key") -> str:
-    """Return ``key`` if it is a safe, portable file name stem, else raise ``ValueError``.
-
-    Allowed: 1-200 characters from ``A-Z a-z 0-9 _ . , = + -``, starting with a letter or digit (so it can never
-    be ``..``, hidden, or clash with a temporary file), and not ending in ``.tmp``. Note that on case-insensitive
-    file systems (macOS, Windows) keys differing only in case collide: keep keys lower-case.
-    """
-    if not isinstance(key, str):
-        raise ValueError(f"{what} must be a str, got {type(key).__name__}: {key!r}")
-    if not _KEY_RE.fullmatch(key) or key.endswith(TMP_SUFFIX):
-        raise ValueError(
-            f"{what} {key!r} is not a safe file name: use 1-200 characters from [A-Za-z0-9_.,=+-], "
-            f"starting with a letter or digit and not ending in {TMP_SUFFIX!r}"
-        )
-    return key
-
-
-def make_key(**fields: Any) -> str:
-    """Build a readable, safe key from named parts, in the order given: ``make_key(seed=0, sparsity=0.9)``
-    gives ``"seed=0,sparsity=0.9"``. Values may be str, int, float, bool or numpy scalars."""
-    if not fields:
-        raise ValueError("make_key needs at least one field")
-    parts = []
-    for name, value in fields.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, float):
-            text = repr(value)
-        elif isinstance(value, (str, int)):  # bool is an int
-            text = str(value)
-        else:
-            raise ValueError(f"make_key field {name!r} has unsupported type {type(value).__name__}: {value!r}")
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", text):
-            raise ValueError(f"make_key field {name!r}={text!r} contains characters not allowed in a key")
-        parts.append(f"{name}={text}")
-    return validate_key(",".join(parts))
-
-
-def _validate_relpath(relpath: str | os.PathLike, *, what: str = "path") -> pathlib.PurePosixPath:
-    """A relative path inside the workdir made of safe segments (no absolute paths, no ``..``)."""
-    rel = pathlib.PurePosixPath(os.fspath(relpath))
-    if rel.is_absolute() or not rel.parts:
-        raise ValueError(f"{what} {os.fspath(relpath)!r} must be a non-empty path relative to the workdir")
-    for part in rel.parts:
-        validate_key(part, what=f"{what} segment")
-    return rel
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Atomic writes
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    """Persist a rename: fsync the directory entry (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> pathlib.Path:
-    """Write ``data`` to ``path`` so that readers (and a later run after a crash) see the old file or the new
-    one, never a partial one: temp file in the same directory, fsync, ``os.replace``, fsync of the directory.
-
-    The temp file is named ``.<name>.<pid>.<hex>.tmp`` and removed if anything fails before the rename.
-    """
-    path = pathlib.Path(path)
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"atomic_write({str(path)!r}) needs bytes, got {type(data).__name__}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like open()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this pid runs here (always True on Windows, where ``os.kill(pid, 0)`` kills)."""
-    if pid == os.getpid() or os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _remove_stale_temp_files(root: pathlib.Path) -> list[pathlib.Path]:
-    """Delete temp files left by writers killed mid-write (their pid no longer runs). Returns what was removed."""
-    removed = []
-    for tmp in root.rglob(f".*{TMP_SUFFIX}"):
-        m = _TMP_RE.fullmatch(tmp.name)
-        if m and tmp.is_file() and not _pid_alive(int(m.group(1))):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                removed.append(tmp)
-    return removed
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -241,7 +115,7 @@ class Workdir:
             wd = cls(path, fp)
             if canonical_json(old_config) != canonical_json(new_config) or stored.get("fingerprint") != fp:
                 wd._write_config(new_config, ignore)
-            _remove_stale_temp_files(path)
+            remove_stale_temp_files(path)
             return wd
 
         path.mkdir(parents=True, exist_ok=True)
@@ -308,7 +182,7 @@ class Workdir:
             n += 1
             target = path.with_name(f"{path.name}.old-{stamp}-{n}")
         os.rename(path, target)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return target
 
     def _write_config(self, config: dict[str, Any], ignore: tuple[str, ...]) -> None:
@@ -327,7 +201,7 @@ class Workdir:
 
     def file(self, relpath: str | os.PathLike) -> pathlib.Path:
         """Absolute path of a file inside the workdir (segments validated like keys; no ``..``)."""
-        return self.path.joinpath(*_validate_relpath(relpath).parts)
+        return self.path.joinpath(*validate_relpath(relpath).parts)
 
     def write_bytes(self, relpath: str | os.PathLike, data: bytes) -> pathlib.Path:
         """Atomically write ``data`` to ``relpath`` inside the workdir."""
@@ -348,7 +222,7 @@ class Workdir:
     def path_for(self, name: str | os.PathLike) -> pathlib.Path:
         """Path for an array artefact (e.g. an orbax checkpoint directory) at ``artifacts/<name>``; the parent is
         created, the path itself is not (orbax creates it and renames into place, which commits it)."""
-        p = self.path.joinpath(ARTIFACTS_DIR, *_validate_relpath(name, what="artifact name").parts)
+        p = self.path.joinpath(ARTIFACTS_DIR, *validate_relpath(name, what="artifact name").parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
