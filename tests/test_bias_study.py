@@ -16,6 +16,7 @@ import pytest
 
 from fairprune_jax.analysis import bias_tables as BT
 from fairprune_jax.studies import bias as BS
+from fairprune_jax.studies.bias_config import config_field
 from fairprune_jax.studies import bias_data as BD
 from fairprune_jax import checkpoints, models
 from fairprune_jax.report import bias as BR
@@ -67,6 +68,14 @@ def test_bad_config_is_refused_naming_the_field(field, value, match, tmp_path):
     with pytest.raises(ValueError, match=match):  # run refuses before touching the workdir
         BS.run(cfg, workdir=tmp_path / "wd", report=False)
     assert not (tmp_path / "wd").exists()
+
+
+def test_config_field_reads_dotted_paths_with_defaults():
+    cfg = ml_collections.ConfigDict(dict(prune=dict(gmp=dict(start=2, end=None)), progress=False))
+    assert config_field(cfg, "prune.gmp.start") == 2
+    assert config_field(cfg, "prune.gmp.end", 7) == 7  # None reads as missing
+    assert config_field(cfg, "prune.nothing.here", "d") == "d"
+    assert config_field({"a": {"b": 0}}, "a.b", 5) == 0 and config_field(cfg, "progress", True) is False
 
 
 def test_celeba_config_fields_are_checked():

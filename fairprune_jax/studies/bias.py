@@ -43,133 +43,19 @@ from fairprune_jax import checkpoints
 from fairprune_jax import data as data_lib
 from fairprune_jax import masks as masks_lib
 from fairprune_jax import models as models_lib
-from fairprune_jax import planted as planted_lib
-from fairprune_jax import evaluate, multihost, protocols, schedules, scores, train
+from fairprune_jax import evaluate, multihost, protocols, schedules, train
 from fairprune_jax.analysis.bias_tables import evaluate_sparse, population_metrics, tag_population
 from fairprune_jax.results import atomic_write, make_key
 from fairprune_jax.studies import spine
-from fairprune_jax.studies.bias_data import CELEB_A_ATTRIBUTES, PLANTED_SOURCE, StudyData, load_study_data
+from fairprune_jax.studies.bias_config import config_field, validate_config
+from fairprune_jax.studies.bias_data import PLANTED_SOURCE, StudyData, load_study_data
 
 PyTree = Any
 
-DATASETS = ("planted_mnist", "planted_fashion_mnist", "celeb_a")
-PROTOCOLS = ("gmp", "one_shot")
-SCHEMES = ("default", "global", "group")
 TABLES = ("train_history", "prune", "metrics", "cies", "identification", "attenuation", "attributes",
           "regression")
 EVAL_TABLES = ("metrics", "cies", "identification", "attenuation", "attributes", "regression")
 DENSE_KEY = "population=dense"
-
-
-
-# ================================================================================================================
-# config (the schema is `fairprune_jax.studies.schema.bias_config`)
-# ================================================================================================================
-def _field(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        node = node.get(part, None) if hasattr(node, "get") else getattr(node, part, None)
-    return default if node is None else node
-
-
-def _int(cfg: Any, dotted: str, lo: int) -> int:
-    v = _field(cfg, dotted)
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"config.{dotted}: {v!r} is not an integer >= {lo}")
-    return int(v)
-
-
-def _prob(cfg: Any, dotted: str) -> float:
-    v = _field(cfg, dotted)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= float(v) <= 1.0:
-        raise ValueError(f"config.{dotted}: {v!r} is not a probability in [0, 1]")
-    return float(v)
-
-
-def validate_config(cfg: Any) -> None:
-    """Refuse bad values at the boundary with a ValueError naming the config field."""
-    ds = _field(cfg, "dataset")
-    if ds not in DATASETS:
-        raise ValueError(f"config.dataset: unknown dataset {ds!r}; known: {', '.join(DATASETS)}")
-    model = _field(cfg, "model")
-    if model not in models_lib.available():
-        raise ValueError(f"config.model: unknown model {model!r}; known: {', '.join(models_lib.available())}")
-    _int(cfg, "num_seeds", 1)
-    _int(cfg, "seed", 0)
-    protocol = _field(cfg, "prune.protocol")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"config.prune.protocol: unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    crit = _field(cfg, "prune.criterion")
-    if crit not in scores.CRITERIA:
-        raise ValueError(f"config.prune.criterion: unknown criterion {crit!r}; known: {', '.join(scores.CRITERIA)}")
-    sp = _field(cfg, "prune.sparsities")
-    spine.check_sparsities((sp,) if isinstance(sp, (int, float)) else tuple(sp or ()))
-    spine.check_training(cfg, "train", min_epochs=1)
-    spine.check_training(cfg, "finetune", min_epochs=1 if protocol == "gmp" else 0)
-    for part in ("train", "finetune"):
-        name = _field(cfg, f"{part}.optimizer.name")
-        if name not in ("sgd", "adam"):
-            raise ValueError(f"config.{part}.optimizer.name: unknown optimizer {name!r}; use 'sgd' or 'adam'")
-    if protocol == "gmp":
-        ft = _int(cfg, "finetune.epochs", 1)
-        initial = _prob(cfg, "prune.gmp.initial")
-        if initial >= 1.0:
-            raise ValueError(f"config.prune.gmp.initial: {initial} outside [0, 1)")
-        start = _int(cfg, "prune.gmp.start", 0)
-        _int(cfg, "prune.gmp.every", 1)
-        end = _int(cfg, "prune.gmp.end", 0) or max(ft - 1, start + 1)
-        if end <= start or start >= ft:
-            raise ValueError(f"config.prune.gmp.end: need start < end and start < finetune.epochs ({ft}); got "
-                             f"start={start}, end={end}")
-    if _field(cfg, "eval.r2_constant", "authors") not in ("authors", "nan"):
-        raise ValueError(f"config.eval.r2_constant: {_field(cfg, 'eval.r2_constant')!r} is not 'authors' or 'nan'")
-    band = _field(cfg, "eval.band")
-    for b in (band, *tuple(_field(cfg, "eval.bands", ()) or ())):
-        if not isinstance(b, (int, float)) or not 0.0 < float(b) < 0.5:
-            raise ValueError(f"config.eval.band(s): {b!r} outside (0, 0.5)")
-    _int(cfg, "eval.batch_size", 1)
-    _int(cfg, "data.max_train_examples", 0)
-    _int(cfg, "data.max_eval_examples", 0)
-    for f in ("data.source_dir", "data.tfds_dir"):
-        d = _field(cfg, f, "")
-        if d and not pathlib.Path(os.fspath(d)).expanduser().is_dir():
-            if f == "data.tfds_dir" and _field(cfg, "data.download", False):
-                continue
-            raise ValueError(f"config.{f}: folder {d!r} does not exist")
-    if ds in PLANTED_SOURCE:
-        src = PLANTED_SOURCE[ds]
-        d = _field(cfg, "data.source_dir", "")
-        if d and not (pathlib.Path(os.fspath(d)).expanduser() / src).is_dir():
-            raise ValueError(f"config.data.source_dir: folder {d!r} has no {src}/ subfolder")
-        for f in ("p1", "p0", "test_p1", "test_p0"):
-            _prob(cfg, f"data.planted.{f}")
-        target = _field(cfg, "data.planted.target", "")
-        names = planted_lib.attribute_names(src)
-        if target and target not in names:
-            raise ValueError(f"config.data.planted.target: {target!r} not in {names}")
-        trig = _field(cfg, "data.planted.trigger")
-        if trig not in planted_lib.TRIGGERS:
-            raise ValueError(f"config.data.planted.trigger: {trig!r} not in {planted_lib.TRIGGERS}")
-        corner = _field(cfg, "data.planted.corner")
-        if corner not in planted_lib.CORNERS:
-            raise ValueError(f"config.data.planted.corner: {corner!r} not in {planted_lib.CORNERS}")
-        ps = _int(cfg, "data.planted.patch_size", 1)
-        if ps > 28:
-            raise ValueError(f"config.data.planted.patch_size: {ps} does not fit a 28×28 image")
-        _int(cfg, "data.planted.val_size", 1)
-        _int(cfg, "data.planted.key_seed", 0)
-    else:
-        size = tuple(_field(cfg, "data.image_size", ()) or ())
-        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-            raise ValueError(f"config.data.image_size: {size!r} is not a pair of positive integers")
-        prot = tuple(_field(cfg, "data.protected", ()) or ())
-        if not prot:
-            raise ValueError("config.data.protected: no protected attribute given")
-        for p in prot:
-            if p not in CELEB_A_ATTRIBUTES:
-                raise ValueError(f"config.data.protected: {p!r} is not a CelebA attribute")
 
 
 def resolve_workdir(cfg: Any, override: str | os.PathLike | None = None) -> pathlib.Path:
@@ -345,7 +231,7 @@ def _dense(r: _Run) -> PyTree:
     if checkpoints.exists(r.ckdir(), "dense"):
         r.cache["dense"] = checkpoints.restore(r.ckdir(), "dense", like=spine.population_like(r.spec, n_seeds))
         return r.cache["dense"]
-    progress = spine.Progress(bool(_field(cfg, "progress", True)))
+    progress = spine.Progress(bool(config_field(cfg, "progress", True)))
     epochs = int(cfg.train.epochs)
     total = epochs * spine.chunks(r.spec, n_seeds, int(cfg.train.chunk), cfg)
     with progress.bar(total, "dense training", "epoch") as bar, r.timed("dense"):
@@ -445,7 +331,7 @@ def _evaluate_unit(r: _Run, s: float, key: str) -> None:
 
 
 def _sparsity_units(r: _Run, sparsities: list[float]) -> None:
-    with spine.Progress(bool(_field(r.cfg, "progress", True))).bar(len(sparsities), "prune + evaluate",
+    with spine.Progress(bool(config_field(r.cfg, "progress", True))).bar(len(sparsities), "prune + evaluate",
                                                                    "sparsity") as bar:
         for s in sparsities:
             key = sparsity_key(s)
