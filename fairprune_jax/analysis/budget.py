@@ -9,6 +9,9 @@ with their budget columns. Two Tier C fits (`pooled.pooled_ols`, errors clustere
   fine-tuning): how each budget moves the slope relative to the pruned, un-tuned network;
 - `factors`: the fine-tuned settings only, with the budget's three factors as separate moderators
   (`d0:C(ft_epochs) + d0:C(ft_lr) + d0:C(ft_momentum)`, references: the smallest epochs and lr, no momentum).
+
+Budget sweeps of several datasets or models pooled into one table (`report.recall.pooled_report`) add dataset and
+model as moderators of both fits; moderators with one level are dropped.
 """
 from __future__ import annotations
 
@@ -79,10 +82,11 @@ def analyze(recall: pd.DataFrame, *, level: float = 0.95, chance: float = 1.5, b
     kw = dict(level=level, bootstrap=bootstrap, seed=seed, exclude_flagged=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-        moderators = [m for m in ("level", "criterion", "setting") if long[m].nunique() > 1]
+        moderators = [m for m in ("dataset", "model", "level", "criterion", "setting") if long[m].nunique() > 1]
         by_setting = tier_c.pooled_ols(long, moderators=moderators, reference=reference, **kw)
         tuned = long[long["ft_epochs"] > 0]
-        factor_mods = [m for m in ("level", "criterion", "ft_epochs", "ft_lr", "ft_momentum") if tuned[m].nunique() > 1]
+        factor_mods = [m for m in ("dataset", "model", "level", "criterion", "ft_epochs", "ft_lr", "ft_momentum")
+                       if tuned[m].nunique() > 1]
         factors = None
         if any(m.startswith("ft_") for m in factor_mods):
             ref = {"level": reference["level"], "criterion": "mp", "ft_epochs": int(tuned["ft_epochs"].min()),

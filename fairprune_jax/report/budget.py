@@ -2,6 +2,7 @@
 budget as a factor (`fairprune_jax.analysis.budget`), rendered to `report.md` + a plot."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,19 +12,32 @@ import pandas as pd
 from fairprune_jax.analysis.budget import BudgetAnalysis
 from fairprune_jax.report import writer as W
 
-def alpha_grid(an: BudgetAnalysis, criterion: str) -> pd.DataFrame:
-    """E[α_t] [95% CI] and a verdict mark, one row per setting, one column per sparsity, for one criterion."""
-    a = an.tier_a[(an.tier_a["subset"] == "all") & (an.tier_a["criterion"] == criterion)]
+def pairs(an: BudgetAnalysis) -> list[tuple[str, str]]:
+    """The (dataset, model) pairs of the analysis, in order of appearance (several when workdirs were pooled)."""
+    return list(dict.fromkeys(zip(an.tier_a["dataset"].astype(str), an.tier_a["model"].astype(str))))
+
+
+def _of(table: pd.DataFrame, criterion: str, pair: tuple[str, str] | None) -> pd.DataFrame:
+    """The rows of one criterion (and of one (dataset, model) pair, when given)."""
+    keep = table["criterion"] == criterion
+    if pair is not None:
+        keep &= (table["dataset"].astype(str) == pair[0]) & (table["model"].astype(str) == pair[1])
+    return table[keep]
+
+
+def alpha_grid(an: BudgetAnalysis, criterion: str, pair: tuple[str, str] | None = None) -> pd.DataFrame:
+    """E[α_t] [95% CI] and a verdict mark, one row per setting, one column per sparsity, for one criterion (of one
+    (dataset, model) pair when given)."""
+    a = _of(an.tier_a[an.tier_a["subset"] == "all"], criterion, pair)
     a = a.sort_values(["ft_epochs", "ft_lr", "ft_momentum", "requested_sparsity"])
     out = a.assign(cell=[W.alpha_cell(r) if np.isfinite(r.mean) else "–" for r in a.itertuples()],
                    sparsity=a["requested_sparsity"].map(W.pct))
     return W.grid(out, "setting", "sparsity", "cell")
 
 
-def accuracy_grid(an: BudgetAnalysis, criterion: str) -> pd.DataFrame:
-    """Mean accuracy, one row per setting, one column per sparsity."""
-    a = an.accuracy[an.accuracy["criterion"] == criterion].sort_values(["ft_epochs", "ft_lr", "ft_momentum",
-                                                                         "requested"])
+def accuracy_grid(an: BudgetAnalysis, criterion: str, pair: tuple[str, str] | None = None) -> pd.DataFrame:
+    """Mean accuracy, one row per setting, one column per sparsity (of one (dataset, model) pair when given)."""
+    a = _of(an.accuracy, criterion, pair).sort_values(["ft_epochs", "ft_lr", "ft_momentum", "requested"])
     a = a.assign(sparsity=a["requested"].map(W.pct), acc=a["accuracy"].map(lambda x: f"{x:.4f}"))
     return W.grid(a, "setting", "sparsity", "acc")
 
@@ -32,10 +46,12 @@ def reading(an: BudgetAnalysis) -> list[str]:
     """Findings generated from the numbers: how many cells each setting leaves intensified / de-intensified, and
     the budget terms of the pooled fits."""
     a = an.tier_a[an.tier_a["subset"] == "all"].sort_values(["ft_epochs", "ft_lr", "ft_momentum"], kind="stable")
+    pooled = len(pairs(an)) > 1
     out = []
-    for setting, g in a.groupby("setting", sort=False):
+    for (ds, model, setting), g in a.groupby(["dataset", "model", "setting"], sort=False):
         v = g["verdict"].value_counts()
-        out.append(f"- **{setting}**: {int(v.get('intensification', 0))} of {len(g)} cells intensify, "
+        name = f"{ds} / {model} / {setting}" if pooled else setting
+        out.append(f"- **{name}**: {int(v.get('intensification', 0))} of {len(g)} cells intensify, "
                    f"{int(v.get('de-intensification', 0))} de-intensify (95% t-intervals); mean E[α_t] over cells "
                    f"{g['mean'].mean():.2f}.")
     for name, fit in (("by setting (reference: no fine-tuning)", an.by_setting), ("budget factors", an.factors)):
@@ -59,9 +75,13 @@ def plot(an: BudgetAnalysis):
     runs = sorted({(r.ft_lr, r.ft_momentum) for r in a[a["ft_epochs"] > 0].itertuples()})
     colours = plt.get_cmap("tab10")
     styles = dict(zip(dict.fromkeys(a["criterion"]), ("-", "--", ":", "-.")))
-    fig, axes = plt.subplots(1, len(sparsities), figsize=(3.2 * len(sparsities), 3.4), squeeze=False, sharey=True)
-    for ax, sp in zip(axes[0], sparsities):
-        cell = a[a["requested_sparsity"] == sp]
+    rows = pairs(an)
+    fig, axes = plt.subplots(len(rows), len(sparsities), figsize=(3.2 * len(sparsities), 3.4 * len(rows)),
+                             squeeze=False, sharey=True)
+    for (i, pair), (j, sp) in itertools.product(enumerate(rows), enumerate(sparsities)):
+        ax = axes[i][j]
+        cell = a[(a["requested_sparsity"] == sp) & (a["dataset"].astype(str) == pair[0])
+                 & (a["model"].astype(str) == pair[1])]
         for crit, style in styles.items():
             c = cell[cell["criterion"] == crit]
             base = c[c["ft_epochs"] == 0]
@@ -72,9 +92,13 @@ def plot(an: BudgetAnalysis):
                         label=f"{crit.upper()} lr {lr:g} m {mom:g}")
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.set_yscale("symlog", linthresh=1.0)
-        ax.set_title(W.pct(sp))
+        if len(rows) == 1:
+            ax.set_title(W.pct(sp))
+        else:
+            ax.set_title(f"{pair[0]} / {pair[1]}: {W.pct(sp)}", fontsize=8)
         ax.set_xlabel("fine-tuning epochs")
-    axes[0][0].set_ylabel("E[α_t]")
+    for row in axes:
+        row[0].set_ylabel("E[α_t]")
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
     return fig
@@ -85,10 +109,12 @@ def render(an: BudgetAnalysis, *, title: str, header: Sequence[str], timings: pd
              "This moderator is an extension: neither reference study varies the recovery budget.", "",
              f"- Diverged networks (excluded): {len(an.diverged)}.", "",
              "## Reading (generated from the numbers below)", "", *reading(an), ""]
-    for c in dict.fromkeys(an.tier_a["criterion"]):
-        lines += [f"## {c.upper()}: E[α_t] by budget (mean over seeds, 95% t-interval; ▲ intensification, "
-                  "▼ de-intensification, · inconclusive)", "", W.markdown_table(alpha_grid(an, c)), "",
-                  f"Accuracy ({c.upper()}):", "", W.markdown_table(accuracy_grid(an, c)), ""]
+    several = len(pairs(an)) > 1
+    for pair, c in itertools.product(pairs(an), dict.fromkeys(an.tier_a["criterion"])):
+        name = f"{pair[0]} / {pair[1]} / {c.upper()}" if several else c.upper()
+        lines += [f"## {name}: E[α_t] by budget (mean over seeds, 95% t-interval; ▲ intensification, "
+                  "▼ de-intensification, · inconclusive)", "", W.markdown_table(alpha_grid(an, c, pair)), "",
+                  f"Accuracy ({name}):", "", W.markdown_table(accuracy_grid(an, c, pair)), ""]
     for name, fit in (("by setting, reference: no fine-tuning", an.by_setting),
                       ("fine-tuned settings, budget factors", an.factors)):
         if fit is None:

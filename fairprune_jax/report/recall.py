@@ -253,14 +253,47 @@ def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings
             f"cells: {len(a)}; verdicts: {json.dumps(counts)}\n" + "\n".join(reading(an)))
 
 
+def _check_poolable(workdirs: Sequence[Any], frames: Sequence[pd.DataFrame]) -> None:
+    """Refuse what cannot be pooled, naming the workdirs: one given twice, budget sweeps mixed with others, or two
+    holding networks of the same dataset, model and seed (their dense networks would collide)."""
+    seen: dict[Path, int] = {}
+    for i, wd in enumerate(workdirs):
+        path = Path(wd.path).resolve()
+        if path in seen:
+            raise ValueError(f"--workdir: {wd.path} is given twice")
+        seen[path] = i
+    kinds = [budget_lib.is_budget_table(f) for f in frames]
+    if any(kinds) and not all(kinds):
+        b, r = kinds.index(True), kinds.index(False)
+        raise ValueError(f"--workdir: {workdirs[b].path} holds a recovery-budget sweep and {workdirs[r].path} does "
+                         "not; pool budget sweeps only with each other")
+    owner: dict[tuple, int] = {}
+    for i, f in enumerate(frames):
+        for key in f[["dataset", "model", "seed"]].drop_duplicates().itertuples(index=False):
+            j = owner.setdefault(tuple(key), i)
+            if j != i:
+                raise ValueError(f"--workdir: {workdirs[j].path} and {workdirs[i].path} both hold networks of "
+                                 f"dataset={key[0]}, model={key[1]}, seed {key[2]}; pool runs that differ in "
+                                 "dataset or model")
+
+
 def pooled_report(workdirs: Sequence[Any], out: Path) -> str:
-    """One report over several workdirs (e.g. MNIST + Fashion-MNIST) so RQ2/RQ3 have several levels."""
+    """One report over several workdirs (e.g. MNIST + Fashion-MNIST) so RQ2/RQ3 have several levels; budget
+    sweeps pool into one budget report, with dataset and model as moderators where they vary."""
     frames = [wd.read_table(RECALL_TABLE) for wd in workdirs]
+    _check_poolable(workdirs, frames)
     recall = pd.concat(frames, ignore_index=True)
     cfg = workdirs[0].config
-    an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
-                 chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
     header = [f"Pooled over {len(workdirs)} workdirs:"] + [f"- `{wd.path}`" for wd in workdirs]
     for wd in workdirs:
         header += header_lines(wd.config)
+    if budget_lib.is_budget_table(recall):
+        from fairprune_jax.report import budget as budget_report
+
+        ban = budget_lib.analyze(recall, level=float(cfg.analysis.level), chance=float(cfg.analysis.chance_factor),
+                                 bootstrap=int(cfg.analysis.bootstrap), seed=int(cfg.seed))
+        return budget_report.write(ban, out, title="Recovery budget and recall distortion (pooled)", header=header,
+                                   timings=None)
+    an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
+                 chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
     return write(an, out, title="Recall distortion under pruning (pooled)", header=header, timings=None)
