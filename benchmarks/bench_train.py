@@ -91,7 +91,6 @@ def matmul_rate(s: int, inner: int = 20) -> float:
 
 def square_rate(n: int = 1024) -> float:
     import jax
-    import jax.numpy as jnp
 
     a = jax.random.normal(jax.random.key(1), (n, n))
     f = jax.jit(lambda a: a @ a)

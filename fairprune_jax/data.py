@@ -26,13 +26,16 @@ import gzip
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fairprune_jax.idx_sources import IDX_CHECKSUMS, download_idx
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -354,7 +354,7 @@ def gmp(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     finals = _check_sparsities(sparsities)
     steps = schedules.gmp_steps(start, end, every)
     keys = train.as_keys(seed_keys)
-    s_, m_, p_ = int(keys.shape[0]), len(criteria), len(finals)
+    s_, p_ = int(keys.shape[0]), len(finals)
     images, labels = _check_data(spec, x_train, y_train)
     epochs = train.read_config(tcfg).epochs
     if epochs <= steps[-1]:

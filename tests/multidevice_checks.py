@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fairprune_jax import data, evaluate, masks, models, protocols, sharding, train
+from fairprune_jax import data, evaluate, models, protocols, sharding, train
 
 
 def main() -> None:
