@@ -176,13 +176,15 @@ def run_sweep(workdir: Path, overrides: list[str], env: dict[str, str], config: 
 
 def run_torch_loop(python: str) -> dict[str, float]:
     """One run of `benchmarks/torch_loop.py` (the grid as a per-model PyTorch loop) under interpreter `python`:
-    wall, peak RSS (GiB) and its per-phase seconds."""
+    wall, peak RSS (GiB), its per-phase seconds and its fastest / slowest fine-tuning epoch."""
     script = Path(__file__).resolve().parent / "torch_loop.py"
     cmd = [python, str(script), "--seeds", str(SEEDS), "--epochs", str(DENSE_EPOCHS), "--ft-epochs", str(FT_EPOCHS),
            "--criteria", *CRITERIA, "--sparsities", *map(str, SPARSITIES)]
     wall, rss, stdout = timed_child(cmd, what="torch loop")
     res = json.loads(stdout.strip().splitlines()[-1])
-    return {"wall": wall, "rss_gib": rss} | {k: res[k] for k in ("dense", "finetune", "eval")}
+    spread = (res.get("epoch_seconds") or {}).get("finetune") or {}  # how steady the loop ran
+    return ({"wall": wall, "rss_gib": rss} | {k: res[k] for k in ("dense", "finetune", "eval")}
+            | {f"ft_epoch_{k}": spread[k] for k in ("min", "max") if k in spread})
 
 
 def compare_recall(a: Path, b: Path) -> str:

@@ -12,7 +12,9 @@ It needs only torch and numpy (not this package), so it runs from any interprete
     python benchmarks/torch_loop.py [--seeds 4] [--data-dir ../shared/data/mnist]
 
 and prints one JSON line: seconds per phase ("dense", "finetune", "eval", "total"), the number of models, the mean
-test accuracy of the dense and of the pruned models (a sanity check that it trained).
+test accuracy of the dense and of the pruned models (a sanity check that it trained), the min / median / max seconds
+of a dense and of a fine-tuning epoch (how steady the loop ran), and how many fine-tuned weights and gradients were
+subnormal floats (0: no slow denormal path).
 """
 from __future__ import annotations
 
@@ -62,15 +64,18 @@ def lenet(seed: int):
     return net
 
 
-def train(net, x, y, epochs: int, seed: int, masks=None) -> None:
-    """SGD epochs over seeded permutations; with masks, the gradient and the weights are masked every step."""
+def train(net, x, y, epochs: int, seed: int, masks=None) -> list[float]:
+    """SGD epochs over seeded permutations; with masks, the gradient and the weights are masked every step.
+    Returns the seconds of each epoch (the loop's own spread, next to the phase totals)."""
     import torch
 
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(seed)
     kernels = [layer.weight for layer in net[::2]]
     steps = x.shape[0] // 128
+    seconds = []
     for _ in range(epochs):
+        start = time.perf_counter()
         perm = torch.randperm(x.shape[0], generator=gen)[: steps * 128].view(steps, 128)
         for idx in perm:
             opt.zero_grad(set_to_none=True)
@@ -83,6 +88,8 @@ def train(net, x, y, epochs: int, seed: int, masks=None) -> None:
                 with torch.no_grad():
                     for w, m in zip(kernels, masks):
                         w.mul_(m)
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def scores(net, criterion: str, x, y, seed: int):
@@ -115,6 +122,21 @@ def global_masks(score: list, sparsity: float) -> list:
         return [torch.ones_like(s) for s in score]
     threshold = torch.kthvalue(flat, n_prune).values
     return [(s > threshold).float() for s in score]
+
+
+def denormals(net) -> int:
+    """How many weights (and gradients, where present) are subnormal floats: a check that no slow path is hit."""
+    import torch
+
+    tiny = torch.finfo(torch.float32).tiny
+    tensors = [t for p in net.parameters() for t in (p.detach(), p.grad) if t is not None]
+    return int(sum(((t != 0) & (t.abs() < tiny)).sum() for t in tensors))
+
+
+def spread(seconds: list[float]) -> dict[str, float]:
+    """min / median / max of the per-epoch seconds."""
+    a = np.asarray(seconds, float)
+    return {"min": round(float(a.min()), 3), "median": round(float(np.median(a)), 3), "max": round(float(a.max()), 3)}
 
 
 def evaluate(net, x, y) -> np.ndarray:
@@ -164,12 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     x, y = load(args.data_dir, "train")
     xt, yt = load(args.data_dir, "test")
     times = {"dense": 0.0, "finetune": 0.0, "eval": 0.0}
-    acc_dense, acc_pruned = [], []
+    acc_dense, acc_pruned, epochs_dense, epochs_ft, subnormal = [], [], [], [], 0
     start = time.perf_counter()
     for seed in range(args.seeds):
         t = time.perf_counter()
         dense = lenet(seed)
-        train(dense, x, y, args.epochs, seed)
+        epochs_dense += train(dense, x, y, args.epochs, seed)
         times["dense"] += time.perf_counter() - t
         t = time.perf_counter()
         acc_dense.append(evaluate(dense, xt, yt).sum() / len(yt))
@@ -184,15 +206,19 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     for layer, m in zip(net[::2], masks):
                         layer.weight.mul_(m)
-                train(net, x, y, args.ft_epochs, 10_000 + seed, masks)
+                epochs_ft += train(net, x, y, args.ft_epochs, 10_000 + seed, masks)
                 times["finetune"] += time.perf_counter() - t
+                subnormal += denormals(net)
                 t = time.perf_counter()
                 acc_pruned.append(evaluate(net, xt, yt).sum() / len(yt))
                 times["eval"] += time.perf_counter() - t
     times["total"] = time.perf_counter() - start
     print(json.dumps({**{k: round(v, 2) for k, v in times.items()}, "models": len(acc_dense) + len(acc_pruned),
                       "dense_accuracy": round(float(np.mean(acc_dense)), 4),
-                      "pruned_accuracy": round(float(np.mean(acc_pruned)), 4), "threads": args.threads}))
+                      "pruned_accuracy": round(float(np.mean(acc_pruned)), 4), "threads": args.threads,
+                      "epoch_seconds": {"dense": spread(epochs_dense) if epochs_dense else None,
+                                        "finetune": spread(epochs_ft) if epochs_ft else None},
+                      "subnormal_weights": subnormal}))
     return 0
 
 

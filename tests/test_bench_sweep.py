@@ -72,11 +72,16 @@ def test_run_torch_loop_reads_the_loops_json_line(tmp_path):
     fake.chmod(0o755)
     res = bench_sweep.run_torch_loop(str(fake))
     assert res["dense"] == 1.5 and res["finetune"] == 2.5 and res["eval"] == 0.5
-    assert res["wall"] > 0 and res["rss_gib"] > 0
+    assert res["wall"] > 0 and res["rss_gib"] > 0 and "ft_epoch_min" not in res  # an older loop's line
     args = (tmp_path / "args").read_text().split()
     assert args[0].endswith("benchmarks/torch_loop.py") and args[1:] == [
         "--seeds", "4", "--epochs", "10", "--ft-epochs", "2", "--criteria", "mp", "random", "gp", "up",
         "--sparsities", "0.5", "0.8", "0.9", "0.95", "0.98"]
+    line = {"dense": 1, "finetune": 2, "eval": 0, "epoch_seconds": {"dense": None,
+                                                                    "finetune": {"min": 0.8, "median": 1.0, "max": 1.7}}}
+    fake.write_text("#!/bin/sh\necho '" + json.dumps(line) + "'\n")
+    res = bench_sweep.run_torch_loop(str(fake))
+    assert res["ft_epoch_min"] == 0.8 and res["ft_epoch_max"] == 1.7
     fake.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
     with pytest.raises(RuntimeError, match="boom"):
         bench_sweep.run_torch_loop(str(fake))

@@ -59,3 +59,16 @@ def test_global_masks_and_scores_against_numpy():
         np.testing.assert_allclose(u_score.numpy(), np.abs(-w * g + torch_loop.LAMBDA_UP * w ** 2), rtol=1e-6)
     rnd = torch_loop.scores(net, "random", x, y, 3)
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(rnd, torch_loop.scores(net, "random", x, y, 3)))
+
+
+def test_spread_of_epoch_seconds():
+    assert torch_loop.spread([1.0, 3.0, 2.0, 10.0]) == {"min": 1.0, "median": 2.5, "max": 10.0}
+
+
+def test_denormals_counts_subnormal_weights():
+    torch = pytest.importorskip("torch")
+    net = torch_loop.lenet(0)
+    assert torch_loop.denormals(net) == 0
+    with torch.no_grad():
+        net[0].weight[0, :3] = torch.tensor([1e-40, -1e-41, 0.0])  # two subnormals and an exact zero
+    assert torch_loop.denormals(net) == 2
