@@ -17,18 +17,20 @@ def pairs(an: BudgetAnalysis) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(an.tier_a["dataset"].astype(str), an.tier_a["model"].astype(str))))
 
 
-def _of(table: pd.DataFrame, criterion: str, pair: tuple[str, str] | None) -> pd.DataFrame:
-    """The rows of one criterion (and of one (dataset, model) pair, when given)."""
-    keep = table["criterion"] == criterion
+def _rows(table: pd.DataFrame, pair: tuple[str, str] | None, criterion: str | None = None) -> pd.DataFrame:
+    """The rows of one (dataset, model) pair and of one criterion, each when given."""
+    keep = pd.Series(True, index=table.index)
     if pair is not None:
         keep &= (table["dataset"].astype(str) == pair[0]) & (table["model"].astype(str) == pair[1])
+    if criterion is not None:
+        keep &= table["criterion"] == criterion
     return table[keep]
 
 
 def alpha_grid(an: BudgetAnalysis, criterion: str, pair: tuple[str, str] | None = None) -> pd.DataFrame:
     """E[α_t] [95% CI] and a verdict mark, one row per setting, one column per sparsity, for one criterion (of one
     (dataset, model) pair when given)."""
-    a = _of(an.tier_a[an.tier_a["subset"] == "all"], criterion, pair)
+    a = _rows(an.tier_a[an.tier_a["subset"] == "all"], pair, criterion)
     a = a.sort_values(["ft_epochs", "ft_lr", "ft_momentum", "requested_sparsity"])
     out = a.assign(cell=[W.alpha_cell(r) if np.isfinite(r.mean) else "–" for r in a.itertuples()],
                    sparsity=a["requested_sparsity"].map(W.pct))
@@ -37,7 +39,7 @@ def alpha_grid(an: BudgetAnalysis, criterion: str, pair: tuple[str, str] | None 
 
 def accuracy_grid(an: BudgetAnalysis, criterion: str, pair: tuple[str, str] | None = None) -> pd.DataFrame:
     """Mean accuracy, one row per setting, one column per sparsity (of one (dataset, model) pair when given)."""
-    a = _of(an.accuracy, criterion, pair).sort_values(["ft_epochs", "ft_lr", "ft_momentum", "requested"])
+    a = _rows(an.accuracy, pair, criterion).sort_values(["ft_epochs", "ft_lr", "ft_momentum", "requested"])
     a = a.assign(sparsity=a["requested"].map(W.pct), acc=a["accuracy"].map(lambda x: f"{x:.4f}"))
     return W.grid(a, "setting", "sparsity", "acc")
 
@@ -80,8 +82,7 @@ def plot(an: BudgetAnalysis):
                              squeeze=False, sharey=True)
     for (i, pair), (j, sp) in itertools.product(enumerate(rows), enumerate(sparsities)):
         ax = axes[i][j]
-        cell = a[(a["requested_sparsity"] == sp) & (a["dataset"].astype(str) == pair[0])
-                 & (a["model"].astype(str) == pair[1])]
+        cell = _rows(a[a["requested_sparsity"] == sp], pair)
         for crit, style in styles.items():
             c = cell[cell["criterion"] == crit]
             base = c[c["ft_epochs"] == 0]
@@ -109,9 +110,9 @@ def render(an: BudgetAnalysis, *, title: str, header: Sequence[str], timings: pd
              "This moderator is an extension: neither reference study varies the recovery budget.", "",
              f"- Diverged networks (excluded): {len(an.diverged)}.", "",
              "## Reading (generated from the numbers below)", "", *reading(an), ""]
-    several = len(pairs(an)) > 1
-    for pair, c in itertools.product(pairs(an), dict.fromkeys(an.tier_a["criterion"])):
-        name = f"{pair[0]} / {pair[1]} / {c.upper()}" if several else c.upper()
+    rows = pairs(an)
+    for pair, c in itertools.product(rows, dict.fromkeys(an.tier_a["criterion"])):
+        name = f"{pair[0]} / {pair[1]} / {c.upper()}" if len(rows) > 1 else c.upper()
         lines += [f"## {name}: E[α_t] by budget (mean over seeds, 95% t-interval; ▲ intensification, "
                   "▼ de-intensification, · inconclusive)", "", W.markdown_table(alpha_grid(an, c, pair)), "",
                   f"Accuracy ({name}):", "", W.markdown_table(accuracy_grid(an, c, pair)), ""]

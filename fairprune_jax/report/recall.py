@@ -226,17 +226,25 @@ def build_report(wd, *, out: Path | None = None) -> str:
                          f"{RECALL_TABLE!r}); nothing to analyse — lower config.finetune.optimizer.lr")
     warning = spine.incomplete_warning(unit_keys(cfg), wd.keys(RECALL_TABLE))
     timings = timings_table({k: v for k, v in wd.stage_seconds().items() if k not in UNREPORTED_STAGES})
+    return _analyse_and_write(recall, cfg, out or wd.path, scope=f": {cfg.dataset}",
+                              header=[*warning, *header_lines(cfg)], timings=timings)
+
+
+def _analyse_and_write(recall: pd.DataFrame, cfg: Any, out: Path, *, scope: str, header: Sequence[str],
+                       timings: pd.DataFrame | None) -> str:
+    """Analyse a recall table with `cfg.analysis`'s settings and write its report: the budget report for a budget
+    sweep, the recall report otherwise. `scope` ends the title (": mnist", " (pooled)")."""
+    a = cfg.analysis
     if budget_lib.is_budget_table(recall):
         from fairprune_jax.report import budget as budget_report
 
-        ban = budget_lib.analyze(recall, level=float(cfg.analysis.level), chance=float(cfg.analysis.chance_factor),
-                                 bootstrap=int(cfg.analysis.bootstrap), seed=int(cfg.seed))
-        return budget_report.write(ban, out or wd.path, title=f"Recovery budget and recall distortion: {cfg.dataset}",
-                                   header=[*warning, *header_lines(cfg)], timings=timings)
-    an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
-                 chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
-    return write(an, out or wd.path, title=f"Recall distortion under pruning: {cfg.dataset}",
-                 header=[*warning, *header_lines(cfg)], timings=timings)
+        ban = budget_lib.analyze(recall, level=float(a.level), chance=float(a.chance_factor),
+                                 bootstrap=int(a.bootstrap), seed=int(cfg.seed))
+        return budget_report.write(ban, out, title=f"Recovery budget and recall distortion{scope}", header=header,
+                                   timings=timings)
+    an = analyze(recall, level=float(a.level), bootstrap=int(a.bootstrap), chance=float(a.chance_factor),
+                 welch_q=float(a.welch_q), seed=int(cfg.seed))
+    return write(an, out, title=f"Recall distortion under pruning{scope}", header=header, timings=timings)
 
 
 def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings: pd.DataFrame | None) -> str:
@@ -256,12 +264,12 @@ def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings
 def _check_poolable(workdirs: Sequence[Any], frames: Sequence[pd.DataFrame]) -> None:
     """Refuse what cannot be pooled, naming the workdirs: one given twice, budget sweeps mixed with others, or two
     holding networks of the same dataset, model and seed (their dense networks would collide)."""
-    seen: dict[Path, int] = {}
-    for i, wd in enumerate(workdirs):
+    seen: set[Path] = set()
+    for wd in workdirs:
         path = Path(wd.path).resolve()
         if path in seen:
             raise ValueError(f"--workdir: {wd.path} is given twice")
-        seen[path] = i
+        seen.add(path)
     kinds = [budget_lib.is_budget_table(f) for f in frames]
     if any(kinds) and not all(kinds):
         b, r = kinds.index(True), kinds.index(False)
@@ -283,17 +291,7 @@ def pooled_report(workdirs: Sequence[Any], out: Path) -> str:
     frames = [wd.read_table(RECALL_TABLE) for wd in workdirs]
     _check_poolable(workdirs, frames)
     recall = pd.concat(frames, ignore_index=True)
-    cfg = workdirs[0].config
     header = [f"Pooled over {len(workdirs)} workdirs:"] + [f"- `{wd.path}`" for wd in workdirs]
     for wd in workdirs:
         header += header_lines(wd.config)
-    if budget_lib.is_budget_table(recall):
-        from fairprune_jax.report import budget as budget_report
-
-        ban = budget_lib.analyze(recall, level=float(cfg.analysis.level), chance=float(cfg.analysis.chance_factor),
-                                 bootstrap=int(cfg.analysis.bootstrap), seed=int(cfg.seed))
-        return budget_report.write(ban, out, title="Recovery budget and recall distortion (pooled)", header=header,
-                                   timings=None)
-    an = analyze(recall, level=float(cfg.analysis.level), bootstrap=int(cfg.analysis.bootstrap),
-                 chance=float(cfg.analysis.chance_factor), welch_q=float(cfg.analysis.welch_q), seed=int(cfg.seed))
-    return write(an, out, title="Recall distortion under pruning (pooled)", header=header, timings=None)
+    return _analyse_and_write(recall, workdirs[0].config, out, scope=" (pooled)", header=header, timings=None)
