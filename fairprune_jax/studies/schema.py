@@ -1,21 +1,45 @@
-"""Config schemas of both studies (defaults, variants), importing only ml_collections.
+"""Config schemas of both studies: the base ConfigDicts, their shared sections and helpers, importing only
+ml_collections (and the deprecation helper).
 
-The config files under ``configs/`` build on these, so a config file given by path works wherever the package is
-installed (no ``configs`` package needed). Every field can be overridden on the command line, e.g.
-``--config.num_seeds=11 --config.prune.protocol=iterative``. Empty strings mean "use the default" (ml_collections
-fields keep their type, so ``None`` is avoided).
+The experiments themselves are files in ``fairprune_jax/configs/`` (``configs/`` in the repository), each building on
+these builders and showing the values it sets, e.g. ``configs/mnist_wd.py``. Both studies share the sections
+``data`` / ``train`` / ``finetune`` / ``prune`` / ``eval`` / ``divergence`` with one set of names (plural lists:
+``models``, ``prune.criteria``); every field can be overridden on the command line
+(``--config.num_seeds=11 --config.prune.protocol=iterative``). Empty strings mean "use the default"
+(ml_collections fields keep their type, so ``None`` is avoided).
+
+:func:`upgrade` reads configs written with the earlier names (``model``, ``prune.criterion``) and the stored
+``config.json`` of workdirs made by earlier versions, so old workdirs can be reported and resumed.
 """
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import ml_collections
+
+from fairprune_jax import deprecation
+
+SCHEMA_VERSION = 2  # 2: plural names in both studies, the divergence section, one GMP window rule
 
 CELEB_A_PROTECTED = ("Male", "Young", "Chubby", "Pale_Skin")  # paper 2's protected attributes (true labels)
 
-# ---------------------------------------------------------------------------------------------- recall study
 # docs/methods.md §6: iterative levels 0-15 (<= 50% at L1-3, >= 91% from L11), one-shot/GMP grid below.
 ONE_SHOT_GRID = (0.3, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 CRITERIA = ("mp", "gp", "up", "random")
 
+#: Fields that never change a result, left out of every workdir's fingerprint: where to write and read (data
+#: sources hold checksum-verified files), how chatty, how the work is split over devices and chunks (results
+#: agree to the order of float sums), and ``analysis`` (it only shapes the report, which is rebuilt from tables).
+IGNORED_FIELDS = ("workdir", "fresh", "progress", "variant", "schema_version", "mesh", "distributed", "train.chunk",
+                  "finetune.chunk", "eval.chunk", "data.mirror", "data.source_dir", "analysis")
+
+#: Default of ``divergence.max_loss_ratio`` (docs/methods.md §6): a network whose last training epoch's mean loss
+#: exceeds this multiple of an untrained network's loss (ln K for K classes, ln 2 per sigmoid output) diverged.
+MAX_LOSS_RATIO = 3.0
+
+
+# ---------------------------------------------------------------------------------------------- shared sections
 
 def optimizer(name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
               nesterov: bool = False) -> ml_collections.ConfigDict:
@@ -35,75 +59,86 @@ def schedule(name: str = "constant", warmup_epochs: int = 0) -> ml_collections.C
                                           end_value=0.0))
 
 
-def recall_config(dataset: str) -> ml_collections.ConfigDict:
-    """Defaults of the recall-distortion sweep on a small-image dataset (CPU scale, docs/methods.md §6)."""
+def training(epochs: int, batch_size: int, opt: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A training section (``train`` or ``finetune``): `train.fit` reads it. ``chunk`` is the number of models
+    trained at once (0 = automatic: cache-sized on a CPU, all on an accelerator); ``augment`` is none | flip_crop."""
+    return ml_collections.ConfigDict(dict(epochs=epochs, batch_size=batch_size, optimizer=opt, schedule=schedule(),
+                                          chunk=0, augment="none"))
+
+
+def distributed() -> ml_collections.ConfigDict:
+    """Multi-process fields (all unset: JAX discovers them on a TPU pod; experiments.launch sets them)."""
+    return ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))
+
+
+def divergence() -> ml_collections.ConfigDict:
+    """The divergence guard (docs/methods.md §6): non-finite losses or parameters, or a last-epoch loss above
+    ``max_loss_ratio`` times an untrained network's loss, flag a network as diverged (excluded, counted)."""
+    return ml_collections.ConfigDict(dict(max_loss_ratio=MAX_LOSS_RATIO))
+
+
+def _common(study: str, dataset: str) -> ml_collections.ConfigDict:
+    """Fields both studies share, with the library defaults."""
     c = ml_collections.ConfigDict()
-    c.study = "recall"
+    c.study = study
+    c.schema_version = SCHEMA_VERSION
     c.dataset = dataset
     c.models = ("lenet_300_100",)  # several models answer RQ3 (model complexity) inside one sweep
     c.exclude_output = False  # library default [D]: the same choice for every criterion
     c.num_seeds = 5
     c.seed = 0  # seed s of the population uses jax.random.key(seed + s)
-
     c.data = ml_collections.ConfigDict()
     c.data.source_dir = ""  # root holding <dataset>/ idx files; "" = $FAIRPRUNE_DATA_DIR or ../shared/data
     c.data.mirror = ""  # base URL of <dataset>/ idx files to download; "" = $FAIRPRUNE_DATA_MIRROR or TFDS's hosts
     c.data.tfds_dir = ""  # prepared TFDS datasets; "" = $FAIRPRUNE_TFDS_DIR or ~/.cache/fairprune_jax/tfds
-    c.data.route = "auto"  # auto | offline | tfds
     c.data.download = False  # canonical TFDS builders may download (network) when True
-    c.data.image_size = (0, 0)  # resize (h, w) for the canonical route; (0, 0) keeps the stored size
-    c.data.imbalance = ml_collections.ConfigDict()
-    c.data.imbalance.classes = ()  # underrepresented classes of the training split, e.g. (3, 8)
-    c.data.imbalance.fractions = ()  # kept fraction per listed class, e.g. (0.1, 0.1)
-    c.data.imbalance.seed = 0
     c.data.max_train_examples = 0  # 0 = the whole training split (a prefix in storage order otherwise)
-
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 8
-    c.train.batch_size = 128
-    c.train.optimizer = sgd(0.1)  # reference: SGD lr .1, no momentum, no weight decay (LeNet on MNIST)
-    c.train.schedule = schedule()
-    c.train.chunk = 0  # models trained at once; 0 = automatic (CPU: cache-sized, accelerators: all)
-    c.train.augment = "none"  # none | flip_crop (random flip + pad-4 crop, the reference CIFAR augmentation)
-
     c.prune = ml_collections.ConfigDict()
-    c.prune.protocol = "one_shot"  # one_shot | iterative | gmp | budget (the :budget variant)
-    c.prune.criteria = CRITERIA
-    c.prune.sparsities = ONE_SHOT_GRID  # one_shot and gmp targets
-    c.prune.levels = 15  # iterative: levels 1..L, sparsity 1 - (1 - fraction)^L
-    c.prune.fraction = 0.2
-    c.prune.rewind_step = 0  # iterative: rewind survivors to this step (0 = initialisation)
-    c.prune.lambda_up = 5e-4
+    c.prune.lambda_up = 5e-4  # UP's λ
     c.prune.grad_batch = 128  # gp/up gradient: the first N training examples in storage order
-    # GMP: prune at epochs range(start, end, every); end=0 means 3/4 of the run. post_training: start from the
-    # dense models and use the fine-tuning optimiser (paper 2's variant), else train from initialisation.
-    c.prune.gmp = ml_collections.ConfigDict(dict(initial=0.05, start=0, end=0, every=1, post_training=True))
-    c.finetune = ml_collections.ConfigDict()
-    c.finetune.epochs = 2
-    c.finetune.batch_size = 128
-    c.finetune.optimizer = sgd(0.01)  # one-shot: fine-tune at a reduced learning rate
-    c.finetune.schedule = schedule()
-    c.finetune.chunk = 0
-    c.finetune.augment = "none"
-
-    c.eval = ml_collections.ConfigDict(dict(chunk=64, batch_size=2500))
-    c.analysis = ml_collections.ConfigDict(dict(chance_factor=1.5, bootstrap=2000, level=0.95, welch_q=0.05))
+    c.divergence = divergence()
     # Scale-out (excluded from the workdir fingerprint, like the chunk sizes; results agree to float-sum order):
     # mesh.enabled spreads each chunk of models over every device on a `seed` mesh axis when there is more than
     # one (the entry points expose a CPU's cores as devices); distributed starts multi-host JAX (TPU pods: leave
-    # the addresses empty, JAX discovers the slice). train/finetune.chunk 0 = automatic (train.resolve_chunk).
+    # the addresses empty, JAX discovers the slice).
     c.mesh = ml_collections.ConfigDict(dict(enabled=True))
     c.distributed = distributed()
-    c.save_pruned = True  # orbax checkpoints of pruned params + masks (for notebooks and later analysis)
     c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
     c.variant = ""
     c.progress = True
     return c
 
 
-def distributed() -> ml_collections.ConfigDict:
-    """Multi-process fields (all unset: JAX discovers them on a TPU pod; experiments.launch sets them)."""
-    return ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))
+# ---------------------------------------------------------------------------------------------- recall study
+
+def recall_config(dataset: str) -> ml_collections.ConfigDict:
+    """Defaults of the recall-distortion sweep on a small-image dataset (CPU scale, docs/methods.md §6)."""
+    c = _common("recall", dataset)
+    c.data.route = "auto"  # auto | offline | tfds
+    c.data.image_size = (0, 0)  # resize (h, w) for the canonical route; (0, 0) keeps the stored size
+    c.data.imbalance = ml_collections.ConfigDict()
+    c.data.imbalance.classes = ()  # underrepresented classes of the training split, e.g. (3, 8)
+    c.data.imbalance.fractions = ()  # kept fraction per listed class, e.g. (0.1, 0.1)
+    c.data.imbalance.seed = 0
+
+    c.train = training(8, 128, sgd(0.1))  # reference: SGD lr .1, no momentum, no weight decay (LeNet on MNIST)
+
+    c.prune.protocol = "one_shot"  # one_shot | iterative | gmp | budget (configs/mnist_budget.py)
+    c.prune.criteria = CRITERIA
+    c.prune.sparsities = ONE_SHOT_GRID  # one_shot, gmp and budget targets
+    c.prune.levels = 15  # iterative: levels 1..L, sparsity 1 - (1 - fraction)^L
+    c.prune.fraction = 0.2
+    c.prune.rewind_step = 0  # iterative: rewind survivors to this step (0 = initialisation)
+    # GMP: prune at epochs range(start, end, every); end = 0 means epochs − 1 (the last epoch trains at the final
+    # sparsity). post_training: start from the dense models and use the fine-tuning section (paper 2's variant),
+    # else train from initialisation with the training section.
+    c.prune.gmp = ml_collections.ConfigDict(dict(initial=0.05, start=0, end=0, every=1, post_training=True))
+    c.finetune = training(2, 128, sgd(0.01))  # one-shot: fine-tune at a reduced learning rate
+
+    c.eval = ml_collections.ConfigDict(dict(chunk=64, batch_size=2500))  # models per call, examples per step
+    c.analysis = ml_collections.ConfigDict(dict(chance_factor=1.5, bootstrap=2000, level=0.95, welch_q=0.05))
+    c.save_pruned = True  # orbax checkpoints of pruned params + masks (for notebooks and the mask_agreement table)
+    return c
 
 
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -118,122 +153,15 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def with_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Apply a variant name (a key of RECALL_VARIANTS: "" default, "smoke", "paper", "wd", "iterative", "budget") to
-    a recall config; unknown names are refused."""
-    c.variant = variant
-    if variant not in RECALL_VARIANTS:
-        raise ValueError(f"config variant: unknown {variant!r}; use one of {', '.join(map(repr, RECALL_VARIANTS))}")
-    return RECALL_VARIANTS[variant](c)
-
-
-def weight_decay(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """UP's premise (docs/methods.md §4): coupled weight decay 5e-4 in dense training AND fine-tuning, with
-    λ_UP equal to that decay, 10 seeds; everything else as the default sweep."""
-    c.num_seeds = 10
-    c.train.optimizer.weight_decay = 5e-4
-    c.finetune.optimizer.weight_decay = 5e-4
-    c.prune.lambda_up = 5e-4
-    return c
-
-
-def iterative_short(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Paper 1's iterative protocol (levels 1–15, 20% per level, rewinding to init) at a stated shorter budget:
-    10 epochs per level instead of 40, 5 seeds, MP and UP (18 minutes measured on 2 CPU cores)."""
-    c = paper(c)
-    c.num_seeds = 5
-    c.train.epochs = 10
-    c.prune.criteria = ("mp", "up")
-    return c
-
-
-def budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Recovery budget as a moderator (an extension; docs/methods.md §6): the default sweep's dense models and
-    one-shot masks (MP, UP at 50–98%), fine-tuned for 0, 1, 2 and 5 epochs at lr .01 and .1, with and without
-    momentum .9. Every setting starts from the same masks; epochs 1 and 2 are read off the 5-epoch run (the
-    same data order and a constant learning rate make them the 1- and 2-epoch runs)."""
-    c.prune.protocol = "budget"
-    # fine-tuning settings crossed at fixed masks; epochs are read off one run of max(epochs) per (lr, momentum)
-    c.prune.budget = ml_collections.ConfigDict(dict(epochs=(0, 1, 2, 5), lrs=(0.01, 0.1), momenta=(0.0, 0.9)))
-    c.prune.criteria = ("mp", "up")
-    c.prune.sparsities = (0.5, 0.8, 0.9, 0.95, 0.98)
-    c.finetune.epochs = 5
-    return c
-
-
-def paper(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Paper 1's protocol (docs/methods.md §6): iterative pruning with rewinding to init, levels 1–15 (20% per level),
-    full retraining (40 epochs, SGD lr .1) at every level, 11 seeds, MP/GP/UP/random. Hours on a CPU."""
-    c.num_seeds = 11
-    c.train.epochs = 40
-    c.prune.protocol = "iterative"
-    c.prune.levels = 15
-    c.prune.fraction = 0.2
-    c.prune.rewind_step = 0
-    c.train.chunk = 0
-    return c
-
-
-RECALL_VARIANTS = {"": lambda c: c, "smoke": smoke, "paper": paper, "wd": weight_decay,
-                   "iterative": iterative_short, "budget": budget}
-
-
-def cifar_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Reference CIFAR protocol (docs/methods.md §6): SGD momentum .9, lr .1 ×.1 at epochs 80 and 120, 160 epochs,
-    batch 128, coupled weight decay 1e-4, flip + pad-4 crop augmentation, ResNet-20/56 and VGG-16 with BatchNorm."""
-    c.variant = variant
-    c.data.route = "tfds"
-    c.data.download = True
-    c.models = ("resnet20",)
-    c.train.epochs = 160
-    c.train.optimizer = sgd(0.1, momentum=0.9, weight_decay=1e-4)
-    c.train.schedule.name = "step"
-    c.train.schedule.boundaries = (80, 120)
-    c.train.chunk = 4
-    c.train.augment = c.finetune.augment = "flip_crop"
-    c.finetune.epochs = 10
-    c.finetune.optimizer = sgd(0.01, momentum=0.9, weight_decay=1e-4)
-    c.finetune.chunk = 8
-    c.eval.chunk = 8
-    c.eval.batch_size = 1000
-    if variant == "smoke":
-        c = smoke(c)
-        c.data.max_train_examples = 512
-        c.train.chunk = 0
-        c.finetune.chunk = 0
-        return c
-    if variant == "paper":
-        c = paper(c)
-        c.models = ("resnet20", "resnet56", "vgg16")
-        c.train.epochs = 160
-        c.train.chunk = 4
-        return c
-    if variant:
-        raise ValueError(f"config variant: unknown {variant!r}; use '', 'smoke' or 'paper'")
-    return c
-
-
 # ---------------------------------------------------------------------------------------------- bias study
 
 def bias_config(dataset: str) -> ml_collections.ConfigDict:
     """Defaults of the bias study (CPU scale on the planted data). Fields are documented inline; every one can be
     overridden on the command line (``--config.prune.sparsities='(0.9, 0.99)'``)."""
-    c = ml_collections.ConfigDict()
-    c.study = "bias"
-    c.dataset = dataset  # planted_mnist | planted_fashion_mnist | celeb_a
-    c.model = "lenet_300_100"  # any registered model (sigmoid head)
+    c = _common("bias", dataset)  # dataset: planted_mnist | planted_fashion_mnist | celeb_a
     c.num_seeds = 5  # odd: CIEs use modal predictions
-    c.seed = 0  # seed s uses jax.random.key(seed + s)
-    c.exclude_output = False  # paper 2 prunes the output layer
-
-    c.data = ml_collections.ConfigDict()
-    c.data.source_dir = ""  # planted: root holding <mnist|fashion_mnist>/ idx files; "" = library default
-    c.data.mirror = ""  # planted: base URL of the idx files to download; "" = $FAIRPRUNE_DATA_MIRROR or TFDS's hosts
-    c.data.tfds_dir = ""  # TFDS data dir ("" = $FAIRPRUNE_TFDS_DIR or ~/.cache/fairprune_jax/tfds)
-    c.data.download = False  # celeb_a: allow TFDS to download (network)
     c.data.image_size = (64, 64)  # celeb_a: resize (bilinear) to (h, w)
     c.data.protected = CELEB_A_PROTECTED  # celeb_a: protected attributes (true labels)
-    c.data.max_train_examples = 0  # 0 = all (a prefix in storage order otherwise)
     c.data.max_eval_examples = 0  # 0 = all validation / test examples (prefix otherwise)
     c.data.planted = ml_collections.ConfigDict(dict(
         target="",  # "" = the dataset's default target a* (MNIST 'even', Fashion-MNIST 'upper_body')
@@ -241,28 +169,15 @@ def bias_config(dataset: str) -> ml_collections.ConfigDict:
         test_p1=0.5, test_p0=0.5,  # test planting, independent of the labels
         trigger="patch", patch_size=4, corner="top_left", val_size=5000, key_seed=0))
 
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 5
-    c.train.batch_size = 128
-    c.train.optimizer = optimizer("sgd", 0.05, momentum=0.9)
-    c.train.schedule = schedule()
-    c.train.chunk = 0  # models trained at once; 0 = automatic (CPU: cache-sized, accelerators: all)
+    c.train = training(5, 128, optimizer("sgd", 0.05, momentum=0.9))
 
-    c.prune = ml_collections.ConfigDict()
     c.prune.protocol = "gmp"  # gmp (post-training, paper 2) | one_shot (+ fine-tuning)
-    c.prune.criterion = "mp"  # any of scores.CRITERIA
+    c.prune.criteria = ("mp",)  # one criterion per bias workdir
     c.prune.sparsities = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
-    c.prune.lambda_up = 5e-4  # up: λ (gp/up gradients use the first 128 training examples)
     # GMP: prune at the start of fine-tuning epochs range(start, end, every), cubic from `initial` to the target;
-    # end = 0 means finetune.epochs - 1 (the last epoch trains at the final sparsity).
+    # end = 0 means finetune.epochs − 1 (the last epoch trains at the final sparsity).
     c.prune.gmp = ml_collections.ConfigDict(dict(initial=0.05, start=0, end=0, every=1))
-
-    c.finetune = ml_collections.ConfigDict()
-    c.finetune.epochs = 4
-    c.finetune.batch_size = 128
-    c.finetune.optimizer = optimizer("adam", 1e-4)  # paper 2's post-training GMP fine-tunes with Adam 1e-4
-    c.finetune.schedule = schedule()
-    c.finetune.chunk = 0  # one_shot only (GMP: per sparsity); 0 = automatic
+    c.finetune = training(4, 128, optimizer("adam", 1e-4))  # paper 2's post-training GMP: Adam 1e-4
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 10000  # prediction batch
@@ -270,27 +185,6 @@ def bias_config(dataset: str) -> ml_collections.ConfigDict:
     c.eval.band = 0.4  # dense criterion U = 1[|p̄ − .5| < band]
     c.eval.bands = (0.3, 0.45)  # variants also scored
     c.eval.r2_constant = "authors"  # interdependence R² of a constant column: authors (1 if fitted exactly) | nan
-
-    # Scale-out (excluded from the workdir fingerprint, like the chunk sizes): spread each chunk of models over
-    # every device on a `seed` mesh axis when there is more than one; distributed runs it as several JAX
-    # processes (experiments.launch, pods).
-    c.mesh = ml_collections.ConfigDict(dict(enabled=True))
-    c.distributed = distributed()
-    c.workdir = ""  # "" = workdirs/<dataset>[-<variant>]
-    c.variant = ""
-    c.progress = True
-    return c
-
-
-def planted_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Apply a planted-data variant: "" (default, strong link), "smoke" (tests), "weak" (link .65/.35)."""
-    if variant == "smoke":
-        return bias_smoke(c)
-    if variant == "weak":
-        c.data.planted.p1, c.data.planted.p0 = 0.65, 0.35
-    elif variant:
-        raise ValueError(f"variant: unknown variant {variant!r}; use '', 'smoke' or 'weak'")
-    c.variant = variant
     return c
 
 
@@ -303,5 +197,104 @@ def bias_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.max_eval_examples = 2000
     c.finetune.epochs = 1
     c.prune.sparsities = (0.5, 0.95)
-    c.variant = "smoke"
     return c
+
+
+SMOKE = {"recall": smoke, "bias": bias_smoke}
+
+
+def finish(c: ml_collections.ConfigDict, variant: str = "") -> ml_collections.ConfigDict:
+    """Apply the one variant every config file accepts besides its default: "smoke" (seconds, for tests), and
+    name the variant (``c.variant``, the default workdir's suffix). Other names are refused: every other
+    experiment is a config file of its own."""
+    if variant == "smoke":
+        c = SMOKE[c.study](c)
+    elif variant:
+        raise ValueError(f"config variant: unknown {variant!r}; use '' or 'smoke' (every other experiment is a "
+                         "config file of its own: fairprune-sweep --help lists them)")
+    c.variant = "-".join(v for v in (c.variant, variant) if v)
+    return c
+
+
+def gmp_end(end: int, start: int, epochs: int) -> int:
+    """The last GMP pruning window's end: ``end``, or for ``end = 0`` ``epochs − 1`` (at least ``start + 1``), so
+    the last epoch trains at the final sparsity. One rule for both studies (docs/methods.md §6)."""
+    return int(end) or max(int(epochs) - 1, int(start) + 1)
+
+
+# ---------------------------------------------------------------------------------------------- earlier names
+
+#: Singular fields of earlier versions and the plural list that replaces each.
+RENAMED = (("model", "models"), ("prune.criterion", "prune.criteria"))
+
+
+def _node(d: dict, dotted: str) -> tuple[dict | None, str]:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.get(p) if isinstance(d, dict) else None
+    return (d if isinstance(d, dict) else None), leaf
+
+
+def upgrade(config: Any, *, warn: bool = True) -> Any:
+    """``config`` (a ConfigDict or the plain dict of a stored ``config.json``) in today's names; the same object
+    when nothing changes, else a new one of the same kind.
+
+    - ``model`` / ``prune.criterion`` (one name) become ``models`` / ``prune.criteria`` (a list of one), with a
+      one-line deprecation warning (``warn``);
+    - a config written before schema version 2 gets the fields added since with the values that reproduce what
+      it ran: ``divergence.max_loss_ratio`` (the default; it only flags networks that explode), the bias study's
+      ``prune.grad_batch`` 128 and ``augment`` none, and, in the recall study, the GMP ``end`` its earlier rule
+      (3/4 of the run) gave to a GMP run where the common rule (:func:`gmp_end`) gives another.
+    """
+    is_cd = isinstance(config, ml_collections.ConfigDict)
+    d = config.to_dict() if is_cd else copy.deepcopy(dict(config))
+    changed = False
+    for old, new in RENAMED:
+        node, leaf = _node(d, old)
+        if node is None or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        node[new.split(".")[-1]] = [value] if isinstance(value, str) else list(value)  # what the user wrote wins
+        changed = True
+        if warn:
+            deprecation.warn_once(f"config.{old}", f"config.{old} is now config.{new} (a list: "
+                                  f"--config.{new}=('{value}',)); the old name will be removed in a later version")
+    if int(d.get("schema_version", 1) or 1) < SCHEMA_VERSION:
+        changed = True
+        d["schema_version"] = SCHEMA_VERSION
+        d.setdefault("divergence", {"max_loss_ratio": MAX_LOSS_RATIO})
+        prune = d.setdefault("prune", {})
+        if d.get("study", "recall") == "bias":
+            prune.setdefault("grad_batch", 128)
+            for section in ("train", "finetune"):
+                if isinstance(d.get(section), dict):
+                    d[section].setdefault("augment", "none")
+        elif (prune.get("protocol") == "gmp" and isinstance(prune.get("gmp"), dict)
+              and not int(prune["gmp"].get("end", 0) or 0)):
+            g = prune["gmp"]
+            section = d.get("finetune" if g.get("post_training", True) else "train", {}) or {}
+            epochs, start = int(section.get("epochs", 0) or 0), int(g.get("start", 0) or 0)
+            earlier = max(1, (3 * epochs) // 4)
+            if earlier != gmp_end(0, start, epochs):
+                g["end"] = earlier
+    if not changed:
+        return config
+    return ml_collections.ConfigDict(d) if is_cd else d
+
+
+# ---------------------------------------------------------------------------------------------- moved away
+
+_MOVED_VARIANTS = {"weight_decay": "mnist_wd", "iterative_short": "mnist_iterative", "budget": "mnist_budget",
+                   "paper": "mnist_paper"}
+
+
+def __getattr__(name: str) -> Any:
+    """The variant builders of earlier versions (``weight_decay``, ``paper``, ``iterative_short``, ``budget``)
+    are config files now; their names still work, warning once, and apply that file's ``changes``."""
+    if name in _MOVED_VARIANTS:
+        import importlib  # deferred on purpose: the config files import this module
+
+        target = importlib.import_module(f"fairprune_jax.configs.{_MOVED_VARIANTS[name]}")
+        return deprecation.moved(target.changes, f"fairprune_jax.studies.schema.{name}",
+                                 f"fairprune_jax.configs.{_MOVED_VARIANTS[name]}.changes")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
