@@ -1,12 +1,23 @@
 """Pruning scores (higher = keep), one tree per model with the structure of ``params`` (docs/methods.md §4).
 
-Criteria (``CRITERIA``), every one applied with the same prunable-leaf predicate:
+Criteria are a registry (``CRITERIA``), every one applied with the same prunable-leaf predicate:
 - ``mp``: raw magnitude |w|, one global threshold (open_lth).
 - ``mp_norm``: |w| / (‖W_ℓ‖_F + 1e-8) with the norm of the *masked* kernel, one global threshold.
 - ``mp_layer``: raw magnitude, the same fraction removed in every layer (layerwise scope).
-- ``random``: U(0, 1) scores from a key (fold the key by seed and level upstream).
+- ``random``: U(0, 1) scores from a key (fold the key by seed and level upstream); a control, it tests no claim.
 - ``gp``: |w ⊙ g|.
 - ``up``: |−w ⊙ g + λ w²| (absolute value after the sum, so the terms can cancel; λ default 5e-4).
+
+Adding a criterion is one function and one decorator, from anywhere (the studies, reports and claims take it
+from the config's criteria list)::
+
+    @scores.register("sq", description="w², a toy")
+    def squared(params, **unused):
+        return jax.tree.map(jnp.square, params)
+
+A score function gets the model's current weights with its mask applied (``params``) and the keyword arguments
+``grads`` (for ``needs_gradient``), ``key`` (for ``needs_key``) and ``lam`` (λ of UP); it returns a tree like
+``params`` and must be traceable (it runs under ``jit`` and ``vmap``).
 
 ``g`` is ``batch_gradient``: the gradient of the mean cross-entropy only (no decay term) of the masked network
 on one fixed batch (``fixed_batch``: the first 128 training examples in storage order), BatchNorm in train mode
@@ -16,7 +27,8 @@ Scores are computed for every leaf; ``masks.threshold`` ignores non-prunable lea
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import re
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,50 +40,78 @@ from fairprune_jax.validation import check_labels
 PyTree = Any
 LAMBDA_UP = 5e-4
 NORM_EPS = 1e-8
+SCOPES = ("global", "layerwise")
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class Criterion(NamedTuple):
-    """What a criterion needs and how its scores are thresholded."""
+    """A registered criterion: its score function and what it needs, how its scores are thresholded, and how
+    reports show it."""
 
     name: str
     scope: str  # "global" or "layerwise"
     needs_gradient: bool
     needs_key: bool
     description: str
+    fn: Callable[..., PyTree] | None = None  # fn(masked params, *, grads, key, lam) -> scores
+    label: str = ""  # how reports name it (default: the name in capitals)
+    control: bool = False  # a control (random pruning): compared against, never part of a claim
 
 
-CRITERIA: dict[str, Criterion] = {
-    c.name: c
-    for c in (
-        Criterion("mp", "global", False, False, "raw |w|, global threshold (open_lth)"),
-        Criterion("mp_norm", "global", False, False, "|w| / (||W_l||_F + 1e-8) of the masked kernel, global"),
-        Criterion("mp_layer", "layerwise", False, False, "raw |w|, same fraction per layer"),
-        Criterion("random", "global", False, True, "U(0,1) scores"),
-        Criterion("gp", "global", True, False, "|w * g|"),
-        Criterion("up", "global", True, False, "|-w * g + lam * w^2| (undecayed pruning)"),
-    )
-}
+CRITERIA: dict[str, Criterion] = {}
 
 
-def _criterion(name: str) -> Criterion:
+def register(name: str, *, scope: str = "global", needs_gradient: bool = False, needs_key: bool = False,
+             description: str = "", label: str = "", control: bool = False,
+             ) -> Callable[[Callable[..., PyTree]], Callable[..., PyTree]]:
+    """Decorator registering a score function as criterion ``name`` (lower-case letters, digits, ``_``).
+
+    ``scope``: "global" (one threshold over all eligible weights) or "layerwise" (the same fraction per layer);
+    ``needs_gradient`` / ``needs_key``: the function reads ``grads`` (`batch_gradient` of the masked network) /
+    a PRNG ``key``; ``label``: the name reports show (default ``name.upper()``); ``control``: a baseline such as
+    random pruning, which claims compare against but never test. Registering a taken name raises ValueError.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"criterion name {name!r}: use 1-32 lower-case letters, digits or '_', starting with a "
+                         "letter (it becomes part of file names)")
+    if scope not in SCOPES:
+        raise ValueError(f"criterion {name!r}: scope {scope!r} is not one of {SCOPES}")
+    if name in CRITERIA or name == "dense":
+        raise ValueError(f"criterion {name!r} is already registered" if name != "dense" else
+                         "criterion name 'dense' is reserved for the unpruned models")
+
+    def add(fn: Callable[..., PyTree]) -> Callable[..., PyTree]:
+        CRITERIA[name] = Criterion(name, scope, bool(needs_gradient), bool(needs_key),
+                                   description or (fn.__doc__ or "").strip().split("\n")[0], fn,
+                                   label or name.upper(), bool(control))
+        return fn
+
+    return add
+
+
+def get(name: str) -> Criterion:
+    """The registered criterion ``name`` (ValueError naming the known ones)."""
     if name not in CRITERIA:
         raise ValueError(f"criterion: unknown {name!r}; known: {', '.join(CRITERIA)}")
     return CRITERIA[name]
 
 
+_criterion = get
+
+
 def scope(criterion: str) -> str:
     """'global' or 'layerwise': the ``scope`` to pass to ``masks.threshold``."""
-    return _criterion(criterion).scope
+    return get(criterion).scope
 
 
 def needs_gradient(criterion: str) -> bool:
     """Whether ``compute`` needs ``grads`` (from ``batch_gradient``)."""
-    return _criterion(criterion).needs_gradient
+    return get(criterion).needs_gradient
 
 
 def needs_key(criterion: str) -> bool:
     """Whether ``compute`` needs a PRNG ``key``."""
-    return _criterion(criterion).needs_key
+    return get(criterion).needs_key
 
 
 def _masked(params: PyTree, mask: Any) -> PyTree:
@@ -143,20 +183,43 @@ def compute(criterion: str, params: PyTree, *, grads: PyTree = None, key: jax.Ar
     ``grads`` must have the tree structure and every leaf shape of ``params`` (a ValueError names the first leaf
     that differs), so a stray broadcast such as a ``(1, ...)`` leaf cannot silently reach the scores.
     """
-    c = _criterion(criterion)
+    c = get(criterion)
     if c.needs_gradient and grads is None:
         raise ValueError(f"grads: criterion {criterion!r} needs gradients (scores.batch_gradient)")
     if c.needs_gradient:
         masks_lib.validate(params, grads, name="grads", bool_leaves=False)
     if c.needs_key and key is None:
         raise ValueError(f"key: criterion {criterion!r} needs a PRNG key")
-    if criterion in ("mp", "mp_layer"):
-        return magnitude(params, mask=mask)
-    if criterion == "mp_norm":
-        return magnitude(params, normalize=True, mask=mask)
-    if criterion == "random":
-        return random(key, params)
-    w = _masked(params, mask)
-    if criterion == "gp":
-        return gradient(w, grads)
-    return undecayed(w, grads, lam=lam)
+    return c.fn(_masked(params, mask), grads=grads, key=key, lam=lam)
+
+
+# ------------------------------------------------------------------------------------------------ built-ins
+
+@register("mp", description="raw |w|, global threshold (open_lth)")
+def _mp(params: PyTree, **unused: Any) -> PyTree:
+    return magnitude(params)
+
+
+@register("mp_norm", description="|w| / (||W_l||_F + 1e-8) of the masked kernel, global", label="MP-norm")
+def _mp_norm(params: PyTree, **unused: Any) -> PyTree:
+    return magnitude(params, normalize=True)
+
+
+@register("mp_layer", scope="layerwise", description="raw |w|, same fraction per layer", label="MP-layer")
+def _mp_layer(params: PyTree, **unused: Any) -> PyTree:
+    return magnitude(params)
+
+
+@register("random", needs_key=True, control=True, description="U(0,1) scores")
+def _random(params: PyTree, *, key: jax.Array, **unused: Any) -> PyTree:
+    return random(key, params)
+
+
+@register("gp", needs_gradient=True, description="|w * g|")
+def _gp(params: PyTree, *, grads: PyTree, **unused: Any) -> PyTree:
+    return gradient(params, grads)
+
+
+@register("up", needs_gradient=True, description="|-w * g + lam * w^2| (undecayed pruning)")
+def _up(params: PyTree, *, grads: PyTree, lam: float = LAMBDA_UP, **unused: Any) -> PyTree:
+    return undecayed(params, grads, lam=lam)
