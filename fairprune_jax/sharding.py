@@ -4,7 +4,7 @@ Populations are stacked on a leading axis (seeds, or seeds × criteria × sparsi
 with `NamedSharding(mesh, P("seed"))` and the data replicated is all the compiled programs need: they `vmap` over
 the axis, so XLA's SPMD partitioner gives every device its own slice of models, with no communication between
 models. The same code runs on one CPU, on the 8 GPUs of a machine, or on every chip of a TPU pod slice (after
-`initialize_distributed`, `jax.devices()` lists the devices of all hosts).
+`multihost.initialize`, `jax.devices()` lists the devices of all hosts).
 
 Chunk sizes are rounded up to a multiple of the mesh size so every device holds the same number of models.
 """
@@ -188,17 +188,6 @@ def to_host(x: Any) -> np.ndarray:
     return np.asarray(gather(x))
 
 
-def initialize_distributed(cfg: Any = None) -> None:
-    """Multi-host start-up (TPU pods, multi-node GPU) from a config section, before any other JAX call.
-
-    Fields (all optional): `enabled` (bool), `coordinator_address` ("host:port"), `num_processes`,
-    `process_id`, `local_device_ids`. On Cloud TPU every field can stay empty: JAX discovers the pod itself.
-    """
-    from fairprune_jax import multihost  # the one start-up path (checks, gloo on CPU, bounded timeouts)
-
-    multihost.initialize(cfg)
-
-
 def distributed_kwargs(cfg: Any) -> dict[str, Any]:
     """The arguments given to `jax.distributed.initialize`: unset fields ("", 0 processes, a negative process id,
     no local devices) are left out so JAX can discover them."""
@@ -222,3 +211,14 @@ def _get(cfg: Any, name: str, default: Any) -> Any:
     if hasattr(cfg, "get"):
         return cfg.get(name, default)
     return getattr(cfg, name, default)
+
+
+def __getattr__(name: str) -> Any:
+    """``initialize_distributed`` is `fairprune_jax.multihost.initialize` (the one multi-host start-up path: checks,
+    gloo on CPU, bounded timeouts); the old name warns once."""
+    if name == "initialize_distributed":
+        from fairprune_jax import deprecation, multihost  # deferred on purpose: multihost imports this module
+
+        return deprecation.moved(multihost.initialize, "fairprune_jax.sharding.initialize_distributed",
+                                 "fairprune_jax.multihost.initialize")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

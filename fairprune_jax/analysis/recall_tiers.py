@@ -8,10 +8,19 @@ reference levels, and computes the accuracy table. The report (`fairprune_jax.re
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import warnings
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
+
+from fairprune_jax.analysis import intensification, stats
+from fairprune_jax.analysis import pooled as tier_c
+
+#: The steps `analyze` reports to its ``progress`` callback, in order (a status bar's total).
+ANALYSIS_STEPS = ("α_t per network", "Tier A", "Tier B (mixed models)", "seed bootstrap", "pooled OLS",
+                  "pooled OLS, every network", "Welch tests", "accuracy")
 
 @dataclasses.dataclass(frozen=True)
 class Analysis:
@@ -31,22 +40,20 @@ class Analysis:
 
 
 def analyze(recall: pd.DataFrame, *, level: float = 0.95, bootstrap: int = 2000, chance: float = 1.5,
-            welch_q: float = 0.05, seed: int = 0) -> Analysis:
+            welch_q: float = 0.05, seed: int = 0, progress: Callable[[str], None] | None = None) -> Analysis:
     """Run every tier of docs/methods.md §8 on a tidy recall table (`evaluate.recall_table`, concatenated).
 
-    Networks flagged ``diverged`` (the divergence guard) are left out of every tier and listed in ``diverged``."""
-    import warnings
-
+    Networks flagged ``diverged`` (the divergence guard) are left out of every tier and listed in ``diverged``.
+    ``progress`` is called with the name of each step (`ANALYSIS_STEPS`) as it finishes (a status line: the
+    whole analysis takes minutes on a default sweep)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-        return _analyze(recall, level=level, bootstrap=bootstrap, chance=chance, welch_q=welch_q, seed=seed)
+        return _analyze(recall, level=level, bootstrap=bootstrap, chance=chance, welch_q=welch_q, seed=seed,
+                        progress=progress or (lambda step: None))
 
 
 def _analyze(recall: pd.DataFrame, *, level: float, bootstrap: int, chance: float, welch_q: float,
-             seed: int) -> Analysis:
-    from fairprune_jax.analysis import intensification, stats
-    from fairprune_jax.analysis import pooled as tier_c
-
+             seed: int, progress: Callable[[str], None]) -> Analysis:
     net_cols = ["dataset", "model", "criterion", "seed", "level", "requested_sparsity"]
     bad = recall["diverged"].astype(bool) if "diverged" in recall else pd.Series(False, index=recall.index)
     diverged = (recall[bad].groupby(net_cols, as_index=False).agg(epoch=("diverged_epoch", "first"))
@@ -54,9 +61,13 @@ def _analyze(recall: pd.DataFrame, *, level: float, bootstrap: int, chance: floa
     recall = recall[~bad].reset_index(drop=True)
     long = intensification.long_table(recall, chance=chance)
     alpha = intensification.alpha(long)
+    progress(ANALYSIS_STEPS[0])
     tier_a = stats.summarize(alpha, level=level)
+    progress(ANALYSIS_STEPS[1])
     tier_b = stats.mixed_model(long, level=level)
+    progress(ANALYSIS_STEPS[2])
     boot = stats.bootstrap_alpha(alpha, n_resamples=bootstrap, level=level, seed=seed) if bootstrap else pd.DataFrame()
+    progress(ANALYSIS_STEPS[3])
     moderators = [m for m in ("level", "criterion", "dataset", "model") if long[m].nunique() > 1]
     clusters = long["traj"].nunique() if "traj" in long else 0
     reference = {"level": int(long["level"].min())}
@@ -67,9 +78,13 @@ def _analyze(recall: pd.DataFrame, *, level: float, bootstrap: int, chance: floa
     pooled_kw = dict(moderators=moderators or ("level",), reference=reference, level=level,
                      bootstrap=bootstrap if clusters < 30 else 0, seed=seed)
     pooled = tier_c.pooled_ols(long, exclude_flagged=True, **pooled_kw)
+    progress(ANALYSIS_STEPS[4])
     pooled_all = tier_c.pooled_ols(long, exclude_flagged=False, **pooled_kw)
+    progress(ANALYSIS_STEPS[5])
     welch = stats.welch_per_class(long, q=welch_q)
+    progress(ANALYSIS_STEPS[6])
     acc = accuracy_table(recall, level=level)
+    progress(ANALYSIS_STEPS[7])
     return Analysis(recall, long, alpha, tier_a, tier_b, boot, pooled, pooled_all, welch, acc, diverged)
 
 
@@ -79,8 +94,6 @@ CELL = ("dataset", "model", "criterion", "level")
 def accuracy_table(recall: pd.DataFrame, *, level: float = 0.95, keys: Sequence[str] = CELL) -> pd.DataFrame:
     """Mean test accuracy (and realised sparsity) per cell `keys` (default (dataset, model, criterion, level); the
     budget analysis adds its setting columns) with a t-interval over seeds."""
-    from scipy import stats as sps
-
     keys = list(keys)
     nets = recall.groupby([*keys, "seed"], as_index=False).agg(
         accuracy=("accuracy", "first"), t=("actual_sparsity", "first"), requested=("requested_sparsity", "first"))

@@ -1,25 +1,27 @@
-"""The recall-distortion study as a resumable pipeline (docs/methods.md §4–8); `experiments/sweep.py` is its thin `main`.
+"""The recall-distortion study (docs/methods.md §4–8) as units of the runner (`studies.runner`); its workdir layout
+is `studies.recall_layout`, its report `report.recall` (built by the caller, `fairprune_jax.pipeline`).
 
-Stages, each a unit of work whose result is committed atomically to the workdir (so a killed run resumes):
+Units, per model and seed block (seeds added to a workdir later form a block of their own):
 
-    data     load the split(s) once (offline TFDS route for MNIST/Fashion-MNIST), optional imbalance
-    dense    train S seeds of every model in one vmapped program          -> checkpoint  dense/<model>
-             evaluate them                                                 -> recall part <model>.dense
-    prune    per model × criterion: one-shot + fine-tune over all sparsities (S×P models, one program),
-             or per model × level: iterative pruning with rewinding (S×M models), or GMP per criterion
-             evaluate every pruned model                                  -> recall part <model>.<unit>
-    analysis α_t per network, E[α_t] per cell (Tier A/B), pooled cluster OLS (Tier C), Welch tests
-    report   report.md + PNG plots                                         (`experiments.report` rebuilds it)
+    model_sizes  parameters and eligible weights of the model                  -> model_sizes/<model>
+    dense        train the block's S seeds in one vmapped program              -> checkpoints/dense-<model>
+    dense rows   evaluate them                                                  -> recall/<model>.dense
+    protocol     one unit per criterion (one-shot, GMP), per level (iterative, all criteria together), or per
+                 criterion × fine-tuning run (budget): prune, fine-tune, evaluate -> recall/<model>.<unit>
+    agreement    grid protocols with save_pruned: mask agreement of every pair of criteria -> mask_agreement/<model>
 
 Seeds: model s of a population uses `jax.random.key(config.seed + s)`; dense models are shared across criteria
 (paired design, docs/methods.md §6), and pruned models are compared with the dense model of the same seed.
+Protocols are a registry (`protocol`): a new one is a layout (`recall_layout.register_protocol`, what it writes)
+plus a units function.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
+import itertools
+import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,85 +29,63 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
+from fairprune_jax import checkpoints, deprecation, multihost, scores, train
 from fairprune_jax import data as data_lib
+from fairprune_jax import masks as masks_lib
 from fairprune_jax import models as models_lib
-from fairprune_jax import multihost
-from fairprune_jax.studies import budget, spine
+from fairprune_jax.studies import budget, checks, runner, spine
+from fairprune_jax.studies import recall_layout as L
+from fairprune_jax.studies.recall_protocols import (PROTOCOLS, Protocol, append_rows, chunk_of, committed,
+                                                     evaluate_rows, train_data)
+from fairprune_jax.studies.runner import Context, Unit
 
-PROTOCOLS = ("one_shot", "iterative", "gmp", "budget")
-RECALL_TABLE = "recall"
+RECALL_TABLE = L.RECALL  # the names writer and readers share live in recall_layout
+assert "budget" in PROTOCOLS, budget.__name__  # the budget grid registers itself on import
 
 
 # ------------------------------------------------------------------------------------------------ validation
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Refuse bad values at the boundary, naming the offending field."""
-    from fairprune_jax import scores
-    from fairprune_jax.train import AUGMENTATIONS
-
-    fail = spine.fail
+    """Refuse bad values at the boundary, naming the offending field (`studies.checks`)."""
+    config = runner.normalize(config)
     if config.dataset not in data_lib.DATASETS:
-        fail("dataset", f"unknown dataset {config.dataset!r}; known: {', '.join(sorted(data_lib.DATASETS))}")
+        checks.fail("dataset", f"unknown dataset {config.dataset!r}; known: {', '.join(sorted(data_lib.DATASETS))}")
     if data_lib.DATASETS[config.dataset].multilabel:
-        fail("dataset", f"{config.dataset!r} is multi-label; the recall study needs classes "
-                        "(use experiments.bias for attributes)")
-    if not config.models:
-        fail("models", "empty; give at least one model name")
-    for m in config.models:
-        if m not in models_lib.available():
-            fail("models", f"unknown model {m!r}; known: {', '.join(models_lib.available())}")
-    if int(config.num_seeds) < 1:
-        fail("num_seeds", f"{config.num_seeds} seeds; need at least 1 (5 or more for intervals worth reading)")
-    if config.prune.protocol not in PROTOCOLS:
-        fail("prune.protocol", f"unknown protocol {config.prune.protocol!r}; known: {', '.join(PROTOCOLS)}")
-    if not config.prune.criteria:
-        fail("prune.criteria", "empty; give at least one criterion")
-    for c in config.prune.criteria:
-        if c not in scores.CRITERIA:
-            fail("prune.criteria", f"unknown criterion {c!r}; known: {', '.join(scores.CRITERIA)}")
-    if len(set(config.prune.criteria)) != len(config.prune.criteria):
-        fail("prune.criteria", f"duplicates in {tuple(config.prune.criteria)}")
-    if config.prune.protocol in ("one_shot", "gmp", "budget"):
-        spine.check_sparsities(tuple(config.prune.sparsities))
-        if config.prune.protocol == "budget":
-            budget.validate(config)
-    else:
-        if int(config.prune.levels) < 1:
-            fail("prune.levels", f"{config.prune.levels}; need at least 1 level")
-        if not 0.0 < float(config.prune.fraction) < 1.0:
-            fail("prune.fraction", f"{config.prune.fraction} outside (0, 1)")
-    if float(config.prune.lambda_up) < 0:
-        fail("prune.lambda_up", f"{config.prune.lambda_up} is negative")
-    gmp_post = config.prune.protocol == "gmp" and bool(config.prune.gmp.post_training)
-    spine.check_training(config, "train", min_epochs=1)
-    spine.check_training(config, "finetune", min_epochs=1 if gmp_post else 0)
+        checks.fail("dataset", f"{config.dataset!r} is multi-label; the recall study needs classes "
+                               "(use experiments.bias for attributes)")
+    n = config.get("num_seeds", None)
+    if isinstance(n, int) and not isinstance(n, bool) and n < 1:
+        checks.fail("num_seeds", f"{n} seeds; need at least 1 (5 or more for intervals worth reading)")
+    checks.check_common(config, protocols=PROTOCOLS, eval_chunk_min=1)
+    p = PROTOCOLS[config.prune.protocol]
     for section in ("train", "finetune"):
-        if config[section].augment not in AUGMENTATIONS:
-            fail(f"{section}.augment", f"unknown augmentation {config[section].augment!r}; "
-                                       f"known: {', '.join(AUGMENTATIONS)}")
+        needed = section in p.layout.sections and (section == "train" or _uses_finetune_epochs(config))
+        checks.check_training(config, section, min_epochs=1 if needed else 0)
+    p.validate(config)
     _check_imbalance(config.data.imbalance, data_lib.DATASETS[config.dataset].num_classes)
-    if int(config.data.max_train_examples) < 0:
-        fail("data.max_train_examples", f"{config.data.max_train_examples} is negative (0 = the whole split)")
     if config.data.route not in ("auto", "offline", "tfds"):
-        fail("data.route", f"unknown route {config.data.route!r}; use auto, offline or tfds")
+        checks.fail("data.route", f"unknown route {config.data.route!r}; use auto, offline or tfds")
     if config.data.source_dir and not Path(config.data.source_dir).expanduser().is_dir():
-        fail("data.source_dir", f"folder {config.data.source_dir} does not exist")
-    if int(config.eval.chunk) < 1:
-        fail("eval.chunk", f"{config.eval.chunk}; need at least 1")
+        checks.fail("data.source_dir", f"folder {config.data.source_dir} does not exist")
+
+
+def _uses_finetune_epochs(config: Any) -> bool:
+    """Whether the protocol needs at least one fine-tuning epoch (post-training GMP prunes between them)."""
+    return config.prune.protocol == "gmp" and bool(config.prune.gmp.post_training)
 
 
 def _check_imbalance(imb: Any, num_classes: int) -> None:
     """Classes are distinct indices of the dataset, each with a kept fraction in (0, 1]."""
     if len(imb.classes) != len(imb.fractions):
-        spine.fail("data.imbalance", f"{len(imb.classes)} classes but {len(imb.fractions)} fractions")
+        checks.fail("data.imbalance", f"{len(imb.classes)} classes but {len(imb.fractions)} fractions")
     for c in imb.classes:
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < num_classes:
-            spine.fail("data.imbalance.classes", f"{c!r} is not a class index in [0, {num_classes})")
+            checks.fail("data.imbalance.classes", f"{c!r} is not a class index in [0, {num_classes})")
     if len(set(imb.classes)) != len(imb.classes):
-        spine.fail("data.imbalance.classes", f"duplicates in {tuple(imb.classes)}")
+        checks.fail("data.imbalance.classes", f"duplicates in {tuple(imb.classes)}")
     for f in imb.fractions:
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < float(f) <= 1.0:
-            spine.fail("data.imbalance.fractions", f"{f!r} outside (0, 1] (the kept fraction of a class)")
+            checks.fail("data.imbalance.fractions", f"{f!r} outside (0, 1] (the kept fraction of a class)")
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -128,314 +108,238 @@ def load_data(config: ml_collections.ConfigDict) -> StudyData:
               route=config.data.route, download=bool(config.data.download),
               image_size=tuple(config.data.image_size) if any(config.data.image_size) else None,
               mirror=config.data.mirror or None)  # idx files absent locally are downloaded
-    train = data_lib.load_split(config.dataset, "train", **kw)
+    train_split = data_lib.load_split(config.dataset, "train", **kw)
     test = data_lib.load_split(config.dataset, "test", **kw)
     k = ds.num_classes
     imb = config.data.imbalance
     if imb.classes:
-        train, table = data_lib.subsample_classes(train, dict(zip(map(int, imb.classes), map(float, imb.fractions))),
-                                                  key=jax.random.key(int(imb.seed)), num_classes=k)
+        train_split, table = data_lib.subsample_classes(
+            train_split, dict(zip(map(int, imb.classes), map(float, imb.fractions))),
+            key=jax.random.key(int(imb.seed)), num_classes=k)
     else:
-        counts = data_lib.class_counts(train.labels, k)
+        counts = data_lib.class_counts(train_split.labels, k)
         table = pd.DataFrame({"class": np.arange(k), "n_before": counts, "fraction": 1.0, "n_after": counts})
     cap = int(config.data.max_train_examples)
     if cap > 0:
-        train = data_lib.Split(train.images[:cap], train.labels[:cap])
-        table["n_after"] = data_lib.class_counts(train.labels, k)
-    return StudyData(data_lib.to_device(train, ds, lazy=True), data_lib.to_device(test, ds), k, table,
-                     tuple(train.images.shape[1:]))
+        train_split = data_lib.Split(train_split.images[:cap], train_split.labels[:cap])
+        table["n_after"] = data_lib.class_counts(train_split.labels, k)
+    return StudyData(data_lib.to_device(train_split, ds, lazy=True), data_lib.to_device(test, ds), k, table,
+                     tuple(train_split.images.shape[1:]))
 
 
-# ------------------------------------------------------------------------------------------------ population
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What `prepare` hands the run: the data and the seed blocks the workdir held before this run."""
 
-def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
-    """The integer seeds of the population: config.seed, config.seed + 1, ..."""
-    return [int(config.seed) + s for s in range(int(config.num_seeds))]
-
-
-def _ckpt_dir(wd) -> Path:
-    return wd.path / "checkpoints"
+    data: StudyData
+    recorded: list[list[int]] | None
 
 
-def _actual_sparsity(spec, mask_tree: Any, exclude_output: bool, lead: int) -> np.ndarray:
-    """Realised t of every model: fraction of eligible weights that are zero, read from the masks."""
-    from fairprune_jax import masks as masks_lib
-
-    fn = lambda m: masks_lib.sparsity(m, spec.prunable(exclude_output))  # noqa: E731
-    for _ in range(lead):
-        fn = jax.vmap(fn)
-    return np.asarray(fn(mask_tree), np.float64)
-
-
-def _evaluate_rows(config, spec, study: StudyData, variables, masks, *, criteria: Sequence[str],
-                   requested: Any, levels: Sequence[int], exclude_output: bool, loss: Any = None) -> pd.DataFrame:
-    """Evaluate a population [S, M, P] (variables may be [S] with masks [S, M, P]) and build its tidy rows.
-
-    Divergence guard: a network whose parameters or training losses (``loss`` [S, M, P, E] when given) are
-    non-finite gets ``diverged=True``, ``diverged_epoch`` (first non-finite epoch, -1 if only the parameters
-    show it) and NaN recall / accuracy / confidence, so its argmax-of-NaN predictions never count as recall."""
-    from fairprune_jax import evaluate
-
-    res = evaluate.evaluate_population(spec, variables, study.test.images, study.test.labels, masks=masks,
-                                       num_classes=study.num_classes, chunk=int(config.eval.chunk),
-                                       batch_size=int(config.eval.batch_size), mesh=spine.mesh_of(config))
-    counts = res.counts
-    if counts.ndim == 3:  # dense [S, K, K]
-        counts = counts[:, None, None]
-    s, m, p = counts.shape[:3]
-    actual = (np.zeros((s, m, p)) if masks is None
-              else _actual_sparsity(spec, masks, exclude_output, 3).reshape(s, m, p))
-    rows = evaluate.recall_table(
-        counts, dataset=config.dataset, model=spec.name, criteria=list(criteria), seeds=seeds_of(config),
-        requested_sparsity=np.broadcast_to(np.asarray(requested, np.float64), (s, m, p)), actual_sparsity=actual,
-        levels=list(levels), mean_confidence=res.mean_confidence.reshape(s, m, p),
-        frac_uncertain=res.frac_uncertain.reshape(s, m, p))
-    lead = 1 if masks is None else 3
-    d = spine.diverged_models(variables, lead)
-    bad = np.broadcast_to(d[:, None, None] if lead == 1 else d.reshape(s, m, p), (s, m, p))
-    epoch = (np.full((s, m, p), -1) if loss is None
-             else np.broadcast_to(spine.first_bad_epoch(np.asarray(loss)), (s, m, p)))
-    bad = bad | (epoch >= 0)
-    k = study.num_classes
-    rows["diverged"] = np.repeat(bad.ravel(), k)
-    rows["diverged_epoch"] = np.repeat(epoch.ravel(), k).astype(np.int64)
-    rows.loc[rows["diverged"], ["recall", "accuracy", "mean_confidence", "frac_uncertain"]] = np.nan
-    return rows
+def _recorded_blocks(path: Path) -> list[list[int]] | None:
+    """The seed blocks a workdir holds: ``seed_blocks.json``, else one block of its stored ``num_seeds``."""
+    f = path / L.SEED_BLOCKS_FILE
+    if f.is_file():
+        return json.loads(f.read_text())
+    stored = path / "config.json"
+    if stored.is_file():
+        try:
+            n = int(json.loads(stored.read_text())["config"]["num_seeds"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        return [[0, n]]
+    return None
 
 
-def _protocol_kwargs(config) -> dict:
-    """Keyword arguments every protocol call shares."""
-    return dict(exclude_output=bool(config.exclude_output), lam=float(config.prune.lambda_up),
-                grad_batch=int(config.prune.grad_batch), mesh=spine.mesh_of(config))
-
-
-def train_dense(config, wd, spec, study: StudyData, keys: jax.Array, progress: spine.Progress):
-    """Dense models of every seed: restored from the checkpoint, or trained in one vmapped program and saved."""
-    from fairprune_jax import checkpoints, train
-
-    name = f"dense-{spec.name}"
-    like = jax.eval_shape(lambda k: train.init_population(spec, k), keys)
-    capture = int(config.prune.rewind_step) if config.prune.protocol == "iterative" else 0
-    if checkpoints.exists(_ckpt_dir(wd), name):
-        saved = checkpoints.restore(_ckpt_dir(wd), name, like={"dense": like, "rewind": like})
-        return saved["dense"], saved["rewind"]
-    n = int(keys.shape[0])
-    chunk = int(config.train.chunk) or None
-    total = int(config.train.epochs) * spine.chunks(spec, n, chunk, config)
-    with wd.stage_timer(f"dense.{spec.name}"), progress.bar(total, f"dense {spec.name} ×{n} seeds", "epoch") as bar:
-        dense, hist = train.fit(spec, config.train, keys, study.train.images, study.train.labels, chunk=chunk,
-                                progress=progress.epochs(bar), capture_step=capture or None,
-                                mesh=spine.mesh_of(config))
-        spine.check_dense(dense, np.asarray(hist["loss"]), seeds_of(config), spec.name)
-    rewind = hist["snapshot"] if capture else train.init_population(spec, keys)
-    checkpoints.save(_ckpt_dir(wd), name, {"dense": dense, "rewind": rewind})
-    return dense, rewind
-
-
-def _commit_grid_unit(config, wd, spec, study, criterion: str, sparsities: np.ndarray, variables, masks,
-                      loss: Any) -> None:
-    """Save a criterion's pruned population [S, 1, P] (optional), evaluate it, and commit its rows: the part
-    file's atomic rename is what marks the unit done."""
-    from fairprune_jax import checkpoints
-
-    key = f"{spec.name}.{criterion}"
-    if config.save_pruned:
-        checkpoints.save(_ckpt_dir(wd), f"pruned-{spec.name}-{criterion}", {"variables": variables, "masks": masks})
-    with wd.stage_timer(f"evaluate.{key}"):
-        rows = _evaluate_rows(config, spec, study, variables, masks, criteria=[criterion],
-                              requested=sparsities[None, None, :], levels=range(len(sparsities)),
-                              exclude_output=bool(config.exclude_output), loss=loss)
-    wd.append_table(RECALL_TABLE, key, rows)
-
-
-def run_one_shot(config, wd, spec, study, keys, dense, progress: spine.Progress) -> None:
-    """One unit per criterion: prune every seed to every sparsity, fine-tune S×P models at once, evaluate."""
-    from fairprune_jax import protocols
-
-    sparsities = np.asarray(config.prune.sparsities, np.float64)
-    n_models = int(keys.shape[0]) * len(sparsities)
-    chunk = int(config.finetune.chunk) or None
-    for criterion in config.prune.criteria:
-        key = f"{spec.name}.{criterion}"
-        if wd.has(RECALL_TABLE, key):
-            continue
-        epochs = int(config.finetune.epochs) * spine.chunks(spec, n_models, chunk, config)
-        with wd.stage_timer(f"prune.{key}"), progress.bar(epochs, f"one-shot {key} ×{n_models}", "epoch") as bar:
-            variables, masks, hist = protocols.one_shot(
-                spec, config.finetune, dense, [criterion], sparsities, keys, study.train.images,
-                study.train.labels, chunk=chunk, progress=progress.epochs(bar), **_protocol_kwargs(config))
-        _commit_grid_unit(config, wd, spec, study, criterion, sparsities, variables, masks, hist["loss"])
-
-
-def run_gmp(config, wd, spec, study, keys, dense, progress: spine.Progress) -> None:
-    """One unit per criterion: gradual (cubic) pruning to every final sparsity, post-training from the dense
-    models with the fine-tuning optimiser (paper 2), or during training from initialisation."""
-    from fairprune_jax import protocols
-
-    g = config.prune.gmp
-    post = bool(g.post_training)
-    tcfg = config.finetune if post else config.train
-    epochs = int(tcfg.epochs)
-    end = int(g.end) or max(1, (3 * epochs) // 4)
-    sparsities = np.asarray(config.prune.sparsities, np.float64)
-    n_models = int(keys.shape[0]) * len(sparsities)
-    chunk = int(tcfg.chunk) or None
-    for criterion in config.prune.criteria:
-        key = f"{spec.name}.{criterion}"
-        if wd.has(RECALL_TABLE, key):
-            continue
-        with wd.stage_timer(f"prune.{key}"), progress.bar(
-                epochs * spine.chunks(spec, n_models, chunk, config), f"gmp {key} ×{n_models}", "epoch") as bar:
-            variables, masks, hist = protocols.gmp(
-                spec, tcfg, keys, study.train.images, study.train.labels, [criterion], sparsities,
-                start=int(g.start), end=end, every=int(g.every), initial=float(g.initial),
-                init_variables=dense if post else None, chunk=chunk, progress=progress.epochs(bar),
-                **_protocol_kwargs(config))
-        _commit_grid_unit(config, wd, spec, study, criterion, sparsities, variables, masks, hist["loss"])
-
-
-def run_iterative(config, wd, spec, study, keys, dense, rewind, progress: spine.Progress) -> None:
-    """One unit per level (all criteria together): score, prune 20% of the remaining weights, rewind, retrain.
-
-    After each level its state is checkpointed; a rerun resumes after the last level whose rows were written.
-    """
-    from fairprune_jax import checkpoints, protocols
-
-    criteria = list(config.prune.criteria)
-    levels = int(config.prune.levels)
-    exclude = bool(config.exclude_output)
-    done = [lvl for lvl in range(1, levels + 1) if wd.has(RECALL_TABLE, f"{spec.name}.L{lvl:02d}")]
-    resume = None
-    last = max([lvl for lvl in done if checkpoints.exists(_ckpt_dir(wd), f"iter-{spec.name}-L{lvl:02d}")],
-               default=0)
-    if last == levels:
-        return
-    if last:
-        like = _iter_state_like(spec, keys, len(criteria))
-        saved = checkpoints.restore(_ckpt_dir(wd), f"iter-{spec.name}-L{last:02d}", like=like)
-        resume = protocols.IterativeState(last, saved["variables"], saved["masks"], saved["rewind"])
-    n_models = int(keys.shape[0]) * len(criteria)
-    chunk = int(config.train.chunk) or None
-    per_level = int(config.train.epochs) * spine.chunks(spec, n_models, chunk, config)
-    bar = progress.bar(per_level * (levels - last), f"iterative {spec.name} L{last + 1}-{levels} ×{n_models}",
-                       "epoch")
-    gen = protocols.iterative(spec, config.train, keys, study.train.images, study.train.labels, criteria, levels,
-                              fraction=float(config.prune.fraction), rewind_step=int(config.prune.rewind_step),
-                              chunk=chunk, progress=progress.epochs(bar), resume=resume, dense=(dense, rewind),
-                              **_protocol_kwargs(config))
-    t0 = time.perf_counter()
-    with bar:
-        for result in gen:
-            if result.level == 0:
-                continue
-            key = f"{spec.name}.L{result.level:02d}"
-            wd.record_timing(f"prune.{key}", time.perf_counter() - t0)
-            st = result.state
-            checkpoints.save(_ckpt_dir(wd), f"iter-{spec.name}-L{result.level:02d}",
-                             {"variables": st.variables, "masks": st.masks, "rewind": st.rewind})
-            t1 = time.perf_counter()
-            masks4 = jax.tree.map(lambda x: x[:, :, None], result.masks)
-            vars4 = jax.tree.map(lambda x: x[:, :, None], result.variables)
-            rows = _evaluate_rows(config, spec, study, vars4, masks4, criteria=criteria,
-                                  requested=np.full((1, 1, 1), result.sparsity), levels=[result.level],
-                                  exclude_output=exclude, loss=np.asarray(result.history["loss"])[:, :, None])
-            wd.append_table(RECALL_TABLE, key, rows)
-            wd.record_timing(f"evaluate.{key}", time.perf_counter() - t1)
-            # Only the latest level's state is needed to resume; keep disk bounded.
-            if result.level > 1:
-                prev = _ckpt_dir(wd) / f"iter-{spec.name}-L{result.level - 1:02d}"
-                if prev.exists():
-                    import shutil
-
-                    shutil.rmtree(prev, ignore_errors=True)
-            t0 = time.perf_counter()
-
-
-def _iter_state_like(spec, keys, m: int):
-    from fairprune_jax import train
-
-    one = jax.eval_shape(lambda k: train.init_population(spec, k), keys)
-    sm = jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0], m, *x.shape[1:]), x.dtype), one)
-    mask = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bool_), sm["params"])
-    return {"variables": sm, "masks": mask, "rewind": one}
-
-
-# ------------------------------------------------------------------------------------------------------ run
-
-def unit_keys(config: Any) -> list[str]:
-    """Keys of every unit of the recall table a finished run has (for the report's incomplete-run warning)."""
-    per_model = ([f"L{lvl:02d}" for lvl in range(1, int(config.prune.levels) + 1)]
-                 if config.prune.protocol == "iterative" else budget.unit_names(config)
-                 if config.prune.protocol == "budget" else list(config.prune.criteria))
-    return [f"{m}.{u}" for m in config.models for u in ("dense", *per_model)]
-
-
-def _prepare(config: ml_collections.ConfigDict) -> StudyData:
-    """Load the data and check what depends on it (batch sizes), before the workdir is claimed."""
+def prepare(config: ml_collections.ConfigDict, path: Path) -> Prepared:
+    """Load the data and check what depends on it (batch sizes, seeds held), before the workdir is opened."""
+    recorded = _recorded_blocks(path)
+    held = recorded[-1][1] if recorded else 0
+    if int(config.num_seeds) < held:
+        checks.fail("num_seeds", f"{config.num_seeds} is fewer than the {held} seeds this workdir holds; keep "
+                                 f"num_seeds >= {held} (more seeds are added as a new block) or use another "
+                                 "--workdir")
     study = spine.load_guard(lambda: load_data(config), data_lib.tfds_dir(config.data.tfds_dir or None),
                              config.dataset)
-    sections = ("train",) if config.prune.protocol == "iterative" else ("train", "finetune")
-    spine.check_batch_sizes(config, int(study.train.images.shape[0]), sections)
-    return study
+    checks.check_batch_sizes(config, int(study.train.images.shape[0]), PROTOCOLS[config.prune.protocol]
+                             .layout.sections)
+    return Prepared(study, recorded)
 
 
-def _run_model(config, wd, study: StudyData, model_name: str, keys: jax.Array, progress: spine.Progress,
-               log: Callable[[str], None]) -> None:
-    """Dense population, its rows, then every pruning unit of one model."""
-    spec = models_lib.get_model(model_name, num_outputs=study.num_classes, input_shape=study.input_shape)
-    dense, rewind = train_dense(config, wd, spec, study, keys, progress)
-    key = f"{spec.name}.dense"
-    if not wd.has(RECALL_TABLE, key):
+def seeds_of(config: ml_collections.ConfigDict, block: L.SeedBlock | None = None) -> list[int]:
+    """The integer seeds of the population (of one seed block): config.seed + index."""
+    start, stop = (0, int(config.num_seeds)) if block is None else block
+    return [int(config.seed) + s for s in range(start, stop)]
+
+
+# ------------------------------------------------------------------------------------------------ start
+
+def start(ctx: Context) -> None:
+    """Record the seed blocks and the class counts, and say what runs."""
+    config, wd, prep = ctx.config, ctx.workdir, ctx.data
+    blocks = L.seed_blocks(prep.recorded, int(config.num_seeds))
+    if multihost.is_primary():
+        wd.write_json(L.SEED_BLOCKS_FILE, [list(b) for b in blocks])
+        wd.write_text(L.CLASS_COUNTS_FILE, prep.data.train_counts.to_csv(index=False))
+    multihost.barrier("seed_blocks")
+    ctx.memo["blocks"] = [L.SeedBlock(*b) for b in json.loads(wd.file(L.SEED_BLOCKS_FILE).read_text())]
+    if len(ctx.memo["blocks"]) > 1 and prep.recorded and blocks[-1].start >= prep.recorded[-1][1]:
+        ctx.log(f"num_seeds {config.num_seeds}: seeds {blocks[-1].start}–{blocks[-1].stop - 1} are a new block; "
+                "the earlier seeds' results stay as they are")
+    d = prep.data
+    ctx.log(f"data: {config.dataset} train {d.train.images.shape[0]} / test {d.test.images.shape[0]} examples; "
+            f"{spine.devices_line(config)}")
+
+
+def criteria_table(names: Sequence[str]) -> pd.DataFrame:
+    """The run's criteria as the registry describes them (reports take labels and controls from here)."""
+    rows = []
+    for i, name in enumerate(names):
+        c = scores.get(name)
+        rows.append(dict(order=i, criterion=name, label=c.label, scope=c.scope, needs_gradient=c.needs_gradient,
+                         needs_key=c.needs_key, control=c.control, description=c.description))
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ per model
+
+def model_sizes(spec: models_lib.ModelSpec, exclude_output: bool) -> pd.DataFrame:
+    """One row: the model's parameters and its eligible (prunable) weights under ``exclude_output``."""
+    params = jax.eval_shape(spec.init, jax.random.key(0))["params"]
+    n = int(sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)))
+    return pd.DataFrame([dict(model=spec.name, n_params=n,
+                              n_prunable=int(masks_lib.num_prunable(params, spec.prunable(exclude_output))))])
+
+
+def agreement_rows(ctx: Context, masks: dict[str, Any]) -> pd.DataFrame:
+    """`masks.agreement` of every pair of criteria (a before b in the config), per seed and sparsity."""
+    config, spec = ctx.config, ctx.spec
+    prunable = spec.prunable(bool(config.exclude_output))
+    sparsities = [float(s) for s in config.prune.sparsities]
+    rows = []
+    for a, b in itertools.combinations([c for c in config.prune.criteria if c in masks], 2):
+        agree = np.asarray(masks_lib.agreement(masks[a], masks[b], prunable, lead=3), np.float64)  # [S, 1, P]
+        for (i, seed), (j, s) in itertools.product(enumerate(ctx.seeds), enumerate(sparsities)):
+            rows.append(dict(model=spec.name, seed=int(seed), sparsity_index=j, requested_sparsity=s,
+                             criterion_a=a, criterion_b=b, agreement=float(agree[i, 0, j])))
+    return pd.DataFrame(rows)
+
+
+def _pruned_like(spec: models_lib.ModelSpec, s: int, p: int) -> dict:
+    """Abstract tree of a grid checkpoint: variables and bool masks [S, 1, P, ...]."""
+    one = jax.eval_shape(spec.init, jax.random.key(0))
+    grid = lambda x, dtype: jax.ShapeDtypeStruct((s, 1, p, *x.shape), dtype)  # noqa: E731
+    return {"variables": jax.tree.map(lambda x: grid(x, x.dtype), one),
+            "masks": jax.tree.map(lambda x: grid(x, jnp.bool_), one["params"])}
+
+
+def _agreement_unit(ctx: Context) -> Unit:
+    """The mask agreement of the block's criteria, from their saved pruned checkpoints (a unit of its own, after
+    the criteria)."""
+    config, spec, block = ctx.config, ctx.spec, ctx.block
+    key = L.agreement_key(spec.name, block)
+    like = _pruned_like(spec, len(ctx.seeds), len(config.prune.sparsities))
+
+    def compute() -> pd.DataFrame:
+        names = {c: L.pruned_checkpoint(spec.name, c, block) for c in config.prune.criteria}
+        masks = {c: checkpoints.restore(ctx.checkpoints, n, like=like)["masks"] for c, n in names.items()
+                 if checkpoints.exists(ctx.checkpoints, n)}
+        return agreement_rows(ctx, masks)
+
+    return Unit(key, "agreement", lambda: ctx.workdir.has(L.MASK_AGREEMENT, key), compute,
+                lambda rows: ctx.workdir.append_table(L.MASK_AGREEMENT, key, rows))
+
+
+def _dense_units(ctx: Context, proto: Protocol) -> Iterator[Unit]:
+    """The block's dense population (trained or restored) and its rows."""
+    config, spec, block, wd = ctx.config, ctx.spec, ctx.block, ctx.workdir
+    name = L.dense_checkpoint(spec.name, block)
+    capture = proto.rewind_step(config)
+    n = len(ctx.seeds)
+
+    def train_dense():
+        with wd.stage_timer(f"dense.{spec.name}{block.suffix()}"), ctx.progress.training(
+                f"dense {spec.name}{block.suffix()}", n, int(config.train.epochs)) as bar:
+            dense, hist = train.fit(spec, config.train, ctx.keys, *train_data(ctx), chunk=chunk_of(config.train),
+                                    progress=ctx.progress.epochs(bar), capture_step=capture or None, mesh=ctx.mesh)
+            spine.check_dense(spine.guard(config, spec, dense, hist["loss"], 1), list(ctx.seeds), spec.name)
+        rewind = hist["snapshot"] if capture else train.init_population(spec, ctx.keys)
+        return dense, rewind
+
+    def commit(out):
+        checkpoints.save(ctx.checkpoints, name, {"dense": out[0], "rewind": out[1]})
+        ctx.memo[f"dense/{spec.name}/{block}"] = out
+
+    yield Unit(f"{spec.name}.dense{block.suffix()}", "dense", lambda: checkpoints.exists(ctx.checkpoints, name),
+               train_dense, commit)
+    key = L.unit_key(spec.name, L.DENSE, block)
+
+    def rows():
         with wd.stage_timer(f"evaluate.{key}"):
-            rows = _evaluate_rows(config, spec, study, dense, None, criteria=["dense"], requested=0.0,
-                                  levels=[0], exclude_output=bool(config.exclude_output))
-        wd.append_table(RECALL_TABLE, key, rows)
-    if multihost.is_primary():  # the others need not see the workdir's files
-        dense_acc = wd.read_table(RECALL_TABLE).query("criterion == 'dense' and model == @spec.name")
-        log(f"dense {spec.name}: test accuracy {dense_acc.groupby('seed')['accuracy'].first().mean():.4f} "
-            f"(mean of {config.num_seeds} seeds)")
-    if config.prune.protocol == "one_shot":
-        run_one_shot(config, wd, spec, study, keys, dense, progress)
-    elif config.prune.protocol == "gmp":
-        run_gmp(config, wd, spec, study, keys, dense, progress)
-    elif config.prune.protocol == "budget":
-        budget.run(config, wd, spec, study, keys, dense, progress, table=RECALL_TABLE, evaluate_rows=_evaluate_rows)
-    else:
-        run_iterative(config, wd, spec, study, keys, dense, rewind, progress)
+            return evaluate_rows(ctx, dense_of(ctx)[0], None, criteria=[L.DENSE], requested=0.0, levels=[0])
+
+    def commit_rows(table: pd.DataFrame) -> None:
+        append_rows(ctx, key, table)
+        acc = table.groupby("seed")["accuracy"].first().mean()
+        ctx.log(f"dense {spec.name}{block.suffix()}: test accuracy {acc:.4f} (mean of {n} seeds)")
+
+    yield Unit(key, "evaluate", committed(ctx, key), rows, commit_rows)
 
 
-def run(config: ml_collections.ConfigDict, *, workdir: str | Path, fresh: bool = False,
-        log: Callable[[str], None] = print):
-    """Run (or resume) the whole study into `workdir`; returns the Workdir. Idempotent: finished units are skipped.
+def dense_of(ctx: Context) -> tuple[Any, Any]:
+    """The block's (dense, rewind) variables: kept from training, else restored from their checkpoint."""
+    spec, block = ctx.spec, ctx.block
 
-    The config is validated and the data loaded (batch sizes checked against it) before the workdir is claimed;
-    the workdir is locked for the whole run (`spine.claim`)."""
-    from fairprune_jax import train
-    from fairprune_jax.report import recall as report_lib
+    def restore():
+        like = jax.eval_shape(lambda k: train.init_population(spec, k), ctx.keys)
+        saved = checkpoints.restore(ctx.checkpoints, L.dense_checkpoint(spec.name, block),
+                                    like={"dense": like, "rewind": like})
+        return saved["dense"], saved["rewind"]
 
-    validate_config(config)
-    multihost.initialize(config.distributed)  # several processes (pods, launch.py); a no-op unless enabled
-    if not multihost.is_primary():
-        log = lambda text: None  # noqa: E731 - process 0 speaks for the run
-    t_start = time.perf_counter()
-    with spine.claim(workdir, config, fresh=fresh, ignore=IGNORED_FIELDS, log=log,
-                     prepare=lambda: _prepare(config)) as (wd, study):
-        wd.record_timing("data", time.perf_counter() - t_start)
-        wd.write_text("train_class_counts.csv", study.train_counts.to_csv(index=False))
-        log(f"data: {config.dataset} train {study.train.images.shape[0]} / test {study.test.images.shape[0]} "
-            f"examples; {spine.devices_line(config)}")
-        keys = train.seed_keys(seeds_of(config))
-        progress = spine.Progress(bool(config.progress) and multihost.is_primary())
-        for model_name in config.models:
-            _run_model(config, wd, study, model_name, keys, progress, log)
-        wd.mark_done("prune")
-        with wd.stage_timer("analysis+report"):
-            summary = report_lib.build_report(wd) if multihost.is_primary() else ""
-        wd.record_timing("total_this_run", time.perf_counter() - t_start)
-    log(summary)
-    return wd
+    return ctx.remember(f"dense/{spec.name}/{block}", restore)
 
 
-# data.mirror only says where checksum-verified files come from, so it never changes results.
-IGNORED_FIELDS = ("workdir", "progress", "variant", "mesh", "distributed", "train.chunk", "finetune.chunk",
-                  "eval.chunk", "data.mirror")
+def units(ctx: Context) -> Iterator[Unit]:
+    """Every unit of the run, in order: the criteria table, then per model its size, and per seed block its dense
+    population, its rows, the protocol's units and the mask agreement."""
+    config, wd = ctx.config, ctx.workdir
+    yield Unit(L.CRITERIA_KEY, "record", lambda: wd.has(L.CRITERIA, L.CRITERIA_KEY),
+               lambda: criteria_table(list(config.prune.criteria)),
+               lambda t: wd.append_table(L.CRITERIA, L.CRITERIA_KEY, t))
+    proto = PROTOCOLS[config.prune.protocol]
+    study = ctx.data.data
+    for model_name in config.models:
+        spec = models_lib.get_model(model_name, num_outputs=study.num_classes, input_shape=study.input_shape)
+        yield Unit(spec.name, "record", lambda spec=spec: wd.has(L.MODEL_SIZES, spec.name),
+                   lambda spec=spec: model_sizes(spec, bool(config.exclude_output)),
+                   lambda t, spec=spec: wd.append_table(L.MODEL_SIZES, spec.name, t))
+        for block in ctx.memo["blocks"]:
+            seeds = tuple(seeds_of(config, block))
+            bctx = dataclasses.replace(ctx, spec=spec, block=block, seeds=seeds, keys=train.seed_keys(list(seeds)))
+            yield from _dense_units(bctx, proto)
+            yield from proto.units(bctx, lambda bctx=bctx: dense_of(bctx))
+            if proto.layout.grid and config.save_pruned and len(config.prune.criteria) > 1:
+                yield _agreement_unit(bctx)
+            ctx.memo.pop(f"dense/{spec.name}/{block}", None)
+
+
+STUDY = runner.register(runner.Study("recall", validate_config, prepare, units, start, tables=L.TABLES,
+                                     growable=("num_seeds",)))
+IGNORED_FIELDS = STUDY.ignore
+
+
+def __getattr__(name: str) -> Any:
+    """``run`` (study and report in one call) moved to `fairprune_jax.pipeline.run`, which returns a
+    `runner.RunSummary`; the old name warns once and returns the Workdir as before."""
+    if name == "run":
+        from fairprune_jax import pipeline  # deferred on purpose: a deprecated alias of a module above this one
+
+        def run(config: Any, *, workdir: Any, fresh: bool = False, log: Any = print) -> Any:
+            deprecation.warn_once("studies.recall.run", "fairprune_jax.studies.recall.run moved to "
+                                  "fairprune_jax.pipeline.run (it returns a RunSummary)")
+            return pipeline.workdir_of(pipeline.run(config, workdir=workdir, fresh=fresh, log=log, study="recall"))
+
+        return run
+    if name in ("unit_keys",):
+        return deprecation.moved(lambda config: L.expected_units(config), "studies.recall.unit_keys",
+                                 "studies.recall_layout.expected_units")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

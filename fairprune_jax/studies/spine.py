@@ -1,33 +1,38 @@
-"""The spine both studies run on: a locked workdir, config checks, progress bars, divergence guard, data errors.
+"""The spine both studies run on: a locked workdir, the divergence guard, progress in named units, data errors.
 
-Each study module (`fairprune_jax.studies.recall`, `fairprune_jax.studies.bias`) keeps only what is specific to its
-science; what a long statistical run needs regardless of the study lives here:
+The runner (`fairprune_jax.studies.runner`) drives a study through these; each study module keeps only what is
+specific to its science:
 
-* :func:`claim` — validate first, then hold an exclusive ``fcntl.flock`` on ``<workdir>/.lock`` for the whole run
-  (a second run exits at once naming the holder's pid), then open the workdir (``--fresh`` moves it aside only
-  when its config differs, and never while another run holds it).
-* :func:`check_training` / :func:`check_batch_sizes` — one validator style for the training sections, errors
-  naming the field as ``config.<path>``.
-* :func:`diverged_models` / :func:`first_bad_epoch` / :func:`check_dense` — the divergence guard: non-finite
-  losses or parameters are recorded, flagged and excluded; a diverged dense population stops the run.
-* :class:`Progress`, :func:`default_workdir`, :func:`population_like`, :func:`load_guard`.
+* :func:`claim` — hold an exclusive ``fcntl.flock`` on ``<workdir>/.lock`` for the whole run (a second run exits
+  at once naming the holder's pid), then open the workdir (``--fresh`` moves it aside only when its config
+  differs, and never while another run holds it). A ``config.json`` written by an earlier version is read in
+  today's names first (`schema.upgrade`), so such a workdir resumes.
+* :func:`divergence` / :func:`guard` / :func:`check_dense` — the one divergence guard: non-finite losses or
+  parameters, or a last-epoch loss above ``divergence.max_loss_ratio`` × an untrained network's loss, flag a
+  network (recorded, excluded, counted); a diverged dense population stops the run.
+* :class:`Progress` (bars counted in model-epochs), :func:`default_workdir`, :func:`population_like`,
+  :func:`load_guard`.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import math
 import os
 import pathlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
-from fairprune_jax import results
+from fairprune_jax import deprecation, multihost, results, sharding
+from fairprune_jax.studies import checks, schema
 
 PyTree = Any
+fail = checks.fail  # the validation error style, where the studies used to find it
 
 
 class WorkdirBusyError(ValueError):
@@ -81,8 +86,6 @@ def claim(path: str | os.PathLike, config: Any, *, fresh: bool, ignore: tuple[st
           ) -> Iterator[tuple[results.Workdir, Any]]:
     """:func:`claim_local` in one process. In a multi-process run process 0 claims the workdir and every other
     process runs ``prepare()`` and then reads it through a :class:`multihost.HostWorkdir` (process 0 writes)."""
-    from fairprune_jax import multihost
-
     if not multihost.active():
         with claim_local(path, config, fresh=fresh, ignore=ignore, log=log, prepare=prepare) as out:
             yield out
@@ -127,6 +130,7 @@ def claim_local(path: str | os.PathLike, config: Any, *, fresh: bool, ignore: tu
                 (path / results.LOCK_FILE).unlink()
                 path.rmdir()
             raise
+        upgrade_stored_config(path, ignore, log)
         stored = results.Workdir.stored_fingerprint(path, ignore)
         same = stored is not None and stored == results.fingerprint(results.canonical_config(config), ignore)
         occupied = any(p.name != results.LOCK_FILE for p in path.iterdir())
@@ -143,54 +147,36 @@ def claim_local(path: str | os.PathLike, config: Any, *, fresh: bool, ignore: tu
         yield results.Workdir.open(path, config, ignore=ignore), prepared
 
 
-# ------------------------------------------------------------------------------------------------ validation
-
-def fail(field: str, message: str) -> None:
-    """Raise the one validation error style: ``config.<field>: <message>``."""
-    raise ValueError(f"config.{field}: {message}")
-
-
-def check_training(config: Any, section: str, *, min_epochs: int) -> None:
-    """Epochs, batch size and a finite positive learning rate of ``config.<section>`` (train / finetune)."""
-    tcfg = config[section]
-    for field, lo in (("epochs", min_epochs), ("batch_size", 1), ("chunk", 0)):
-        v = tcfg.get(field, lo)
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            fail(f"{section}.{field}", f"{v!r} is not an integer >= {lo}")
-    lr = tcfg.optimizer.lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        fail(f"{section}.optimizer.lr", f"{lr!r}; need a finite positive learning rate")
-    for field in ("momentum", "weight_decay"):
-        v = tcfg.optimizer.get(field, 0.0)
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            fail(f"{section}.optimizer.{field}", f"{v!r}; need a finite number >= 0")
-
-
-def check_sparsities(values: Any, field: str = "prune.sparsities") -> None:
-    """A non-empty grid of distinct sparsities in (0, 1): 0 is the dense model itself (its rows are the dense
-    population's), so it is refused rather than computed and silently dropped from the statistics."""
-    if not values:
-        fail(field, "empty; give at least one target sparsity")
-    for s in values:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= float(s) < 1.0:
-            fail(field, f"{s!r} outside [0, 1)")
-        if float(s) == 0.0:
-            fail(field, "0 is the dense model (already in every table as the dense population); give targets "
-                        "in (0, 1)")
-    if len({float(s) for s in values}) != len(values):
-        fail(field, f"repeated values in {tuple(values)}")
-
-
-def check_batch_sizes(config: Any, n_train: int, sections: tuple[str, ...]) -> None:
-    """Each section's batch size fits the (subsampled) training split: a larger one would train on nothing."""
-    for section in sections:
-        bs = int(config[section].batch_size)
-        if bs > n_train:
-            fail(f"{section}.batch_size", f"{bs} is larger than the training split ({n_train} examples after "
-                                          "subsampling); lower it or use more data")
+def upgrade_stored_config(path: pathlib.Path, ignore: tuple[str, ...], log: Callable[[str], None]) -> bool:
+    """Rewrite ``<path>/config.json`` in today's names when an earlier version wrote it (`schema.upgrade`), so the
+    fingerprint guard compares like with like; returns whether it was rewritten. Call it holding the lock."""
+    f = path / results.CONFIG_FILE
+    if not f.is_file():
+        return False
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        config = doc["config"]
+    except (ValueError, KeyError, TypeError):
+        return False  # Workdir.open names the unreadable file
+    new = schema.upgrade(config, warn=False)
+    if new is config:
+        return False
+    doc = {**doc, "config": results.canonical_config(new), "fingerprint": results.fingerprint(new, ignore),
+           "ignore": sorted(ignore)}
+    results.atomic_write(f, (json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=True)
+                             + "\n").encode("utf-8"))
+    log(f"{path}: config.json of an earlier version read in today's names (models, prune.criteria)")
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ divergence
+
+def reference_loss(spec: Any) -> float:
+    """The training loss of an untrained (uniform) network of ``spec``: ln K for a softmax head of K classes, ln 2
+    for a sigmoid head (its loss is the mean BCE over the outputs). The divergence guard's yardstick: unlike the
+    first epoch's mean loss, it cannot be inflated by a network that explodes within that epoch."""
+    return math.log(2.0) if spec.multilabel else math.log(int(spec.num_outputs))
+
 
 def diverged_models(tree: PyTree, lead: int) -> np.ndarray:
     """bool [lead dims]: whether any leaf of each model (leading ``lead`` axes) holds a non-finite value."""
@@ -202,24 +188,55 @@ def diverged_models(tree: PyTree, lead: int) -> np.ndarray:
     return bad
 
 
-def first_bad_epoch(loss: np.ndarray) -> np.ndarray:
-    """int [lead dims] from losses [..., E]: first epoch (0-based) with a non-finite loss, -1 where none."""
+def first_bad_epoch(loss: np.ndarray, bound: float = math.inf) -> np.ndarray:
+    """int [lead dims] from losses [..., E]: the first epoch (0-based) whose loss is non-finite or above
+    ``bound``, -1 where none."""
     loss = np.asarray(loss, np.float64)
     if loss.shape[-1] == 0:
         return np.full(loss.shape[:-1], -1)
-    bad = ~np.isfinite(loss)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(loss) | (loss > bound)
     return np.where(bad.any(axis=-1), bad.argmax(axis=-1), -1)
 
 
-def check_dense(variables: PyTree, loss: np.ndarray, seeds: list[int], what: str) -> None:
-    """Stop with :class:`DivergenceError` when any dense model ([S, ...] with losses [S, E]) diverged."""
-    bad = diverged_models(variables, 1) | (first_bad_epoch(loss) >= 0)
-    if bad.any():
-        epochs = first_bad_epoch(loss)
-        where = ", ".join(f"seed {seeds[i]}" + (f" (epoch {epochs[i]})" if epochs[i] >= 0 else "")
-                          for i in np.flatnonzero(bad))
-        raise DivergenceError(f"dense training of {what} diverged (non-finite loss or parameters) for {where}; "
-                              "lower config.train.optimizer.lr and rerun with --fresh")
+class Divergence(NamedTuple):
+    """The guard's verdict per network: ``diverged`` bool [...] and ``epoch`` int [...] (the first epoch whose
+    loss is non-finite or above the bound; -1 when only the parameters, or nothing, show it)."""
+
+    diverged: np.ndarray
+    epoch: np.ndarray
+
+
+def divergence(variables: PyTree, loss: Any, lead: int, *, reference: float, ratio: float) -> Divergence:
+    """The one divergence guard of both studies (docs/methods.md §6): a network [lead axes] diverged when a
+    parameter or an epoch's mean training loss (``loss`` [*lead, E], or None) is non-finite, or when its LAST
+    epoch's loss exceeds ``ratio`` × ``reference`` (`reference_loss`: an untrained network's loss)."""
+    bad = diverged_models(variables, lead)
+    if loss is None:
+        return Divergence(bad, np.full(bad.shape, -1))
+    loss = np.asarray(loss, np.float64)
+    bound = float(ratio) * float(reference)
+    nonfinite = first_bad_epoch(loss)
+    with np.errstate(invalid="ignore"):
+        exploded = (loss[..., -1] > bound) if loss.shape[-1] else np.zeros(loss.shape[:-1], bool)
+    epoch = np.where(exploded, first_bad_epoch(loss, bound), nonfinite)
+    bad = np.broadcast_to(bad, epoch.shape) | (nonfinite >= 0) | exploded
+    return Divergence(bad, epoch)
+
+
+def guard(config: Any, spec: Any, variables: PyTree, loss: Any, lead: int) -> Divergence:
+    """`divergence` with the config's ``divergence.max_loss_ratio`` and ``spec``'s untrained loss."""
+    ratio = float(config.get("divergence", {}).get("max_loss_ratio", schema.MAX_LOSS_RATIO))
+    return divergence(variables, loss, lead, reference=reference_loss(spec), ratio=ratio)
+
+
+def check_dense(verdict: Divergence, seeds: list[int], what: str) -> None:
+    """Stop with :class:`DivergenceError` when any dense model (verdict over seeds [S]) diverged."""
+    if verdict.diverged.any():
+        where = ", ".join(f"seed {seeds[i]}" + (f" (epoch {verdict.epoch[i]})" if verdict.epoch[i] >= 0 else "")
+                          for i in np.flatnonzero(verdict.diverged))
+        raise DivergenceError(f"dense training of {what} diverged (non-finite or exploding loss, or non-finite "
+                              f"parameters) for {where}; lower config.train.optimizer.lr and rerun with --fresh")
 
 
 # ------------------------------------------------------------------------------------------------ misc
@@ -232,16 +249,12 @@ def population_like(spec: Any, n: int) -> PyTree:
 
 def mesh_of(config: Any):
     """The `seed` mesh over every device when ``config.mesh.enabled`` and there is more than one, else None."""
-    from fairprune_jax import sharding
-
     mesh = config.get("mesh", None)
     return sharding.default_mesh(None) if mesh is not None and bool(mesh.enabled) else None
 
 
 def devices_line(config: Any) -> str:
     """Where the models train, for the log: e.g. "models spread over 2 cpu devices" or "one cpu device"."""
-    from fairprune_jax import sharding
-
     mesh = mesh_of(config)
     platform = jax.devices()[0].platform
     if mesh is None:
@@ -249,43 +262,29 @@ def devices_line(config: Any) -> str:
     return f"models spread over {sharding.size(mesh)} {platform} devices"
 
 
-def chunks(spec: Any, n: int, chunk: int | None, config: Any) -> int:
-    """Number of chunks `train` splits a population of ``n`` models of ``spec`` into (``chunk`` 0 or None =
-    automatic, `train.resolve_chunk`, on the mesh of ``config``): the progress bars' totals."""
-    from fairprune_jax import train
-
-    params = population_like(spec, 1)["params"]
-    return -(-n // train.resolve_chunk(n, chunk, train.param_bytes(params), mesh_of(config)))
-
-
 class Progress:
-    """A tqdm bar per stage (disabled with ``config.progress=False``)."""
+    """Progress bars of a run (tqdm on stderr; disabled with ``config.progress=False``)."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
 
     def bar(self, total: int, desc: str, unit: str = "it"):
-        from tqdm.auto import tqdm
-
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.enabled, dynamic_ncols=True, leave=True)
 
+    def training(self, what: str, models: int, epochs: int):
+        """A bar for training ``models`` networks ``epochs`` epochs each, counted in model-epochs, titled
+        ``<what>: <models> models × <epochs> epochs``; feed it with `epochs`."""
+        return self.bar(models * epochs, f"{what}: {models} models × {epochs} epochs", "model-epoch")
+
     def epochs(self, bar):
-        """A `train.fit` progress callback advancing ``bar`` by one epoch of one chunk, showing the mean loss."""
+        """A `train.fit` progress callback: each call (one epoch of one chunk of models) advances ``bar`` by the
+        chunk's number of models and shows their mean loss."""
 
         def callback(info: dict) -> None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(np.mean(info['loss'])):.4f}", chunk=f"{info['chunk'] + 1}/{info['chunks']}")
+            bar.update(int(np.size(info["loss"])))
+            bar.set_postfix(loss=f"{float(np.mean(info['loss'])):.4f}")
 
         return callback
-
-
-def incomplete_warning(expected: list[str], committed: list[str]) -> list[str]:
-    """Report lines (to go at the top) naming the units a killed or running study has not committed yet."""
-    missing = [k for k in expected if k not in set(committed)]
-    if not missing:
-        return []
-    return [f"> **Incomplete run: {len(missing)} of {len(expected)} units missing** ({', '.join(missing)}); "
-            "rerun the same command to finish it, then rebuild this report.", ""]
 
 
 def load_guard(load: Callable[[], Any], tfds_dir: str | os.PathLike, dataset: str) -> Any:
@@ -306,3 +305,23 @@ def load_guard(load: Callable[[], Any], tfds_dir: str | os.PathLike, dataset: st
                              f"{text.splitlines()[0][:160] if text else 'no message'}); delete "
                              f"{' and '.join(folders)} so it is prepared again") from e
         raise
+
+
+# ------------------------------------------------------------------------------------------------ moved
+
+def __getattr__(name: str) -> Any:
+    """``incomplete_warning`` moved to `fairprune_jax.report.writer` (its user); the old name warns once."""
+    if name == "incomplete_warning":
+        from fairprune_jax.report import writer  # deferred on purpose: a deprecated alias of a module above this one
+
+        return deprecation.moved(writer.incomplete_warning, "fairprune_jax.studies.spine.incomplete_warning",
+                                 "fairprune_jax.report.writer.incomplete_warning")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+check_training = deprecation.moved(checks.check_training, "fairprune_jax.studies.spine.check_training",
+                                   "fairprune_jax.studies.checks.check_training")
+check_sparsities = deprecation.moved(checks.check_sparsities, "fairprune_jax.studies.spine.check_sparsities",
+                                     "fairprune_jax.studies.checks.check_sparsities")
+check_batch_sizes = deprecation.moved(checks.check_batch_sizes, "fairprune_jax.studies.spine.check_batch_sizes",
+                                      "fairprune_jax.studies.checks.check_batch_sizes")
