@@ -1,10 +1,13 @@
-"""Entry points: ``fairprune-sweep``, ``fairprune-bias``, ``fairprune-report`` (and ``python -m experiments.*``).
+"""Entry points: ``fairprune-sweep``, ``fairprune-bias``, ``fairprune-report``, ``fairprune-launch`` (also
+``python -m fairprune_jax <sweep|bias|report|launch>`` and, in the repository, ``python -m experiments.*``).
 
-Every user error (bad config value, unknown config field, missing or corrupt file, busy workdir, diverged dense
+``--config`` takes a packaged config by name (``--config=mnist``, ``--config=planted_mnist:smoke``; ``--help``
+lists them) or a config file by path (``--config=configs/mnist.py:smoke``). Every user error (bad config value,
+unknown config field, a config file that does not load, missing or corrupt file, busy workdir, diverged dense
 training) prints one line ``error: ...`` on stderr and exits 2; ``--debug`` (or ``--verbosity=1``) shows the
 traceback instead. Ctrl-C prints one line and exits 130 (the interrupted stage is marked ``interrupted`` in
-``timings.json``; rerunning the same command resumes). Library logging (orbax, absl) stays at WARNING unless
-``--verbosity`` is given.
+``timings.json``; rerunning the same command resumes). A deprecated name prints one line ``deprecated: ...``.
+Library logging (orbax, absl, TFDS) stays at WARNING unless ``--verbosity`` is given.
 """
 from __future__ import annotations
 
@@ -13,17 +16,28 @@ import importlib.util
 import logging as py_logging
 import os
 import pathlib
+import re
 import signal
 import sys
+import warnings
 from typing import Any, Callable, NoReturn
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from fairprune_jax import configs, deprecation, multihost, pipeline, sharding
+from fairprune_jax import launch as launch_lib
+from fairprune_jax.report import claims as claims_report
+from fairprune_jax.report import recall as recall_report
+from fairprune_jax.report import results_doc, runs
+from fairprune_jax.studies import schema, spine
+
 FLAGS = flags.FLAGS
 INTERRUPTED = "interrupted; rerun the same command to resume"
 _QUIET = ("absl", "orbax", "jax", "tensorflow", "etils", "tensorflow_datasets")
+COMMAND = {"recall": "fairprune-sweep", "bias": "fairprune-bias"}
 
 
 def _die(message: str) -> NoReturn:
@@ -48,11 +62,87 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+def _show_deprecation(message, category, filename, lineno, file=None, line=None) -> None:
+    """Deprecations as one line on stderr; other warnings as Python prints them."""
+    if issubclass(category, deprecation.FairpruneDeprecationWarning):
+        print(deprecation.one_line(message), file=sys.stderr)
+        return
+    _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+# ------------------------------------------------------------------------------------------------ --config
+
+def resolve_config(spec: str) -> str:
+    """``--config``'s value with a packaged config name replaced by its file: ``mnist:smoke`` ->
+    ``<package>/configs/mnist.py:smoke``; an existing path is kept. ValueError naming the known configs."""
+    path, sep, variant = spec.partition(":")
+    if pathlib.Path(path).is_file():
+        return spec
+    name = path[:-3] if path.endswith(".py") else path
+    if "/" not in name and os.sep not in name and name in configs.names():
+        return f"{configs.path(name)}{sep}{variant}"
+    raise ValueError(f"config file {path} does not exist (packaged configs: {', '.join(configs.names())})")
+
+
+def check_config_file(path: str) -> None:
+    """A config file that does not compile: ValueError naming the file and the line."""
+    try:
+        source = pathlib.Path(path).read_text(encoding="utf-8")
+        compile(source, path, "exec")
+    except SyntaxError as e:
+        raise ValueError(f"config file {path}, line {e.lineno}: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path}: {e}") from None
+
+
+def _where_in(text: str, path: str) -> str:
+    """'<file>, line <n>: ' of the innermost traceback frame in ``path`` (the config file), else ''."""
+    hits = re.findall(r'File "([^"]+)", line (\d+)', text)
+    mine = [(f, n) for f, n in hits if os.path.abspath(f) == os.path.abspath(path)]
+    return f"{path}, line {mine[-1][1]}: " if mine else ""
+
+
+_RENAMED_FLAGS = {f"--config.{old}=": f"--config.{new}=" for old, new in schema.RENAMED}
+
+
+def _upgrade_argv(argv: list[str]) -> list[str]:
+    """Overrides of fields renamed to plural lists (``--config.model=x``) as today's (``--config.models=('x',)``),
+    with a one-line deprecation message."""
+    out = []
+    for a in argv:
+        old = next((o for o in _RENAMED_FLAGS if a.startswith(o)), None)
+        if old is None:
+            out.append(a)
+            continue
+        value = a[len(old):]
+        new = _RENAMED_FLAGS[old]
+        deprecation.warn_once(old, f"{old}{value} is now {new}('{value}',) (a list); the old name will be removed "
+                                   "in a later version")
+        out.append(f"{new}('{value}',)")
+    return out
+
+
 def _parse(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with one-line errors (missing config file, unknown config field, bad value)."""
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if spec is not None and not pathlib.Path(spec.split(":")[0]).is_file():
-        _die(f"config file {spec.split(':')[0]} does not exist")
+    """absl's flag parsing, with packaged config names, ``--help`` listing the real flags, and one-line errors
+    (missing or broken config file, unknown config field, bad value)."""
+    warnings.showwarning = _show_deprecation
+    if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+        print(_usage(argv[0]))
+        sys.exit(0)
+    argv = _upgrade_argv(argv)
+    spec = None
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            try:
+                spec = resolve_config(a.split("=", 1)[1])
+                check_config_file(spec.partition(":")[0])
+            except ValueError as e:
+                _die(str(e))
+            argv[i] = f"--config={spec}"
+    sys.argv[:] = argv  # ml_collections finds the --config.<field> overrides in sys.argv
     try:
         return FLAGS(argv)
     except (AttributeError, KeyError):  # an override of a field the config does not have
@@ -65,8 +155,9 @@ def _parse(argv: list[str]) -> list[str]:
         raise
     except flags.Error as e:
         text = str(e)
-        if "Traceback" in text:  # a config file whose get_config raised: its own message is the last line
-            text = text.split("Error whilst parsing config file:")[0] + text.strip().splitlines()[-1]
+        if "Traceback" in text and spec:  # a config file whose module or get_config raised
+            last = text.strip().splitlines()[-1]
+            _die(f"config file {_where_in(text, spec.partition(':')[0]) or spec.partition(':')[0] + ': '}{last}")
         _die(text or "bad command line")
 
 
@@ -89,8 +180,32 @@ def unknown_field(config: Any, dotted: str) -> str | None:
     return None
 
 
+def _usage(program: str) -> str:
+    """``--help``: what the command does, its flags (from their definitions) and the packaged configs."""
+    name = pathlib.Path(program).name
+    own = "\n".join(FLAGS.module_help(__name__).strip().splitlines()[1:])  # without its "<module>:" line
+    return "\n".join(part for part in (
+        f"usage: {name} [flags]", _COMMAND_HELP.get(name, ""), "flags:", own,
+        "  --verbosity: library logging (-1..1); default: warnings only\n  --helpfull: every flag, absl's too",
+        f"packaged configs: {', '.join(configs.names())}") if part)
+
+
+_COMMAND_HELP = {
+    "fairprune-sweep": "Run (or resume) the recall-distortion study of a config into a workdir, then write its "
+                       "report (report.md, tables/, plots/).\n  e.g. fairprune-sweep --config=mnist:smoke "
+                       "--workdir=workdirs/smoke",
+    "fairprune-bias": "Run (or resume) the bias study of a config into a workdir, then write its report.\n"
+                      "  e.g. fairprune-bias --config=planted_mnist:smoke",
+    "fairprune-report": "Rebuild a workdir's report from its stored tables; pool several recall workdirs into "
+                        "one report (--out); the claims table (--claims); the results document (--results).",
+}
+
+
+# ------------------------------------------------------------------------------------------------ running
+
 def _quiet() -> None:
-    """Library INFO logging off, unless --verbosity was given."""
+    """Library INFO logging off, unless --verbosity was given; deprecations as one line."""
+    warnings.showwarning = _show_deprecation
     if FLAGS["verbosity"].present and FLAGS.verbosity > 0:
         return
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -122,11 +237,6 @@ def _unraisable(hook: Callable[[Any], None]) -> Callable[[Any], None]:
 
 def _guard(body: Callable[[], None]) -> None:
     """Run ``body`` with the one-line error and Ctrl-C conventions (tracebacks with --debug / --verbosity>0)."""
-    import jax
-
-    from fairprune_jax import multihost
-    from fairprune_jax.studies import spine
-
     debug = FLAGS.debug or (FLAGS["verbosity"].present and FLAGS.verbosity > 0)
     signal.signal(signal.SIGTERM, _terminate)  # `kill` ends a run like Ctrl-C: stage marked, one line
     if not debug:
@@ -159,11 +269,12 @@ def _lost_peer(e: Exception) -> NoReturn:
 
 
 def _run_flags(what: str) -> tuple[Any, Any, Any]:
-    config = config_flags.DEFINE_config_file("config", None, f"{what} config file (a path, e.g. "
-                                             "configs/mnist.py[:variant]); fields can be overridden, "
-                                             "e.g. --config.num_seeds=7.", lock_config=True)
+    config = config_flags.DEFINE_config_file(
+        "config", None, f"{what} config: a packaged config by name (e.g. mnist, mnist_wd, planted_mnist:smoke) or "
+        "a config file by path (configs/mnist.py[:variant]); fields can be overridden, e.g. --config.num_seeds=7.",
+        lock_config=True)
     workdir = flags.DEFINE_string("workdir", None, "Work directory (default: config.workdir or "
-                                  "workdirs/<dataset>[-<variant>]).")
+                                  "workdirs/<dataset>[-<variant>]); rerunning into it resumes.")
     fresh = flags.DEFINE_bool("fresh", False, "If the workdir holds another config, move it aside and start "
                               "afresh (refused while another run holds it; same config: resume).")
     flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
@@ -172,73 +283,65 @@ def _run_flags(what: str) -> tuple[Any, Any, Any]:
 
 
 def _study_main(study: str) -> None:
-    """Define the run flags and run the recall (``sweep``) or the bias (``bias``) study."""
+    """Define the run flags and run the recall (``sweep``) or the bias (``bias``) study, then its report."""
     config_flag, workdir_flag, fresh_flag = _run_flags("Recall-study" if study == "recall" else "Bias-study")
 
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
             _die(f"unexpected arguments: {argv[1:]}")
         _quiet()
-        from fairprune_jax import sharding
-
         sharding.use_all_cores()  # before JAX starts its backends: every CPU core a device of the `seed` mesh
         limit_malloc_arenas()
         try:
             config = config_flag.value
         except Exception as e:  # noqa: BLE001 - a config file that fails in get_config
             _die(f"config file: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        command = " ".join([COMMAND[study], *(results_doc.quote(a) for a in _ARGV[1:])])
 
         def body() -> None:
-            from fairprune_jax.studies import spine
-
-            if study == "recall":
-                from fairprune_jax.studies import recall as recall_study
-
-                path = workdir_flag.value or spine.default_workdir(config)
-                recall_study.run(config, workdir=path, fresh=fresh_flag.value)
-            else:
-                from fairprune_jax.studies import bias as bias_study
-
-                bias_study.run(config, workdir=workdir_flag.value, fresh=fresh_flag.value)
+            summary = pipeline.run(config, workdir=workdir_flag.value, fresh=fresh_flag.value, study=study,
+                                   command=command)
+            if summary.text:
+                print(summary.text)
 
         _guard(body)
 
     app.run(main, flags_parser=_parse)
 
 
+_ARGV: list[str] = []
+
+
+def _remember_argv(argv: list[str]) -> list[str]:
+    _ARGV[:] = argv
+    return argv
+
+
 def sweep() -> None:
     """``fairprune-sweep``: run (or resume) the recall-distortion study."""
+    sys.argv[0] = "fairprune-sweep"
+    _remember_argv([a for a in sys.argv])
     _study_main("recall")
 
 
 def bias() -> None:
     """``fairprune-bias``: run (or resume) the bias study."""
+    sys.argv[0] = "fairprune-bias"
+    _remember_argv([a for a in sys.argv])
     _study_main("bias")
-
-
-def _report_one(path: pathlib.Path, out: str | None) -> str:
-    from fairprune_jax import results
-
-    wd = results.Workdir.existing(path)
-    if wd.config.get("study", "recall") == "bias":
-        from fairprune_jax.report import bias as bias_study_report
-
-        if out:
-            raise ValueError("--out: a bias-study report is written into its workdir; drop --out")
-        report = bias_study_report.write_report(wd)
-        return bias_study_report.terminal_summary(wd) + f"\nreport: {report}"
-    from fairprune_jax.report import recall as recall_report
-
-    return recall_report.build_report(wd, out=pathlib.Path(out) if out else None)
 
 
 def report() -> None:
     """``fairprune-report``: rebuild a workdir's report from its stored tables (several recall workdirs are
     pooled into one report with --out)."""
+    sys.argv[0] = "fairprune-report"
     workdirs = flags.DEFINE_multi_string("workdir", None, "Workdir(s) of finished or partial runs.")
-    out = flags.DEFINE_string("out", None, "Output folder (default: the workdir; required for several workdirs).")
+    out = flags.DEFINE_string("out", None, "Output folder (default: the workdir; required for several workdirs), "
+                              "or the document's file with --results.")
     claims = flags.DEFINE_bool("claims", False, "Write the claims table (claims.md) of the two reference studies "
                                "over every given workdir, recall and bias runs alike, into --out.")
+    results = flags.DEFINE_bool("results", False, "Write the results document (e.g. --out=docs/results.md) from "
+                                "the given workdirs' reports (each rebuilt first) and their claims table.")
     flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
     flags.mark_flags_as_required(["workdir"])
 
@@ -248,34 +351,52 @@ def report() -> None:
         _quiet()
 
         def body() -> None:
-            from fairprune_jax import results
-            from fairprune_jax.report import recall as recall_report
-
             paths = [pathlib.Path(p).expanduser() for p in workdirs.value]
             for p in paths:
                 if not p.exists():
                     raise ValueError(f"workdir {p} does not exist")
+            runs.check_distinct(paths)
+            if results.value:
+                if not out.value:
+                    raise ValueError("--out is required with --results (the document's file, e.g. docs/results.md)")
+                print(results_doc.write(paths, pathlib.Path(out.value)))
+                return
             if claims.value:
-                from fairprune_jax.report import claims as claims_report
-
                 if not out.value:
                     raise ValueError("--out is required with --claims")
                 print(claims_report.write(paths, pathlib.Path(out.value)))
                 return
             if len(paths) == 1:
-                print(_report_one(paths[0], out.value))
+                print(pipeline.build_report(paths[0], out=out.value)[1])
                 return
             if not out.value:
                 raise ValueError("--out is required when pooling several workdirs")
-            print(recall_report.pooled_report([results.Workdir.existing(p) for p in paths], pathlib.Path(out.value)))
+            print(recall_report.pooled_report([runs.open_workdir(p) for p in paths], pathlib.Path(out.value)))
 
         _guard(body)
 
     app.run(main, flags_parser=_parse)
 
 
-def launch() -> None:
-    """``python -m experiments.launch``: run a study as N cooperating JAX processes on this machine."""
-    from fairprune_jax import launch as launch_lib
+LAUNCH_USAGE = """usage: fairprune-launch [--num_processes=N] [--study=recall|bias] -- <study flags>
 
+Run a study as N cooperating JAX processes on this machine (multi-host on one host): process 0 writes the workdir,
+the output of process i is prefixed with [pi], and when one process fails the others are stopped; rerunning the
+same command resumes.
+
+flags:
+  --num_processes: how many processes (default 2)
+  --study: recall (fairprune-sweep's flags after --) or bias (fairprune-bias's); default recall
+  -- <study flags>: the study's own flags, e.g. -- --config=mnist:smoke --workdir=workdirs/smoke
+
+e.g. fairprune-launch --num_processes=2 -- --config=mnist:smoke"""
+
+
+def launch() -> None:
+    """``fairprune-launch``: run a study as N cooperating JAX processes on this machine."""
+    own = sys.argv[1:sys.argv.index("--")] if "--" in sys.argv else sys.argv[1:]
+    if any(a in ("--help", "-h", "--helpshort", "-?") for a in own):
+        print(LAUNCH_USAGE)
+        sys.exit(0)
     sys.exit(launch_lib.main(sys.argv[1:], die=_die))
+

@@ -24,7 +24,7 @@ from typing import Callable, Sequence, TextIO
 
 from fairprune_jax import sharding
 
-STUDIES = {"recall": "experiments.sweep", "bias": "experiments.bias"}
+STUDIES = {"recall": ("fairprune_jax", "sweep"), "bias": ("fairprune_jax", "bias")}  # python -m ... (a wheel too)
 GRACE_S = 15.0  # after SIGTERM, how long a process may take to stop before SIGKILL
 _OWNED = ("--config.distributed.", "--config.mesh.enabled")
 
@@ -58,7 +58,7 @@ def plan(num_processes: int, study_args: Sequence[str], *, study: str = "recall"
         raise ValueError(f"{owned[0].split('=')[0]}: set by the launcher; drop it")
     address = f"127.0.0.1:{port if port is not None else free_port()}"
     commands = tuple(
-        (python, "-m", STUDIES[study], *study_args, "--config.mesh.enabled=True",
+        (python, "-m", *STUDIES[study], *study_args, "--config.mesh.enabled=True",
          "--config.distributed.enabled=True", f"--config.distributed.coordinator_address={address}",
          f"--config.distributed.num_processes={num_processes}", f"--config.distributed.process_id={i}")
         for i in range(num_processes))

@@ -18,7 +18,7 @@ from fairprune_jax.analysis import bias_tables as BT
 from fairprune_jax.studies import bias as BS
 from fairprune_jax.studies.bias_config import config_field
 from fairprune_jax.studies import bias_data as BD
-from fairprune_jax import checkpoints, models
+from fairprune_jax import checkpoints, models, pipeline
 from fairprune_jax.report import bias as BR
 from fairprune_jax.report import bias_summary
 from fairprune_jax.results import Workdir
@@ -44,16 +44,27 @@ def _load(path: str, variant: str = ""):
     ("prune.sparsities", (), r"config\.prune\.sparsities: empty"),
     ("prune.sparsities", (0.5, 0.5), r"config\.prune\.sparsities: repeated"),
     ("num_seeds", 0, r"config\.num_seeds"),
-    ("model", "resnet999", r"config\.model: unknown model 'resnet999'"),
-    ("prune.criterion", "magnitude", r"config\.prune\.criterion: unknown criterion 'magnitude'"),
+    ("models", ("resnet999",), r"config\.models: unknown model 'resnet999'"),
+    ("model", "resnet999", r"config\.models: unknown model 'resnet999'"),  # the earlier singular name still reads
+    ("models", ("mlp_100_30", "lenet_300_100"), r"config\.models: .* a bias workdir holds one model"),
+    ("prune.criteria", ("magnitude",), r"config\.prune\.criteria: unknown criterion 'magnitude'"),
+    ("prune.criterion", "magnitude", r"config\.prune\.criteria: unknown criterion 'magnitude'"),
     ("prune.protocol", "lottery", r"config\.prune\.protocol"),
     ("dataset", "cifar10", r"config\.dataset: unknown dataset 'cifar10'"),
-    ("data.source_dir", "/nonexistent/folder/xyz", r"config\.data\.source_dir: folder '/nonexistent/folder/xyz'"),
+    ("data.source_dir", "/nonexistent/folder/xyz", r"config\.data\.source_dir: folder /nonexistent/folder/xyz"),
     ("data.planted.p1", 1.5, r"config\.data\.planted\.p1"),
     ("data.planted.target", "odd", r"config\.data\.planted\.target"),
     ("eval.band", 0.6, r"config\.eval\.band"),
     ("train.epochs", 0, r"config\.train\.epochs"),
     ("finetune.optimizer.name", "rmsprop", r"config\.finetune\.optimizer\.name"),
+    ("train.optimizer.name", "foo", r"config\.train\.optimizer\.name: unknown optimizer 'foo'"),
+    ("train.schedule.name", "foo", r"config\.train\.schedule\.name: unknown schedule 'foo'"),
+    ("eval.batch_size", 0, r"config\.eval\.batch_size: 0 is not an integer >= 1"),
+    ("prune.grad_batch", 0, r"config\.prune\.grad_batch: 0 is not an integer >= 1"),
+    ("seed", -1, r"config\.seed: -1 is not an integer >= 0"),
+    ("finetune.chunk", -1, r"config\.finetune\.chunk: -1 is not an integer >= 0"),
+    ("divergence.max_loss_ratio", 1.0, r"config\.divergence\.max_loss_ratio: 1\.0; need a finite number > 1"),
+    ("prune.gmp.end", 9, r"config\.prune\.gmp\.end: need start < end <= finetune\.epochs \(1\)"),
 ])
 def test_bad_config_is_refused_naming_the_field(field, value, match, tmp_path):
     cfg = _load("configs/planted_mnist.py", "smoke")
@@ -66,7 +77,7 @@ def test_bad_config_is_refused_naming_the_field(field, value, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         BS.validate_config(cfg)
     with pytest.raises(ValueError, match=match):  # run refuses before touching the workdir
-        BS.run(cfg, workdir=tmp_path / "wd", report=False)
+        pipeline.run(cfg, workdir=tmp_path / "wd", report=False, log=lambda s: None)
     assert not (tmp_path / "wd").exists()
 
 
@@ -89,11 +100,11 @@ def test_celeba_config_fields_are_checked():
     bad.data.image_size = (0, 16)
     with pytest.raises(ValueError, match=r"config\.data\.image_size"):
         BS.validate_config(bad)
-    for variant in ("", "paper"):
-        BS.validate_config(_load("configs/celeba.py", variant))
-    for path in ("configs/planted_mnist.py", "configs/planted_fashion_mnist.py"):
-        for variant in ("", "smoke", "weak"):
-            BS.validate_config(_load(path, variant))
+    for path in ("configs/celeba.py", "configs/celeba_paper.py"):
+        BS.validate_config(_load(path))
+    for name in ("planted_mnist", "planted_fashion_mnist", "planted_mnist_weak", "planted_fashion_mnist_weak"):
+        for variant in ("", "smoke"):
+            BS.validate_config(_load(f"configs/{name}.py", variant))
     with pytest.raises(ValueError, match="variant"):
         _load("configs/planted_mnist.py", "huge")
 
@@ -201,7 +212,7 @@ def smoke_run(tmp_path_factory):
     cfg = _load("configs/planted_mnist.py", "smoke")
     cfg.progress = False
     wd = tmp_path_factory.mktemp("bias") / "planted_mnist-smoke"
-    summary = BS.run(cfg, workdir=wd, echo=lambda s: None)
+    summary = pipeline.run(cfg, workdir=wd, log=lambda s: None)
     return cfg, wd, summary
 
 
@@ -227,9 +238,9 @@ def test_smoke_run_end_to_end(smoke_run):
     for s, r in zip(prune["target"], prune["realised"]):
         assert r == pytest.approx(round(s * n) / n, abs=1e-6)
     # the stored masks hold: pruned weights are exactly zero
-    spec = models.get_model(cfg.model, num_outputs=13, multilabel=True)
-    ck = checkpoints.restore(w.path_for("ckpt"), "sparse-sparsity=0.95", like=BS.sparse_like(spec, 3))
-    assert checkpoints.names(w.path_for("ckpt")) == ["dense", "sparse-sparsity=0.5", "sparse-sparsity=0.95"]
+    spec = models.get_model(cfg.models[0], num_outputs=13, multilabel=True)
+    ck = checkpoints.restore(w.path / "checkpoints", "sparse-sparsity=0.95", like=BS.sparse_like(spec, 3))
+    assert checkpoints.names(w.path / "checkpoints") == ["dense", "sparse-sparsity=0.5", "sparse-sparsity=0.95"]
     for wt, m in zip(jax.tree.leaves(ck["variables"]["params"]), jax.tree.leaves(ck["masks"])):
         assert np.all(np.asarray(wt)[~np.asarray(m)] == 0)
     # metrics against an independent computation from the stored logits and the data
@@ -263,13 +274,13 @@ def test_second_run_recomputes_nothing_and_tables_are_identical(smoke_run):
     before = {t: w.read_table(t) for t in BS.TABLES}
     parts = {p: p.stat().st_mtime_ns for p in (wd / "results").rglob("*.parquet")}
     attempts = {k: len(v) for k, v in w.stage_timings().items()}
-    summary = BS.run(cfg, workdir=wd, echo=lambda s: None)
+    summary = pipeline.run(cfg, workdir=wd, log=lambda s: None)
     assert summary.computed == {}
     assert summary.skipped == {"dense": 1, "prune": 2, "predict": 3, "evaluate": 3}
-    assert set(summary.seconds) == {"report"}  # the data were not even loaded
+    assert set(summary.seconds) == {"report"}  # no unit ran
     after_attempts = {k: len(v) for k, v in w.stage_timings().items()}
     assert {k: after_attempts[k] - attempts.get(k, 0) for k in after_attempts} == {
-        **{k: 0 for k in attempts}, "report": 1}
+        **{k: 0 for k in attempts}, "data": 1, "total_this_run": 1, "report": 1}
     assert {p: p.stat().st_mtime_ns for p in (wd / "results").rglob("*.parquet")} == parts
     for t in BS.TABLES:
         pd.testing.assert_frame_equal(w.read_table(t), before[t])
@@ -286,7 +297,7 @@ def test_interrupted_unit_resumes_from_its_checkpoint(smoke_run):
     w.path_for(f"logits/{key}.npz").unlink()
     for t in BS.EVAL_TABLES:
         w.part_path(t, key).unlink()
-    summary = BS.run(cfg, workdir=wd, echo=lambda s: None)
+    summary = pipeline.run(cfg, workdir=wd, log=lambda s: None)
     assert summary.computed == {"predict": 1, "evaluate": 1}
     assert summary.skipped == {"dense": 1, "prune": 2, "predict": 2, "evaluate": 2}
     for t in BS.EVAL_TABLES:
@@ -315,7 +326,7 @@ def test_changed_config_is_refused_on_resume(tmp_path):
     other = ml_collections.ConfigDict(cfg.to_dict())
     other.prune.sparsities = (0.5, 0.9)
     with pytest.raises(ValueError, match="prune.sparsities"):
-        BS.run(other, workdir=tmp_path / "wd", report=False, echo=lambda s: None)
+        pipeline.run(other, workdir=tmp_path / "wd", report=False, log=lambda s: None)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -330,7 +341,7 @@ def test_celeba_path_on_tfds_mock_data(tmp_path):
     cfg.prune.protocol = "one_shot"  # also covers the one-shot path; no fine-tuning keeps it short
     cfg.finetune.epochs = 0
     with tfds.testing.mock_data(num_examples=160):
-        summary = BS.run(cfg, workdir=tmp_path / "celeba", echo=lambda s: None)
+        summary = pipeline.run(cfg, workdir=tmp_path / "celeba", log=lambda s: None)
     assert summary.computed == {"dense": 1, "prune": 2, "predict": 3, "evaluate": 3}
     meta = json.loads((tmp_path / "celeba" / "meta.json").read_text())
     assert meta["names"] == list(BD.CELEB_A_ATTRIBUTES) and meta["protected"] == ["Male", "Young", "Chubby",

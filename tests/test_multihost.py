@@ -86,11 +86,11 @@ def test_bad_process_id_is_one_line_before_anything_starts(tmp_path):
 def test_plan_sets_the_distributed_fields_of_every_process():
     p = launch.plan(3, ["--config=configs/mnist.py:smoke"], port=4321, python="py")
     assert p.address == "127.0.0.1:4321" and len(p.commands) == 3
-    assert p.commands[2] == ("py", "-m", "experiments.sweep", "--config=configs/mnist.py:smoke",
+    assert p.commands[2] == ("py", "-m", "fairprune_jax", "sweep", "--config=configs/mnist.py:smoke",
                              "--config.mesh.enabled=True", "--config.distributed.enabled=True",
                              "--config.distributed.coordinator_address=127.0.0.1:4321",
                              "--config.distributed.num_processes=3", "--config.distributed.process_id=2")
-    assert launch.plan(1, ["--config=c.py"], study="bias").commands[0][2] == "experiments.bias"
+    assert launch.plan(1, ["--config=c.py"], study="bias").commands[0][2:4] == ("fairprune_jax", "bias")
     port = int(launch.plan(2, ["--config=c.py"]).address.rsplit(":", 1)[1])
     assert multihost.port_free("127.0.0.1", port)
 

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from configs import mnist, planted_mnist
-from fairprune_jax import results
-from fairprune_jax.studies import bias as bias_study
+from fairprune_jax import pipeline, results
+from fairprune_jax.report import writer
 from fairprune_jax.studies import recall as recall_study
 from fairprune_jax.studies import spine
 
@@ -53,7 +53,7 @@ def test_fresh_refuses_a_live_workdir_and_resumes_the_same_config(tmp_path):
     with spine.claim(tmp_path / "wd", cfg, fresh=False, ignore=recall_study.IGNORED_FIELDS, log=logs.append) as (wd, _):
         wd.write_text("marker", "x")
         other = mnist.get_config("smoke")
-        other.num_seeds = 2
+        other.train.epochs = 2
         with pytest.raises(spine.WorkdirBusyError):
             with spine.claim(tmp_path / "wd", other, fresh=True, ignore=recall_study.IGNORED_FIELDS, log=logs.append):
                 pass
@@ -62,7 +62,7 @@ def test_fresh_refuses_a_live_workdir_and_resumes_the_same_config(tmp_path):
         pass
     assert "resuming" in logs[-1] and not list(tmp_path.glob("wd.old-*"))
     other = mnist.get_config("smoke")
-    other.num_seeds = 2
+    other.train.epochs = 2
     with spine.claim(tmp_path / "wd", other, fresh=True, ignore=recall_study.IGNORED_FIELDS, log=logs.append) as (wd, _):
         assert not (wd.path / "marker").exists()
     assert len(list(tmp_path.glob("wd.old-*"))) == 1
@@ -101,7 +101,7 @@ def test_bad_config_never_claims_the_workdir(field, value, message, tmp_path):
         node = node[p]
     node[leaf] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        recall_study.run(cfg, workdir=tmp_path / "wd", log=lambda s: None)
+        pipeline.run(cfg, workdir=tmp_path / "wd", log=lambda s: None)
     assert not (tmp_path / "wd").exists()
 
 
@@ -109,7 +109,7 @@ def test_bias_batch_size_is_checked_against_the_subsampled_split(tmp_path):
     cfg = planted_mnist.get_config("smoke")
     cfg.finetune.batch_size = 3001
     with pytest.raises(ValueError, match=r"config\.finetune\.batch_size: 3001 is larger .*3000"):
-        bias_study.run(cfg, workdir=tmp_path / "wd", report=False, echo=lambda s: None)
+        pipeline.run(cfg, workdir=tmp_path / "wd", report=False, log=lambda s: None)
     assert not (tmp_path / "wd").exists()
 
 
@@ -120,8 +120,31 @@ def test_divergence_helpers():
     np.testing.assert_array_equal(spine.diverged_models(tree, 1), [False, True, True])
     loss = np.array([[1.0, 0.5, 0.2], [1.0, np.nan, np.nan], [np.inf, 1.0, 1.0]])
     np.testing.assert_array_equal(spine.first_bad_epoch(loss), [-1, 1, 0])
+    verdict = spine.divergence(tree, loss, 1, reference=1.0, ratio=3.0)
+    np.testing.assert_array_equal(verdict.diverged, [False, True, True])
+    np.testing.assert_array_equal(verdict.epoch, [-1, 1, 0])
     with pytest.raises(spine.DivergenceError, match="seed 11 \\(epoch 1\\), seed 12 \\(epoch 0\\)"):
-        spine.check_dense(tree, loss, [10, 11, 12], "toy")
+        spine.check_dense(verdict, [10, 11, 12], "toy")
+
+
+def test_an_exploding_loss_is_divergence_against_the_untrained_loss():
+    """A finite loss diverges when its last epoch exceeds ratio × an untrained network's loss (ln K), whatever
+    the first epoch's mean was: a network that explodes within its first epoch is flagged too."""
+    finite = {"w": jnp.ones((4, 3))}
+    ln10 = float(np.log(10))
+    loss = np.array([[2.0, 0.5, 0.3],  # trains
+                     [2.5, 2.4, 2.3],  # near chance: not diverged
+                     [50.0, 60.0, 70.0],  # exploded in its first epoch (a first-epoch yardstick would miss it)
+                     [1.0, 9.0, 0.9]])  # one bad epoch, recovered: the last epoch decides
+    v = spine.divergence(finite, loss, 1, reference=ln10, ratio=3.0)
+    np.testing.assert_array_equal(v.diverged, [False, False, True, False])
+    np.testing.assert_array_equal(v.epoch, [-1, -1, 0, -1])
+    late = spine.divergence(finite, np.array([[1.0, 2.0, 8.0]] * 4), 1, reference=ln10, ratio=3.0)
+    assert late.diverged.all() and (late.epoch == 2).all()
+    from fairprune_jax import models
+    assert spine.reference_loss(models.get_model("mlp_100_30", num_outputs=10)) == pytest.approx(ln10)
+    assert spine.reference_loss(models.get_model("mlp_100_30", num_outputs=13, multilabel=True)) == \
+        pytest.approx(np.log(2))
 
 
 @pytest.mark.slow
@@ -138,7 +161,7 @@ def test_diverged_pruned_networks_are_flagged_and_excluded(tmp_path):
     cfg.num_seeds, cfg.prune.criteria, cfg.analysis.bootstrap, cfg.progress = 2, ("mp",), 0, False
     cfg.finetune.optimizer.lr = 1e4
     with pytest.raises(ValueError, match=r"every pruned network diverged \(4 networks"):
-        recall_study.run(cfg, workdir=tmp_path / "wd", log=lambda s: None)
+        pipeline.run(cfg, workdir=tmp_path / "wd", log=lambda s: None)
     df = results.Workdir.existing(tmp_path / "wd").read_table(recall_study.RECALL_TABLE)
     pruned = df[df["criterion"] == "mp"]
     assert pruned["diverged"].all() and pruned["recall"].isna().all() and (pruned["diverged_epoch"] == 0).all()
@@ -151,7 +174,11 @@ def test_diverged_pruned_networks_are_flagged_and_excluded(tmp_path):
     (("experiments.sweep", "--config=configs/mnist.py:smoke", "--config.train.lrr=3"), "no config field 'train.lrr'"),
     (("experiments.sweep", "--config=configs/missing.py"), "config file configs/missing.py does not exist"),
     (("experiments.bias", "--config=configs/planted_mnist.py:smoke", "--config.prune.criterion=magnitude"),
-     "config.prune.criterion: unknown criterion 'magnitude'"),
+     "config.prune.criteria: unknown criterion 'magnitude'"),
+    (("experiments.bias", "--config=planted_mnist:smoke", "--config.prune.criteria=('mp','up')"),
+     "config.prune.criteria: ('mp', 'up'): a bias workdir holds one criterion"),
+    (("experiments.sweep", "--config=planted_mnist:smoke"), "config.study: 'bias'"),
+    (("experiments.sweep", "--config=nonesuch"), "config file nonesuch does not exist (packaged configs: celeba,"),
     (("experiments.report", "--workdir=/nonexistent/wd"), "workdir /nonexistent/wd does not exist"),
 ])
 def test_user_errors_are_one_line(args, fragment):
@@ -180,9 +207,9 @@ def test_ctrl_c_prints_one_line_exits_130_and_marks_the_stage(tmp_path):
 # ---- reports -------------------------------------------------------------------------------------------------------
 
 def test_incomplete_warning_names_the_missing_units():
-    assert spine.incomplete_warning(["a", "b", "c"], ["a", "c"])[0].startswith(
+    assert writer.incomplete_warning(["a", "b", "c"], ["a", "c"])[0].startswith(
         "> **Incomplete run: 1 of 3 units missing** (b)")
-    assert spine.incomplete_warning(["a"], ["a"]) == []
+    assert writer.incomplete_warning(["a"], ["a"]) == []
 
 
 # ---- same science ---------------------------------------------------------------------------------------------------
@@ -203,7 +230,7 @@ def test_refactored_studies_reproduce_the_stored_tables(tmp_path):
     # the golden tables predate the automatic chunks: every model of a unit in one program, on one device
     cfg.train.chunk = cfg.finetune.chunk = 100000
     cfg.mesh.enabled = False
-    wd = recall_study.run(cfg, workdir=tmp_path / "recall", log=lambda s: None)
+    wd = pipeline.workdir_of(pipeline.run(cfg, workdir=tmp_path / "recall", log=lambda s: None))
     _same(wd.read_table("recall"), pd.read_parquet(GOLDEN / "mnist_smoke_recall.parquet"))
     assert "Incomplete run" not in (wd.path / "report.md").read_text()
     from fairprune_jax.report import recall as recall_report
@@ -216,7 +243,7 @@ def test_refactored_studies_reproduce_the_stored_tables(tmp_path):
     bcfg.eval.r2_constant = "nan"  # the golden tables predate the authors' constant-column rule (now the default)
     bcfg.train.chunk = bcfg.finetune.chunk = 100000
     bcfg.mesh.enabled = False
-    out = bias_study.run(bcfg, workdir=tmp_path / "bias", echo=lambda s: None)
+    out = pipeline.run(bcfg, workdir=tmp_path / "bias", log=lambda s: None)
     bwd = results.Workdir.existing(out.workdir)
     for path in sorted(GOLDEN.glob("planted_mnist_smoke_*.parquet")):
         table = path.stem[len("planted_mnist_smoke_"):]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from configs import cifar10, cifar100, fashion_mnist, mnist
-from fairprune_jax import results
+from configs import mnist
+from fairprune_jax import configs, deprecation, pipeline, results
 from fairprune_jax.studies import recall as recall_study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,9 +106,18 @@ def test_workdir_with_other_config_is_refused(tmp_path):
     cfg = mnist.get_config("smoke")
     results.Workdir.open(tmp_path / "wd", cfg, ignore=recall_study.IGNORED_FIELDS)
     other = mnist.get_config("smoke")
-    other.num_seeds = 4
-    with pytest.raises(ValueError, match="num_seeds"):
-        recall_study.run(other, workdir=tmp_path / "wd")
+    other.train.epochs = 4
+    with pytest.raises(ValueError, match="train.epochs"):
+        pipeline.run(other, workdir=tmp_path / "wd", log=lambda s: None)
+
+
+def test_fewer_seeds_than_the_workdir_holds_are_refused(tmp_path):
+    cfg = mnist.get_config("smoke")
+    results.Workdir.open(tmp_path / "wd", cfg, ignore=recall_study.IGNORED_FIELDS)
+    fewer = mnist.get_config("smoke")
+    fewer.num_seeds = 2
+    with pytest.raises(ValueError, match="config.num_seeds: 2 is fewer than the 3 seeds this workdir holds"):
+        pipeline.run(fewer, workdir=tmp_path / "wd", log=lambda s: None)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -143,17 +152,30 @@ def test_missing_default_data_folder_and_no_mirror_say_how_to_provide_the_files(
         recall_study.load_data(mnist.get_config("smoke"))
 
 
-@pytest.mark.parametrize("module", [mnist, fashion_mnist, cifar10, cifar100])
-@pytest.mark.parametrize("variant", ["", "smoke", "paper"])
-def test_every_config_variant_is_valid(module, variant):
-    cfg = module.get_config(variant)
+RECALL_CONFIGS = [n for n in configs.names() if not n.startswith(("planted", "celeba"))]
+
+
+@pytest.mark.parametrize("name", RECALL_CONFIGS)
+@pytest.mark.parametrize("variant", ["", "smoke"])
+def test_every_config_is_valid(name, variant):
+    cfg = configs.get(name, variant)
     recall_study.validate_config(cfg)
+    assert cfg.study == "recall" and cfg.variant.endswith(variant)
     # The default grid spans low (≤ 50%) and high (≥ 90%) sparsities, with several seeds and the four criteria.
-    if variant == "":
+    if name in ("mnist", "fashion_mnist", "cifar10", "cifar100") and variant == "":
         assert min(cfg.prune.sparsities) <= 0.5 and max(cfg.prune.sparsities) >= 0.9
         assert cfg.num_seeds >= 5 and set(cfg.prune.criteria) >= {"mp", "gp", "up", "random"}
     with pytest.raises(ValueError, match="config variant"):
-        module.get_config("huge")
+        configs.get(name, "huge")
+
+
+@pytest.mark.parametrize("base,variant,name", [(b, v, n) for b, moved in configs.MOVED.items()
+                                               for v, n in moved.items()])
+def test_earlier_variant_names_load_their_file_with_one_deprecation(base, variant, name, monkeypatch):
+    monkeypatch.setattr(deprecation, "_WARNED", set())
+    with pytest.warns(FutureWarning, match=f"configs/{base}.py:{variant} is now the config file configs/{name}.py"):
+        old = configs.get(base, variant)
+    assert old.to_dict() == configs.get(name).to_dict()
 
 
 def test_imbalance_option_reaches_the_data():

@@ -311,7 +311,9 @@ def bias_rows(config: Any, metrics: pd.DataFrame, identification: pd.DataFrame) 
     if not full:
         return []
     s_high = float(max(full))
-    setting = (f"{config.dataset} · {config.model} · {config.prune.protocol} {config.prune.criterion.upper()} · "
+    model = (config.get("models", None) or [config.get("model")])[0]  # plural names; earlier configs: singular
+    crit = (config.prune.get("criteria", None) or [config.prune.get("criterion")])[0]
+    setting = (f"{config.dataset} · {model} · {config.prune.protocol} {crit.upper()} · "
                f"{int(config.num_seeds)} seeds · {100 * s_high:.0f}% (highest sparsity with every BA defined)")
 
     def per_seed(metric: str, population: str, scheme: str = "default") -> pd.Series:

@@ -14,11 +14,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from fairprune_jax.report import runs
 from fairprune_jax.report import writer as W
 from fairprune_jax.report.bias_reading import attenuation_summary_frame, fmt, pm, reading, reference_sparsity
 from fairprune_jax.report.bias_plots import plot_calibration, plot_identification, plot_metrics
 from fairprune_jax.report.bias_summary import GROUP_METRICS, LABELS, row, summarize_metrics
 from fairprune_jax.results import Workdir
+from fairprune_jax.studies import bias_layout
 
 # ------------------------------------------------------------------------------------------------------------
 # tables
@@ -40,18 +42,17 @@ def _read(wd: Workdir, name: str) -> pd.DataFrame:
 
 def _config_lines(cfg: Any, meta: dict) -> list[str]:
     seeds = list(range(int(cfg.seed), int(cfg.seed) + int(cfg.num_seeds)))
-    lines = [f"- dataset: `{cfg.dataset}`; model: `{cfg.model}` (sigmoid head, BCE); "
+    lines = [f"- dataset: `{cfg.dataset}`; model: `{cfg.models[0]}` (sigmoid head, BCE); "
              f"{len(meta.get('names', []))} attributes; protected: {', '.join(meta.get('protected', []))}",
              f"- seeds: {len(seeds)} (`jax.random.key({seeds[0]} … {seeds[-1]})`)",
              f"- sparsity grid: {', '.join(_pct(float(s)) for s in cfg.prune.sparsities)}; "
              f"protocol `{cfg.prune.protocol}`, "
-             f"criterion `{cfg.prune.criterion}`, output layer {'excluded' if cfg.exclude_output else 'pruned'}",
+             f"criterion `{cfg.prune.criteria[0]}`, output layer {'excluded' if cfg.exclude_output else 'pruned'}",
              f"- dense training: {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, "
              f"{cfg.train.optimizer.name} lr {cfg.train.optimizer.lr}",
              f"- fine-tuning: {cfg.finetune.epochs} epochs, batch {cfg.finetune.batch_size}, "
              f"{cfg.finetune.optimizer.name} lr {cfg.finetune.optimizer.lr}"
-             + (f"; GMP from {cfg.prune.gmp.initial} (start {cfg.prune.gmp.start}, end {cfg.prune.gmp.end or 'auto'}, "
-                f"every {cfg.prune.gmp.every})" if cfg.prune.protocol == "gmp" else ""),
+             + bias_layout.PROTOCOLS[cfg.prune.protocol].describe(cfg),
              f"- data: {meta.get('n_train', '?')} train / {meta.get('n_val', '?')} validation / "
              f"{meta.get('n_test', '?')} test examples"]
     if "target" in meta:
@@ -82,27 +83,26 @@ class _Tables(NamedTuple):
 
 
 def _load(wd: Workdir) -> _Tables:
-    meta = wd.read_json("meta.json", default={})
+    meta = wd.read_json(bias_layout.META_FILE, default={})
     metrics = _read(wd, "metrics")
     if metrics.empty:
         raise ValueError(f"workdir {str(wd.path)!r}: no metrics table yet")
+    if not (metrics["population"] == "sparse").any():
+        raise ValueError(f"workdir {str(wd.path)!r}: only the dense models are evaluated; no pruned unit has "
+                         "finished yet (rerun the study's command to continue it)")
     summary = summarize_metrics(metrics)
     grid = sorted(float(s) for s in summary.loc[summary["population"] == "sparse", "sparsity"].unique())
     ident, cies, att, reg, attrs, prune = (_read(wd, t) for t in ("identification", "cies", "attenuation",
                                                                    "regression", "attributes", "prune"))
-    return _Tables(wd.config, meta, list(meta.get("protected", [])), metrics, summary, ident, cies, att, reg, attrs,
+    return _Tables(runs.config_of(wd), meta, list(meta.get("protected", [])), metrics, summary, ident, cies, att, reg, attrs,
                    prune, grid)
 
 
 def _head_lines(wd: Workdir, t: _Tables) -> list[str]:
-    from fairprune_jax.studies import spine
-    from fairprune_jax.studies.bias import DENSE_KEY, sparsity_key
-
     cfg = t.cfg
-    expected = [DENSE_KEY] + [sparsity_key(s) for s in cfg.prune.sparsities]
     n_diverged = int(t.prune["diverged"].sum()) if "diverged" in t.prune else 0
-    lines = [f"# Bias study: `{cfg.dataset}` / `{cfg.model}`", "",
-             *spine.incomplete_warning(expected, wd.keys("metrics")),
+    lines = [f"# Bias study: `{cfg.dataset}` / `{cfg.models[0]}`", "",
+             *W.incomplete_warning(bias_layout.expected_units(cfg), wd.keys("metrics")),
              "Built from the stored tables of this workdir (rebuild with `fairprune-report --workdir=<this "
              "folder>`; the same tables give the same bytes, timings live in `timings.json`).", "",
              f"Diverged networks (non-finite loss or parameters; excluded from every statistic): {n_diverged}.", "",
@@ -274,7 +274,7 @@ def terminal_summary(workdir: Workdir | str | os.PathLike) -> str:
     """A short fixed-width summary: per population accuracy, BA, uncertainty, R², ECE, CIE rate and the
     identification AUROC of the dense criterion vs random; then stage timings."""
     wd = _as_workdir(workdir)
-    meta = wd.read_json("meta.json", default={})
+    meta = wd.read_json(bias_layout.META_FILE, default={})
     protected = list(meta.get("protected", []))
     metrics = _read(wd, "metrics")
     if metrics.empty:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from fairprune_jax.report.bias_summary import GROUP_METRICS, LABELS, metric_series
+from fairprune_jax.report.writer import plt
 
 
 def _x(s) -> np.ndarray:
@@ -36,11 +37,6 @@ def _errline(ax, series: pd.DataFrame, label: str, **kw) -> None:
 
 
 def _figure(n: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cols = min(n, 3)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from fairprune_jax.analysis import bias_identification as BI
 from fairprune_jax.report import writer as W
@@ -147,8 +148,6 @@ def _reading_metrics(summary: pd.DataFrame, protected: Sequence[str]) -> list[st
         v = metric_series(summary, m)["mean"].to_numpy(float)
         ok = np.isfinite(ba0) & np.isfinite(v)
         if ok.sum() >= 3 and np.ptp(ba0[ok]) > 0 and np.ptp(v[ok]) > 0:
-            from scipy import stats
-
             rho = stats.spearmanr(ba0[ok], v[ok]).statistic
             out.append(f"Across the {int(ok.sum())} populations, mean BA ({protected[0]}) and mean {LABELS[m]} have "
                        f"Spearman ρ = {rho:+.2f} (descriptive; few points).")

@@ -11,6 +11,7 @@ import pandas as pd
 
 from fairprune_jax.analysis.budget import BudgetAnalysis
 from fairprune_jax.report import writer as W
+from fairprune_jax.report.writer import plt
 
 def pairs(an: BudgetAnalysis) -> list[tuple[str, str]]:
     """The (dataset, model) pairs of the analysis, in order of appearance (several when workdirs were pooled)."""
@@ -70,8 +71,6 @@ def reading(an: BudgetAnalysis) -> list[str]:
 def plot(an: BudgetAnalysis):
     """E[α_t] against fine-tuning epochs: one panel per sparsity, one colour per (lr, momentum), one line style per
     criterion; each line starts at the un-tuned network (0 epochs). Symmetric-log y axis (un-tuned α_t can be < 0)."""
-    import matplotlib.pyplot as plt
-
     a = an.tier_a[an.tier_a["subset"] == "all"]
     sparsities = sorted(a["requested_sparsity"].unique())
     runs = sorted({(r.ft_lr, r.ft_momentum) for r in a[a["ft_epochs"] > 0].itertuples()})

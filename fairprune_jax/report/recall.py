@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
+from scipy import stats as sps
+from tqdm.auto import tqdm
 
 from fairprune_jax.analysis import budget as budget_lib
-from fairprune_jax.analysis.recall_tiers import Analysis, analyze
+from fairprune_jax.analysis import plots as P
+from fairprune_jax.analysis.recall_tiers import ANALYSIS_STEPS, Analysis, analyze
+from fairprune_jax.report import budget as budget_report
+from fairprune_jax.report import runs
 from fairprune_jax.report import writer as W
+from fairprune_jax.studies import recall_layout
 
-RECALL_TABLE = "recall"
+RECALL_TABLE = recall_layout.RECALL
 
 
 _pct = W.pct
@@ -24,8 +30,6 @@ _pct = W.pct
 
 def reading(an: Analysis) -> list[str]:
     """Plain-language findings generated from the numbers (no claim is written by hand)."""
-    from scipy import stats as sps
-
     out = []
     a = an.tier_a[an.tier_a["subset"] == "all"] if "subset" in an.tier_a else an.tier_a
     for (ds, model, crit), g in a.groupby(["dataset", "model", "criterion"]):
@@ -73,19 +77,25 @@ def reading(an: Analysis) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ render
 
-COLUMN_ORDER = ("mp", "gp", "up", "random")  # the default sweep's criteria first, any other after them
+def criterion_labels(an: Analysis, labels: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Criterion -> column label of the summary grids, in column order: ``labels`` (the runs' criteria in config
+    order, as they name them), then any other criterion of the table in capitals."""
+    seen = list(dict.fromkeys(c for c in an.recall["criterion"].str.strip().str.lower() if c != "dense"))
+    out = {c: lab for c, lab in (labels or {}).items() if c in seen}
+    out.update({c: c.upper() for c in sorted(set(seen) - set(out))})
+    return out
 
 
-def summary_tables(an: Analysis) -> list[str]:
+def summary_tables(an: Analysis, labels: Mapping[str, str] | None = None) -> list[str]:
     """Per (dataset, model): E[α_t] [95% CI] with a verdict mark and mean accuracy, sparsity × criterion (the
-    compact tables the README quotes)."""
+    compact tables the README quotes); columns in the order and with the names of ``labels``."""
     a = an.tier_a[an.tier_a["subset"] == "all"] if "subset" in an.tier_a else an.tier_a
     acc = an.accuracy
-    seen = set(an.recall["criterion"].str.strip().str.lower()) - {"dense"}
-    crits = [c.upper() for c in (*COLUMN_ORDER, *sorted(seen - set(COLUMN_ORDER))) if c in seen]
+    names = criterion_labels(an, labels)
+    crits = list(names.values())
     lines = []
     for (ds, model), g in a.groupby(["dataset", "model"], sort=False):
-        g = g.assign(sparsity=g["requested_sparsity"].map(_pct), crit=g["criterion"].str.upper(),
+        g = g.assign(sparsity=g["requested_sparsity"].map(_pct), crit=g["criterion"].map(names),
                      cell=[W.alpha_cell(r) for r in g.itertuples()])
         order = g.sort_values("requested_sparsity")["sparsity"].unique()
         alpha = W.grid(g, "sparsity", "crit", "cell", index_order=order,
@@ -96,7 +106,7 @@ def summary_tables(an: Analysis) -> list[str]:
         ag = acc[(acc["dataset"] == ds) & (acc["model"] == model)]
         dense = ag[ag["criterion"] == "dense"]["accuracy"]
         ag = ag[ag["criterion"] != "dense"].assign(sparsity=lambda d: d["requested"].map(_pct),
-                                                    crit=lambda d: d["criterion"].str.upper(),
+                                                    crit=lambda d: d["criterion"].map(names),
                                                     acc=lambda d: d["accuracy"].map(lambda x: f"{x:.4f}"))
         accuracy = W.grid(ag, "sparsity", "crit", "acc", index_order=order,
                           column_order=[c for c in crits if c in set(ag["crit"])])
@@ -110,8 +120,6 @@ _md = W.markdown_table
 
 def plots(an: Analysis) -> dict[str, Any]:
     """The report's figures: file name -> a callable returning the matplotlib figure."""
-    from fairprune_jax.analysis import plots as P
-
     return {"alpha.png": lambda: P.plot_alpha(an.tier_a, title="E[α_t] (Tier A, 95% CI)"),
             "accuracy.png": lambda: P.plot_accuracy(an.recall, title="Test accuracy"),
             "class_deviation.png": lambda: P.plot_class_deviation(
@@ -119,7 +127,7 @@ def plots(an: Analysis) -> dict[str, Any]:
 
 
 def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[str], timings: pd.DataFrame | None,
-           image_prefix: str = "") -> str:
+           image_prefix: str = "", labels: Mapping[str, str] | None = None) -> str:
     """The report as markdown."""
     a = an.tier_a
     cols_a = ["dataset", "model", "criterion", "level", "requested_sparsity", "t_mean", "n_seeds", "mean", "ci_low",
@@ -144,7 +152,7 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
     notes = [f"- Diverged networks (non-finite loss or parameters; excluded from every statistic): "
              f"{len(an.diverged)}.", *EXTENSION_NOTES]
     lines = [f"# {title}", "", *header, "", "## Notes", "", *notes, "",
-             "## Summary", "", *summary_tables(an),
+             "## Summary", "", *summary_tables(an, labels),
              "## Reading (generated from the numbers below)", "", *reading(an), "",
              "## E[α_t] per cell (Tier A: mean over seeds, 95% t-interval, t-test vs 1, Holm across cells)", "",
              "α_t is the through-origin slope of δ_t on δ_0 over the classes of one network (docs/methods.md §7). "
@@ -190,14 +198,9 @@ def timings_table(stage_seconds: dict[str, float]) -> pd.DataFrame:
 
 
 def header_lines(cfg: Any) -> list[str]:
-    """What was run, from the stored config."""
+    """What was run, from the stored config (in today's names, `report.runs.config_of`)."""
     p = cfg.prune
-    grid = (f"sparsities {tuple(p.sparsities)}" if p.protocol != "iterative"
-            else f"levels 1–{p.levels} (s_L = 1 − {1 - p.fraction:g}^L, rewind to step {p.rewind_step})")
-    if p.protocol == "budget":
-        b = p.budget
-        grid += (f"; fine-tuning budgets: epochs {tuple(b.epochs)} × lr {tuple(b.lrs)} × momentum "
-                 f"{tuple(b.momenta)} (wd {cfg.finetune.optimizer.weight_decay:g}) at fixed masks")
+    grid = recall_layout.protocol(cfg).describe(cfg)
     imb = cfg.data.imbalance
     imb_s = (f"; underrepresented classes {tuple(imb.classes)} kept at {tuple(imb.fractions)}" if imb.classes else "")
     return [f"- dataset **{cfg.dataset}**{imb_s}; models {', '.join(cfg.models)}; "
@@ -210,47 +213,70 @@ def header_lines(cfg: Any) -> list[str]:
             f"{cfg.finetune.optimizer.name} lr {cfg.finetune.optimizer.lr:g}"]
 
 
-def build_report(wd, *, out: Path | None = None) -> str:
-    """Analyse a workdir's stored results and write `report.md` + PNGs; returns a terminal summary."""
+def analysis_progress(enabled: bool | None) -> tuple[Any, Callable[[str], None]]:
+    """A status bar over the analysis steps (`recall_tiers.ANALYSIS_STEPS`) and the callback that advances it;
+    ``enabled`` None shows it on a terminal only."""
+    bar = tqdm(total=len(ANALYSIS_STEPS), desc="analysis", unit="step", disable=None if enabled is None
+               else not enabled, dynamic_ncols=True, leave=False)
+
+    def step(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(1)
+
+    return bar, step
+
+
+def build_report(wd, *, out: Path | None = None, progress: bool | None = None) -> str:
+    """Analyse a workdir's stored results and write `report.md` + PNGs; returns a terminal summary.
+
+    A workdir whose pruned units have not started (only the dense rows) is refused with one line; one with some
+    units missing gets the incomplete-run banner naming them. ``progress``: the analysis status bar (None: on a
+    terminal only)."""
     recall = wd.read_table(RECALL_TABLE)
     if recall.empty:
         raise ValueError(f"{wd.path}: no results yet (table {RECALL_TABLE!r} is empty); run the sweep first")
-    from fairprune_jax.studies.recall import unit_keys
-    from fairprune_jax.studies import spine
-
-    cfg = wd.config
+    cfg = runs.config_of(wd)
     pruned = recall[recall["criterion"] != "dense"]
-    if len(pruned) and "diverged" in pruned and pruned["diverged"].all():
+    if pruned.empty:
+        raise ValueError(f"{wd.path}: only the dense models are evaluated; no pruned unit has finished yet (rerun "
+                         "the sweep's command to continue it)")
+    if "diverged" in pruned and pruned["diverged"].all():
         n = pruned.groupby(["model", "criterion", "seed", "level"]).ngroups
         raise ValueError(f"{wd.path}: every pruned network diverged ({n} networks, flagged in table "
                          f"{RECALL_TABLE!r}); nothing to analyse — lower config.finetune.optimizer.lr")
-    warning = spine.incomplete_warning(unit_keys(cfg), wd.keys(RECALL_TABLE))
+    run = runs.describe(wd, cfg)
+    warning = W.incomplete_warning(runs.expected_units(wd, cfg)[1], wd.keys(RECALL_TABLE))
     timings = timings_table({k: v for k, v in wd.stage_seconds().items() if k not in UNREPORTED_STAGES})
     return _analyse_and_write(recall, cfg, out or wd.path, scope=f": {cfg.dataset}",
-                              header=[*warning, *header_lines(cfg)], timings=timings)
+                              header=[*warning, *header_lines(cfg)], timings=timings, labels=run.labels,
+                              progress=progress)
 
 
 def _analyse_and_write(recall: pd.DataFrame, cfg: Any, out: Path, *, scope: str, header: Sequence[str],
-                       timings: pd.DataFrame | None) -> str:
+                       timings: pd.DataFrame | None, labels: Mapping[str, str] | None = None,
+                       progress: bool | None = None) -> str:
     """Analyse a recall table with `cfg.analysis`'s settings and write its report: the budget report for a budget
     sweep, the recall report otherwise. `scope` ends the title (": mnist", " (pooled)")."""
     a = cfg.analysis
     if budget_lib.is_budget_table(recall):
-        from fairprune_jax.report import budget as budget_report
-
         ban = budget_lib.analyze(recall, level=float(a.level), chance=float(a.chance_factor),
                                  bootstrap=int(a.bootstrap), seed=int(cfg.seed))
         return budget_report.write(ban, out, title=f"Recovery budget and recall distortion{scope}", header=header,
                                    timings=timings)
-    an = analyze(recall, level=float(a.level), bootstrap=int(a.bootstrap), chance=float(a.chance_factor),
-                 welch_q=float(a.welch_q), seed=int(cfg.seed))
-    return write(an, out, title=f"Recall distortion under pruning{scope}", header=header, timings=timings)
+    bar, step = analysis_progress(progress)
+    with bar:
+        an = analyze(recall, level=float(a.level), bootstrap=int(a.bootstrap), chance=float(a.chance_factor),
+                     welch_q=float(a.welch_q), seed=int(cfg.seed), progress=step)
+    return write(an, out, title=f"Recall distortion under pruning{scope}", header=header, timings=timings,
+                 labels=labels)
 
 
-def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings: pd.DataFrame | None) -> str:
+def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings: pd.DataFrame | None,
+          labels: Mapping[str, str] | None = None) -> str:
     """Write report.md, plots/*.png and tables/*.csv into `out` (`report.writer`); returns a terminal summary."""
     figures = plots(an)
-    text = render(an, title=title, header=header, images=list(figures), timings=timings, image_prefix="plots/")
+    text = render(an, title=title, header=header, images=list(figures), timings=timings, image_prefix="plots/",
+                  labels=labels)
     tables = {"alpha_networks": an.alpha, "alpha_tier_a": an.tier_a, "alpha_tier_b": an.tier_b,
               "pooled_ols": an.pooled.table, "pooled_ols_all_networks": an.pooled_all.table, "welch": an.welch,
               "accuracy": an.accuracy, "diverged_networks": an.diverged}
@@ -264,12 +290,7 @@ def write(an: Analysis, out: Path, *, title: str, header: Sequence[str], timings
 def _check_poolable(workdirs: Sequence[Any], frames: Sequence[pd.DataFrame]) -> None:
     """Refuse what cannot be pooled, naming the workdirs: one given twice, budget sweeps mixed with others, or two
     holding networks of the same dataset, model and seed (their dense networks would collide)."""
-    seen: set[Path] = set()
-    for wd in workdirs:
-        path = Path(wd.path).resolve()
-        if path in seen:
-            raise ValueError(f"--workdir: {wd.path} is given twice")
-        seen.add(path)
+    runs.check_distinct(workdirs)
     kinds = [budget_lib.is_budget_table(f) for f in frames]
     if any(kinds) and not all(kinds):
         b, r = kinds.index(True), kinds.index(False)
@@ -285,13 +306,20 @@ def _check_poolable(workdirs: Sequence[Any], frames: Sequence[pd.DataFrame]) -> 
                                  "dataset or model")
 
 
-def pooled_report(workdirs: Sequence[Any], out: Path) -> str:
+def pooled_report(workdirs: Sequence[Any], out: Path, *, progress: bool | None = None) -> str:
     """One report over several workdirs (e.g. MNIST + Fashion-MNIST) so RQ2/RQ3 have several levels; budget
-    sweeps pool into one budget report, with dataset and model as moderators where they vary."""
+    sweeps pool into one budget report, with dataset and model as moderators where they vary. Workdirs with missing
+    units are named in a banner at the top."""
     frames = [wd.read_table(RECALL_TABLE) for wd in workdirs]
     _check_poolable(workdirs, frames)
     recall = pd.concat(frames, ignore_index=True)
-    header = [f"Pooled over {len(workdirs)} workdirs:"] + [f"- `{wd.path}`" for wd in workdirs]
-    for wd in workdirs:
-        header += header_lines(wd.config)
-    return _analyse_and_write(recall, workdirs[0].config, out, scope=" (pooled)", header=header, timings=None)
+    configs = [runs.config_of(wd) for wd in workdirs]
+    header = [*runs.incomplete_lines(workdirs), f"Pooled over {len(workdirs)} workdirs:"]
+    header += [f"- `{wd.path}`" for wd in workdirs]
+    labels: dict[str, str] = {}
+    for wd, cfg in zip(workdirs, configs):
+        header += header_lines(cfg)
+        if hasattr(wd, "keys"):
+            labels.update({c: lab for c, lab in runs.describe(wd, cfg).labels.items() if c not in labels})
+    return _analyse_and_write(recall, configs[0], out, scope=" (pooled)", header=header, timings=None,
+                              labels=labels or None, progress=progress)

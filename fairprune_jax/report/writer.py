@@ -13,12 +13,16 @@ from __future__ import annotations
 import io
 import math
 import pathlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 
 from fairprune_jax.results import atomic_write
+
+matplotlib.use("Agg", force=False)  # reports render figures to files, never to a window
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 REPORT = "report.md"
 TABLES_DIR = "tables"
@@ -84,11 +88,6 @@ def write(out: str | pathlib.Path, text: str, *, tables: Mapping[str, pd.DataFra
           plots: Mapping[str, Callable[[], Any]]) -> pathlib.Path:
     """Write ``report.md``, ``tables/<name>.csv`` and ``plots/<name>`` (each plot callable returns a matplotlib
     figure, saved without a software stamp and closed here) into ``out``; returns the report path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = pathlib.Path(out)
     for name, make in plots.items():
         fig = make()
@@ -99,3 +98,13 @@ def write(out: str | pathlib.Path, text: str, *, tables: Mapping[str, pd.DataFra
     for name, df in tables.items():
         atomic_write(out / TABLES_DIR / f"{name}.csv", df.to_csv(index=False).encode())
     return atomic_write(out / REPORT, (text.rstrip("\n") + "\n").encode())
+
+
+def incomplete_warning(expected: Sequence[str], committed: Sequence[str]) -> list[str]:
+    """Report lines (to go at the top) naming the units a killed or running study has not committed yet."""
+    done = set(committed)
+    missing = [k for k in expected if k not in done]
+    if not missing:
+        return []
+    return [f"> **Incomplete run: {len(missing)} of {len(expected)} units missing** ({', '.join(missing)}); "
+            "rerun the same command to finish it, then rebuild this report.", ""]
