@@ -21,12 +21,16 @@ preparing the image datasets needs TensorFlow (`pip install -e ".[tfds_full]"`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
+import io
+import logging
 import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -242,24 +246,57 @@ def idx_builder(name: str, *, tfds_dir_: str | os.PathLike | None = None,
     return _BUILDERS[name](data_dir=str(tfds_dir(tfds_dir_)), file_format="array_record", files=files)
 
 
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+    """TFDS's own chatter off while it prepares a dataset we announce ourselves: its progress bars ("Generating",
+    "Shuffling"), its log warnings ("Variant folder ... has no dataset_info.json") and its prints ("Downloading and
+    preparing dataset Unknown size ...")."""
+    from tensorflow_datasets.core.utils import tqdm_utils  # deferred on purpose: TFDS is imported only to prepare
+
+    loggers = [logging.getLogger(n) for n in ("absl", "tensorflow_datasets")]
+    levels = [lg.level for lg in loggers]
+    active = getattr(tqdm_utils, "_active", True)
+    tqdm_utils.disable_progress_bar()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        tqdm_utils.display_progress_bar(active)
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def prepare_offline(name: str, *, source_dir: str | os.PathLike | None = None,
-                    tfds_dir_: str | os.PathLike | None = None, mirror: str | None = None):
+                    tfds_dir_: str | os.PathLike | None = None, mirror: str | None = None,
+                    log: Callable[[str], None] = _stderr):
     """Prepare the ArrayRecord dataset once from verified idx files (local folder, else downloaded from `mirror`,
-    see `idx_sources.mirror_base`); returns the prepared builder."""
+    see `idx_sources.mirror_base`); returns the prepared builder. Preparing says so in one line (``log``)."""
     import tensorflow_datasets as tfds
 
-    builder = idx_builder(name, tfds_dir_=tfds_dir_)
-    if builder.is_prepared():
-        return builder
+    with quiet_tfds():
+        builder = idx_builder(name, tfds_dir_=tfds_dir_)
+        if builder.is_prepared():
+            return builder
     folder = source_folder(name, source_dir)
     work = tfds_dir(tfds_dir_) / "downloads" / name  # per-dataset download/extract folders
     # Fail before TFDS creates anything: a corrupted local file or a refused download stops here.
     files = local_idx_files(name, folder) or download_idx(name, work, mirror=mirror, looked_in=folder)
-    builder = idx_builder(name, tfds_dir_=tfds_dir_, files=files)
-    builder.download_and_prepare(
-        download_dir=str(work),
-        download_config=tfds.download.DownloadConfig(manual_dir=str(folder), extract_dir=str(work / "extracted")),
-    )
+    log(f"preparing {name} once: {sum(_SPLIT_SIZES.values())} checksum-verified images from "
+        f"{Path(next(iter(files.values()))).parent} into {tfds_dir(tfds_dir_) / (name + '_idx')} (seconds; later "
+        "runs reuse it)")
+    with quiet_tfds():
+        builder = idx_builder(name, tfds_dir_=tfds_dir_, files=files)
+        builder.download_and_prepare(
+            download_dir=str(work),
+            download_config=tfds.download.DownloadConfig(manual_dir=str(folder),
+                                                         extract_dir=str(work / "extracted")),
+        )
     return builder
 
 

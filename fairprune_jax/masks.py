@@ -456,3 +456,19 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
             keep = keep_lowest(x, _count(s_l, x.shape[0], p, where), p, method=method)
             out[i] = keep.reshape(_shape(leaves[i][1]))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# ----------------------------------------------------------------------------------------------- moved
+
+_MOVED_TO_MASK_IO = ("save", "load", "to_jaxpruner", "from_jaxpruner")
+
+
+def __getattr__(name: str) -> Any:
+    """``save``, ``load``, ``to_jaxpruner`` and ``from_jaxpruner`` moved to `fairprune_jax.mask_io` (host-side
+    code); the old names still work and warn once."""
+    if name in _MOVED_TO_MASK_IO:
+        from fairprune_jax import deprecation, mask_io  # deferred on purpose: mask_io imports this module
+
+        return deprecation.moved(getattr(mask_io, name), f"fairprune_jax.masks.{name}",
+                                 f"fairprune_jax.mask_io.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

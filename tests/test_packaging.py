@@ -1,5 +1,6 @@
-"""The wheel holds `fairprune_jax` only and runs a config file given by path through `fairprune-sweep` from a fresh
-venv outside the checkout (no network: no build isolation, no dependencies fetched)."""
+"""The wheel holds `fairprune_jax` only (its experiment configs inside it) and runs a packaged config by name through
+`fairprune-sweep` from a fresh venv outside the checkout; every console script's --help lists its real flags (no
+network: no build isolation, no dependencies fetched)."""
 from __future__ import annotations
 
 import os
@@ -51,8 +52,22 @@ def test_wheel_installs_outside_the_checkout_and_runs_the_smoke_sweep(tmp_path):
     where = run(str(py), "-c", "import fairprune_jax; print(fairprune_jax.__file__)", cwd=outside, env=env)
     assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
     assert run(str(py), "-c", "import configs", cwd=outside, env=env).returncode != 0
-    sweep = run(str(venv / "bin" / "fairprune-sweep"), f"--config={REPO / 'configs' / 'mnist.py'}:smoke",
-                f"--workdir={outside / 'wd'}", "--config.progress=False", "--config.num_seeds=1",
-                "--config.prune.criteria=('mp',)", "--config.analysis.bootstrap=0", cwd=outside, env=env)
+    names = {n.split("/")[-1] for n in zipfile.ZipFile(wheel).namelist() if n.startswith("fairprune_jax/configs/")}
+    assert {"mnist.py", "mnist_wd.py", "planted_mnist.py", "celeba.py"} <= names
+    bin_ = venv / "bin"
+    for script, flag in (("fairprune-sweep", "--workdir:"), ("fairprune-bias", "--config:"),
+                         ("fairprune-report", "--claims"), ("fairprune-launch", "--num_processes")):
+        helped = run(str(bin_ / script), "--help", cwd=outside, env=env)
+        assert helped.returncode == 0 and flag in helped.stdout, (script, helped.stdout + helped.stderr)
+    assert "mnist_wd" in run(str(bin_ / "fairprune-sweep"), "--help", cwd=outside, env=env).stdout
+    refused = run(str(bin_ / "fairprune-bias"), "--config=planted_mnist:smoke", "--config.seed=-1",
+                  f"--workdir={outside / 'bias'}", cwd=outside, env=env)
+    assert refused.returncode == 2 and refused.stderr.strip() == "error: config.seed: -1 is not an integer >= 0"
+    assert not (outside / "bias").exists()
+    sweep = run(str(bin_ / "fairprune-sweep"), "--config=mnist:smoke", f"--workdir={outside / 'wd'}",
+                "--config.progress=False", "--config.num_seeds=1", "--config.prune.criteria=('mp',)",
+                "--config.analysis.bootstrap=0", cwd=outside, env=env)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    assert (outside / "wd" / "report.md").is_file()
+    assert (outside / "wd" / "report.md").is_file() and "report:" in sweep.stdout
+    rebuilt = run(str(bin_ / "fairprune-report"), f"--workdir={outside / 'wd'}", cwd=outside, env=env)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]

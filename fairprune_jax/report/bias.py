@@ -87,9 +87,13 @@ def _load(wd: Workdir) -> _Tables:
     metrics = _read(wd, "metrics")
     if metrics.empty:
         raise ValueError(f"workdir {str(wd.path)!r}: no metrics table yet")
-    if not (metrics["population"] == "sparse").any():
+    pruned = _read(wd, "prune")
+    if pruned.empty:
         raise ValueError(f"workdir {str(wd.path)!r}: only the dense models are evaluated; no pruned unit has "
                          "finished yet (rerun the study's command to continue it)")
+    if "diverged" in pruned and pruned["diverged"].astype(bool).all():
+        raise ValueError(f"workdir {str(wd.path)!r}: every pruned network diverged ({len(pruned)} networks, "
+                         "flagged in table 'prune'); nothing to analyse — lower config.finetune.optimizer.lr")
     summary = summarize_metrics(metrics)
     grid = sorted(float(s) for s in summary.loc[summary["population"] == "sparse", "sparsity"].unique())
     ident, cies, att, reg, attrs, prune = (_read(wd, t) for t in ("identification", "cies", "attenuation",

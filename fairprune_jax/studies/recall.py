@@ -280,7 +280,7 @@ def _dense_units(ctx: Context, proto: Protocol) -> Iterator[Unit]:
     def commit_rows(table: pd.DataFrame) -> None:
         append_rows(ctx, key, table)
         acc = table.groupby("seed")["accuracy"].first().mean()
-        ctx.log(f"dense {spec.name}{block.suffix()}: test accuracy {acc:.4f} (mean of {n} seeds)")
+        ctx.log(f"dense {spec.name}{block.suffix()}: test accuracy {acc:.4f} (mean of {n} seed{'s' * (n != 1)})")
 
     yield Unit(key, "evaluate", committed(ctx, key), rows, commit_rows)
 

@@ -286,15 +286,31 @@ def upgrade(config: Any, *, warn: bool = True) -> Any:
 
 _MOVED_VARIANTS = {"weight_decay": "mnist_wd", "iterative_short": "mnist_iterative", "budget": "mnist_budget",
                    "paper": "mnist_paper"}
+_MOVED_APPLIERS = ("with_variant", "planted_variant", "cifar_variant")
 
 
 def __getattr__(name: str) -> Any:
-    """The variant builders of earlier versions (``weight_decay``, ``paper``, ``iterative_short``, ``budget``)
-    are config files now; their names still work, warning once, and apply that file's ``changes``."""
-    if name in _MOVED_VARIANTS:
-        import importlib  # deferred on purpose: the config files import this module
+    """The variant builders of earlier versions are config files now; their names still work, warning once:
+    ``weight_decay``, ``paper``, ``iterative_short``, ``budget`` apply that file's ``changes``;
+    ``with_variant``, ``planted_variant``, ``cifar_variant`` apply a variant name to a config as before."""
+    if name not in _MOVED_VARIANTS and name not in _MOVED_APPLIERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # deferred on purpose: the config files import this module
 
+    if name in _MOVED_VARIANTS:
         target = importlib.import_module(f"fairprune_jax.configs.{_MOVED_VARIANTS[name]}")
         return deprecation.moved(target.changes, f"fairprune_jax.studies.schema.{name}",
                                  f"fairprune_jax.configs.{_MOVED_VARIANTS[name]}.changes")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    configs = importlib.import_module("fairprune_jax.configs")
+
+    def apply(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+        base = "cifar10" if name == "cifar_variant" and c.dataset not in configs.MOVED else c.dataset
+        if name == "cifar_variant":  # the CIFAR recipe itself lives in the CIFAR config files now
+            c = configs.get(base, variant if variant in ("", "smoke") else "")
+            variant = "" if variant == "smoke" else variant
+        if variant in configs.MOVED.get(base, {}):
+            return importlib.import_module(f"fairprune_jax.configs.{configs.MOVED[base][variant]}").changes(c)
+        return finish(c, variant)
+
+    return deprecation.moved(apply, f"fairprune_jax.studies.schema.{name}",
+                             "the config files of fairprune_jax.configs (one per experiment)")

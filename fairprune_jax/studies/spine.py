@@ -262,6 +262,17 @@ def devices_line(config: Any) -> str:
     return f"models spread over {sharding.size(mesh)} {platform} devices"
 
 
+def chunks(spec: Any, n: int, chunk: int | None, config: Any) -> int:
+    """Number of chunks `train` splits a population of ``n`` models of ``spec`` into (``chunk`` 0 or None =
+    automatic, `train.resolve_chunk`, on the mesh of ``config``). Deprecated: progress bars count model-epochs."""
+    from fairprune_jax import train  # deferred on purpose: a deprecated helper; the spine needs no trainer
+
+    deprecation.warn_once("spine.chunks", "fairprune_jax.studies.spine.chunks is deprecated: progress bars count "
+                          "model-epochs (Progress.training)")
+    params = population_like(spec, 1)["params"]
+    return -(-n // train.resolve_chunk(n, chunk, train.param_bytes(params), mesh_of(config)))
+
+
 class Progress:
     """Progress bars of a run (tqdm on stderr; disabled with ``config.progress=False``)."""
 
