@@ -19,6 +19,7 @@ import pathlib
 import re
 import signal
 import sys
+import traceback
 import warnings
 from typing import Any, Callable, NoReturn
 
@@ -87,8 +88,10 @@ def resolve_config(spec: str) -> str:
     raise ValueError(f"config file {path} does not exist (packaged configs: {', '.join(configs.names())})")
 
 
-def check_config_file(path: str) -> None:
-    """A config file that does not compile: ValueError naming the file and the line."""
+def check_config_file(spec: str) -> None:
+    """A config file that does not compile, or raises while it loads or builds its config: ValueError naming the
+    file and the line (the innermost line of the file in the traceback)."""
+    path, _, variant = spec.partition(":")
     try:
         source = pathlib.Path(path).read_text(encoding="utf-8")
         compile(source, path, "exec")
@@ -96,6 +99,13 @@ def check_config_file(path: str) -> None:
         raise ValueError(f"config file {path}, line {e.lineno}: {e.msg}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"config file {path}: {e}") from None
+    try:
+        _config_by_path(spec)
+    except Exception as e:  # noqa: BLE001 - whatever a user's config file raises becomes one line
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+                 if os.path.abspath(f.filename) == os.path.abspath(path)]
+        where = f", line {lines[-1]}" if lines else ""
+        raise ValueError(f"config file {path}{where}: {type(e).__name__}: {e}".splitlines()[0]) from None
 
 
 def _where_in(text: str, path: str) -> str:
@@ -138,7 +148,7 @@ def _parse(argv: list[str]) -> list[str]:
         if a.startswith("--config="):
             try:
                 spec = resolve_config(a.split("=", 1)[1])
-                check_config_file(spec.partition(":")[0])
+                check_config_file(spec)
             except ValueError as e:
                 _die(str(e))
             argv[i] = f"--config={spec}"

@@ -358,3 +358,22 @@ def test_celeba_path_on_tfds_mock_data(tmp_path):
     assert (tmp_path / "celeba" / "report.md").is_file()
     reg = w.read_table("regression")
     assert set(reg["protected"]) == {"Male", "Young", "Chubby", "Pale_Skin"}
+
+
+@pytest.mark.slow
+def test_exploding_fine_tuning_is_flagged_excluded_and_reported(tmp_path):
+    """Adam at lr 1e4 blows the losses up to ~1e15 without a NaN: the guard's loss bound flags every network, they
+    are excluded, and the report says so in one line instead of drawing conclusions from them."""
+    r = subprocess.run([sys.executable, "-m", "experiments.bias", "--config=configs/planted_mnist.py:smoke",
+                        "--config.finetune.optimizer.lr=1e4", f"--workdir={tmp_path / 'wd'}", "--config.progress=False"],
+                       cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "every pruned network diverged (6 networks" in errors[0]
+    assert r.stderr.count("diverged (non-finite or exploding loss); excluded from the statistics") == 2
+    prune = Workdir.existing(tmp_path / "wd").read_table("prune")
+    assert prune["diverged"].all() and np.isfinite(prune["final_loss"]).all()
+    assert (prune["final_loss"] > 3 * np.log(2)).all()
+    for t in BS.EVAL_TABLES:  # nothing is computed from a diverged network
+        assert Workdir.existing(tmp_path / "wd").read_table(t).query("population == 'sparse'").empty \
+            if t == "metrics" else Workdir.existing(tmp_path / "wd").read_table(t).empty

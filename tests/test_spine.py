@@ -302,3 +302,39 @@ def test_a_new_claim_closes_attempts_left_running_by_a_killed_run(tmp_path):
         wd._update_timing("dense.x", "a1", {"started": "t", "seconds": None, "status": "running", "pid": -5})
     with spine.claim(tmp_path / "wd", cfg, fresh=False, ignore=recall_study.IGNORED_FIELDS, log=print) as (wd, _):
         assert [a["status"] for a in wd.stage_timings()["dense.x"]] == ["killed"]
+
+
+# ---- config files and partial workdirs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body,fragment", [
+    ("def get_config(variant=''):\n    return (\n", "broken.py, line 2: '(' was never closed"),  # syntax
+    ("import ml_collections\nX = undefined_name\n\ndef get_config(variant=''):\n    return None\n",
+     "broken.py, line 2: NameError: name 'undefined_name' is not defined"),  # fails as it loads
+])
+def test_a_config_file_that_does_not_load_is_one_line_naming_file_and_line(tmp_path, body, fragment):
+    (tmp_path / "broken.py").write_text(body)
+    proc = _cli("experiments.sweep", f"--config={tmp_path / 'broken.py'}", f"--workdir={tmp_path / 'wd'}")
+    _one_line_error(proc, fragment)
+    assert not (tmp_path / "wd").exists()
+
+
+def _dense_only_workdir(path: Path) -> Path:
+    wd = results.Workdir.open(path, mnist.get_config("smoke"), ignore=recall_study.IGNORED_FIELDS)
+    rows = pd.DataFrame({"dataset": "mnist", "model": "lenet_300_100", "criterion": "dense", "seed": [0, 1, 2],
+                         "level": 0, "requested_sparsity": 0.0, "actual_sparsity": 0.0, "class": 0, "n": 10,
+                         "correct": 9, "recall": 0.9, "accuracy": 0.9})
+    wd.append_table("recall", "lenet_300_100.dense", rows)
+    return path
+
+
+def test_report_of_a_workdir_holding_only_its_dense_part_is_one_line(tmp_path):
+    wd = _dense_only_workdir(tmp_path / "wd")
+    _one_line_error(_cli("experiments.report", f"--workdir={wd}"), "no pruned unit has finished yet")
+
+
+def test_a_workdir_given_twice_is_refused_by_every_multi_workdir_command(tmp_path):
+    wd = _dense_only_workdir(tmp_path / "wd")
+    for extra in ((), ("--claims",), ("--results",)):
+        proc = _cli("experiments.report", f"--workdir={wd}", f"--workdir={wd}/.",
+                    f"--out={tmp_path / 'out'}", *extra)
+        _one_line_error(proc, "is given twice")

@@ -186,3 +186,32 @@ def test_imbalance_option_reaches_the_data():
     study = recall_study.load_data(cfg)
     row = study.train_counts.set_index("class").loc[3]
     assert row["n_after"] == round(0.1 * 6131) and study.train.images.shape[0] == 60000 - 6131 + 613
+
+
+def _small(num_seeds: int, seed: int = 0):
+    cfg = mnist.get_config("smoke")
+    cfg.num_seeds, cfg.seed, cfg.prune.criteria = num_seeds, seed, ("mp",)
+    cfg.data.max_train_examples, cfg.analysis.bootstrap, cfg.progress = 3000, 0, False
+    return cfg
+
+
+@pytest.mark.slow
+def test_more_seeds_on_a_workdir_train_only_the_new_seeds(tmp_path):
+    """Raising num_seeds adds a seed block: the earlier parts stay byte for byte, the new seeds' rows are those of a
+    run of the new seeds alone, and the report covers every seed."""
+    wd = tmp_path / "wd"
+    pipeline.run(_small(2), workdir=wd, log=lambda s: None)
+    parts = wd / "results" / "recall"
+    before = {p.name: p.read_bytes() for p in parts.iterdir()}
+    grown = pipeline.run(_small(3), workdir=wd, log=lambda s: None)
+    assert grown.computed == {"dense": 1, "evaluate": 1, "prune": 1}  # the new block only
+    assert {p.name: p.read_bytes() for p in parts.iterdir() if p.name in before} == before
+    assert sorted(set(p.name for p in parts.iterdir()) - set(before)) == [
+        "lenet_300_100.dense.seeds=2-2.parquet", "lenet_300_100.mp.seeds=2-2.parquet"]
+    assert (wd / "seed_blocks.json").read_text().split() == ["[", "[", "0,", "2", "],", "[", "2,", "3", "]", "]"]
+    assert "mean over 3 seeds" in (wd / "report.md").read_text()
+    alone = pipeline.run(_small(1, seed=2), workdir=tmp_path / "alone", log=lambda s: None, report=False)
+    new = results.Workdir.existing(wd).read_table("recall").query("seed == 2").reset_index(drop=True)
+    pd.testing.assert_frame_equal(new, results.Workdir.existing(alone.workdir).read_table("recall"))
+    again = pipeline.run(_small(3), workdir=wd, log=lambda s: None)
+    assert again.computed == {}

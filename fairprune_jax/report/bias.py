@@ -18,7 +18,7 @@ from fairprune_jax.report import runs
 from fairprune_jax.report import writer as W
 from fairprune_jax.report.bias_reading import attenuation_summary_frame, fmt, pm, reading, reference_sparsity
 from fairprune_jax.report.bias_plots import plot_calibration, plot_identification, plot_metrics
-from fairprune_jax.report.bias_summary import GROUP_METRICS, LABELS, row, summarize_metrics
+from fairprune_jax.report.bias_summary import KEY_METRICS, METRICS, row, summarize_metrics
 from fairprune_jax.results import Workdir
 from fairprune_jax.studies import bias_layout
 
@@ -124,10 +124,9 @@ def _metrics_lines(t: _Tables) -> list[str]:
     summary, protected, grid, prune, metrics = t.summary, t.protected, t.grid, t.prune, t.metrics
     lines = []
     lines += ["## Metrics against sparsity (τ = 0)", "", "![metrics](plots/metrics_vs_sparsity.png)", ""]
-    cols = [("acc", ""), ("auc", ""), *(("ba", p) for p in protected),
-            *((("bba", protected[0]),) if (summary["metric"] == "bba").any() else ()),
-            ("uncertainty", ""), ("r2", ""), ("ece", ""), *(("dfpr", p) for p in protected),
-            *(("dfnr", p) for p in protected)]
+    present = set(summary["metric"])
+    cols = [(v.name, p) for v in map(METRICS.__getitem__, KEY_METRICS) if not v.only_present or v.name in present
+            for p in (protected if v.per_group else protected[:1] if v.only_present else [""])]
     realised = prune.groupby("sparsity")["realised"].mean() if not prune.empty else pd.Series(dtype=float)
     n_attr = int(metrics["attribute"].nunique())
     rows = []
@@ -136,9 +135,9 @@ def _metrics_lines(t: _Tables) -> list[str]:
              "realised": "0" if pop == "dense" else fmt(float(realised.get(s, np.nan)), 4)}
         for m, p in cols:
             x = row(summary, pop, s, m, "default", p)
-            head = LABELS.get(m, m) + (f" ({p})" if p and len(protected) > 1 else "")
-            signed = m in GROUP_METRICS + ("bba",)
-            r[head] = "–" if x is None else pm(x["mean"], x["sd"], 4 if m == "acc" else 3, signed)
+            view = METRICS[m]
+            head = view.label + (f" ({p})" if p and len(protected) > 1 else "")
+            r[head] = "–" if x is None else pm(x["mean"], x["sd"], view.digits, view.signed)
             if m == "r2":  # how many columns the R² rests on the constant-column rule for (mean per model)
                 c = row(summary, pop, s, "r2_constant", "default", "")
                 r["constant columns"] = "–" if c is None else f"{c['mean'] * n_attr:.1f}/{n_attr}"

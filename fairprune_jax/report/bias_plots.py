@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from fairprune_jax.report.bias_summary import GROUP_METRICS, LABELS, metric_series
+from fairprune_jax.report.bias_summary import LABELS, METRICS, metric_series
 from fairprune_jax.report.writer import plt
 
 
@@ -50,7 +50,7 @@ def plot_metrics(summary: pd.DataFrame, grid: Sequence[float], protected: Sequen
     panels = ["acc", "ba", "uncertainty", "r2", "ece"] + (["bba"] if (summary["metric"] == "bba").any() else ["auc"])
     fig, axes = _figure(len(panels))
     for ax, m in zip(axes, panels):
-        if m in GROUP_METRICS or m == "bba":
+        if METRICS[m].per_group or METRICS[m].only_present:
             for p in protected:
                 _errline(ax, metric_series(summary, m, protected=p), p)
             if len(protected) > 1:
