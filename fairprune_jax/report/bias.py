@@ -109,7 +109,7 @@ def _head_lines(wd: Workdir, t: _Tables) -> list[str]:
              *W.incomplete_warning(bias_layout.expected_units(cfg), wd.keys("metrics")),
              "Built from the stored tables of this workdir (rebuild with `fairprune-report --workdir=<this "
              "folder>`; the same tables give the same bytes, timings live in `timings.json`).", "",
-             f"Diverged networks (non-finite loss or parameters; excluded from every statistic): {n_diverged}.", "",
+             W.diverged_words(n_diverged), "",
              "## Set-up", "", *_config_lines(cfg, t.meta),
              f"- populations evaluated: dense + {len(t.grid)} of {len(cfg.prune.sparsities)} sparsities", ""]
     lines += ["## Reading (generated from the numbers)", ""]

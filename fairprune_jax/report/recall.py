@@ -149,8 +149,7 @@ def render(an: Analysis, *, title: str, header: Sequence[str], images: Sequence[
                  .agg(classes=("class", "count"), rejected=("reject", "sum"),
                       rejected_losing=("reject", lambda s: int((s & welch.loc[s.index, "t_stat"].gt(0)).sum())))
                  if not welch.empty else pd.DataFrame())
-    notes = [f"- Diverged networks (non-finite loss or parameters; excluded from every statistic): "
-             f"{len(an.diverged)}.", *EXTENSION_NOTES]
+    notes = [f"- {W.diverged_words(len(an.diverged))}", *EXTENSION_NOTES]
     lines = [f"# {title}", "", *header, "", "## Notes", "", *notes, "",
              "## Summary", "", *summary_tables(an, labels),
              "## Reading (generated from the numbers below)", "", *reading(an), "",

@@ -100,6 +100,13 @@ def write(out: str | pathlib.Path, text: str, *, tables: Mapping[str, pd.DataFra
     return atomic_write(out / REPORT, (text.rstrip("\n") + "\n").encode())
 
 
+def diverged_words(n: int) -> str:
+    """What 'diverged' means, for a report's count of diverged networks (docs/methods.md §6): reports with none keep
+    the short form."""
+    what = ("non-finite or exploding loss, or non-finite parameters" if n else "non-finite loss or parameters")
+    return f"Diverged networks ({what}; excluded from every statistic): {n}."
+
+
 def incomplete_warning(expected: Sequence[str], committed: Sequence[str]) -> list[str]:
     """Report lines (to go at the top) naming the units a killed or running study has not committed yet."""
     done = set(committed)
