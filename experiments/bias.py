@@ -1,6 +1,6 @@
-"""Run (or resume) the bias study (same as the ``fairprune-bias`` console script).
+"""Run (or resume) the bias study, then write its report (same as the ``fairprune-bias`` console script).
 
-    python -m experiments.bias --config=configs/planted_mnist.py[:smoke] [--workdir=...] [--fresh]
+    python -m experiments.bias --config=planted_mnist[:smoke] [--workdir=...] [--fresh]
 
 The logic is `fairprune_jax.cli`.
 """
