@@ -91,6 +91,13 @@ def test_two_runs_started_together_one_is_refused(tmp_path):
     ("train.optimizer.lr", float("nan"), "config.train.optimizer.lr: nan"),
     ("prune.sparsities", (0.0, 0.5), "config.prune.sparsities: 0 is the dense model"),
     ("train.batch_size", 7000, "config.train.batch_size: 7000 is larger than the training split (6000"),
+    ("train.optimizer.name", "foo", "config.train.optimizer.name: unknown optimizer 'foo'"),
+    ("train.schedule.name", "foo", "config.train.schedule.name: unknown schedule 'foo'"),
+    ("eval.batch_size", 0, "config.eval.batch_size: 0 is not an integer >= 1"),
+    ("prune.grad_batch", 0, "config.prune.grad_batch: 0 is not an integer >= 1"),
+    ("prune.grad_batch", 7000, "config.prune.grad_batch: 7000 is larger than the training split (6000"),
+    ("seed", -1, "config.seed: -1 is not an integer >= 0"),
+    ("finetune.chunk", -2, "config.finetune.chunk: -2 is not an integer >= 0"),
 ])
 def test_bad_config_never_claims_the_workdir(field, value, message, tmp_path):
     cfg = mnist.get_config("smoke")
@@ -103,6 +110,22 @@ def test_bad_config_never_claims_the_workdir(field, value, message, tmp_path):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         pipeline.run(cfg, workdir=tmp_path / "wd", log=lambda s: None)
     assert not (tmp_path / "wd").exists()
+
+
+def test_fields_that_never_change_a_result_do_not_trip_the_fingerprint_guard(tmp_path):
+    """analysis.* only shapes the report, data.source_dir names where checksum-verified files lie, the chunks and
+    the mesh only split the work: a workdir accepts changes to them (and records the new values)."""
+    cfg = mnist.get_config("smoke")
+    with spine.claim(tmp_path / "wd", cfg, fresh=False, ignore=recall_study.IGNORED_FIELDS, log=print):
+        pass
+    other = mnist.get_config("smoke")
+    other.analysis.bootstrap, other.data.source_dir, other.finetune.chunk = 50, str(tmp_path), 3
+    with spine.claim(tmp_path / "wd", other, fresh=False, ignore=recall_study.IGNORED_FIELDS, log=print) as (wd, _):
+        assert wd.config.analysis.bootstrap == 50
+    other.train.epochs = 2  # this one does change results
+    with pytest.raises(ValueError, match="train.epochs"):
+        with spine.claim(tmp_path / "wd", other, fresh=False, ignore=recall_study.IGNORED_FIELDS, log=print):
+            pass
 
 
 def test_bias_batch_size_is_checked_against_the_subsampled_split(tmp_path):
