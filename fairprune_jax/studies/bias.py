@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import os
 import pathlib
 import sys
@@ -45,7 +44,7 @@ from fairprune_jax import masks as masks_lib
 from fairprune_jax import models as models_lib
 from fairprune_jax import evaluate, multihost, protocols, schedules, train
 from fairprune_jax.analysis.bias_tables import evaluate_sparse, population_metrics, tag_population
-from fairprune_jax.results import atomic_write, make_key
+from fairprune_jax.results import load_npz, make_key, save_npz, verified_file
 from fairprune_jax.studies import spine
 from fairprune_jax.studies.bias_config import config_field, validate_config
 from fairprune_jax.studies.bias_data import PLANTED_SOURCE, StudyData, load_study_data
@@ -194,20 +193,19 @@ class _Run(NamedTuple):
         return self.wd.path_for(f"logits/{key}.npz")
 
     def has_logits(self, key: str) -> bool:
-        """Whether population ``key``'s logits are stored (in a multi-host run: process 0's answer)."""
-        return multihost.agree(self.logits_path(key).is_file())
+        """Whether population ``key``'s logits are stored and verified (a corrupt file is moved aside; in a
+        multi-host run: process 0's answer)."""
+        return multihost.agree(multihost.is_primary() and verified_file(self.logits_path(key)))
 
     def load_logits(self, key: str) -> dict:
-        with np.load(self.logits_path(key)) as z:
-            return {"val": z["val"], "test": z["test"]}
+        z = load_npz(self.logits_path(key), root=self.wd.path)  # checksum-verified; CorruptFileError names it
+        return {"val": z["val"], "test": z["test"]}
 
     def save_logits(self, key: str, variables: PyTree) -> None:
         arrays = {"val": predict_logits(self.spec, variables, self.data.x_val, self.cfg),
                   "test": predict_logits(self.spec, variables, self.data.x_test, self.cfg)}
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
         if multihost.is_primary():
-            atomic_write(self.logits_path(key), buf.getvalue())
+            save_npz(self.logits_path(key), arrays)  # with its .sha256
         multihost.barrier(f"logits:{key}")  # the others read them next
 
 
@@ -270,7 +268,7 @@ def _dense_unit(r: _Run) -> None:
 def _prune_unit(r: _Run, s: float, key: str) -> None:
     """Prune (or restore) the population at sparsity ``s`` and store its logits; diverged seeds are recorded."""
     ck = f"sparse-{key}"
-    if checkpoints.exists(r.ckdir(), ck):
+    if checkpoints.exists(r.ckdir(), ck) and r.wd.has("prune", key):  # the part records which seeds diverged
         r.skipped["prune"] += 1
         variables = checkpoints.restore(r.ckdir(), ck, like=sparse_like(r.spec, int(r.cfg.num_seeds)))["variables"]
     else:
@@ -308,7 +306,7 @@ def _diverged_seeds(r: _Run, key: str) -> np.ndarray:
 def _evaluate_unit(r: _Run, s: float, key: str) -> None:
     """Every evaluation table of sparsity ``s`` over the seeds that did not diverge (metrics part last: it marks
     the unit evaluated)."""
-    dense_m = pd.read_parquet(r.wd.part_path("metrics", DENSE_KEY))
+    dense_m = r.wd.read_part("metrics", DENSE_KEY)
     dense_m = dense_m[dense_m["population"] == "dense"].drop(columns=["population", "sparsity"])
     keep = np.flatnonzero(~_diverged_seeds(r, key))
     dl, sl = r.load_logits("dense"), r.load_logits(key)
