@@ -110,7 +110,10 @@ def verify(directory: str | os.PathLike, name: str) -> bool:
                                                                              *listing.items()])
     if _verified.get(str(path)) == stamp:
         return True
-    sums = files.parse_checksum_lines(manifest.read_bytes(), manifest)
+    try:
+        sums = files.parse_checksum_lines(manifest.read_bytes(), manifest)
+    except CorruptFileError as e:
+        raise CorruptFileError(path, f"{MANIFEST}: {e.reason}") from None
     missing, extra = sorted(set(sums) - set(listing)), sorted(set(listing) - set(sums))
     if missing:
         raise CorruptFileError(path, f"{missing[0]} is missing ({len(missing)} file(s) of its {MANIFEST})")

@@ -57,7 +57,7 @@ class Range(NamedTuple):
         bad = self.bad(x)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            return f"row {i}: {self.column} = {x[i]!r} is not {self.wanted()}"
+            return f"row {i}: {self.column} = {float(x[i])!r} is not {self.wanted()}"
         return None
 
     @property
@@ -104,7 +104,7 @@ class Ratio(NamedTuple):
         bad = (d > 0) & ~np.isnan(v) & ~(np.abs(v - want) <= self.rtol * np.maximum(np.abs(want), 1e-300))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            return (f"row {i}: {self.value} = {v[i]!r} is not {self.num}/{self.den} = {n[i]:g}/{d[i]:g}")
+            return f"row {i}: {self.value} = {float(v[i])!r} is not {self.num}/{self.den} = {n[i]:g}/{d[i]:g}"
         return None
 
     @property
@@ -129,7 +129,7 @@ class MetricRange(NamedTuple):
             bad = (names == name) & rule.bad(x)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                return f"row {i}: {self.value} of metric {name} = {x[i]!r} is not {rule.wanted()}"
+                return f"row {i}: {self.value} of metric {name} = {float(x[i])!r} is not {rule.wanted()}"
         return None
 
     @property
@@ -155,11 +155,12 @@ _COMMON = (Range("sparsity", 0.0, 1.0, nan=False), *_count("seed"))
 
 RULES: dict[str, tuple[Rule, ...]] = {
     # recall study (evaluate.recall_table; the budget variant adds its setting's columns)
-    "recall": (*_count("seed", "level", "sparsity_index", "class", "n", "correct"), Le("correct", "n"),
-               Ratio("recall", "correct", "n"), *_unit("recall", "accuracy", "mean_confidence", "frac_uncertain"),
+    "recall": (*_count("seed", "level", "sparsity_index", "class", "n", "correct"),
+               *_unit("recall", "accuracy", "mean_confidence", "frac_uncertain"),
                Range("requested_sparsity", 0.0, 1.0, nan=False), Range("actual_sparsity", 0.0, 1.0, nan=False),
                Range("diverged_epoch", -1.0, nan=False, integer=True), *_count("ft_epochs"),
-               Range("ft_lr", 0.0, nan=False), Range("ft_momentum", 0.0, 1.0, nan=False)),
+               Range("ft_lr", 0.0, nan=False), Range("ft_momentum", 0.0, 1.0, nan=False),
+               Le("correct", "n"), Ratio("recall", "correct", "n")),
     # bias study (studies/bias.py, analysis/bias_tables.py)
     "train_history": (*_count("seed", "epoch"), Range("loss", 0.0, inf=True)),
     "prune": (*_COMMON, *_unit("target", "realised"), Range("final_loss", 0.0, inf=True), Range("seconds", 0.0),
