@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -79,6 +80,38 @@ def _quiet_orbax() -> Iterator[None]:
         yield
     finally:
         log.removeFilter(drop)
+
+
+_orphans = {"last": 0.0}
+
+
+def _drop_orphaned_callback_errors() -> None:
+    """Installed for every orbax call: when one fails, TensorStore still completes the operations it had started
+    and calls back into the asyncio loop orbax has already closed; each such callback reports a
+    RuntimeError("Event loop is closed") through `sys.unraisablehook`, a traceback apiece. Those are consequences
+    of the failure being raised, so they are dropped (other unraisable errors still reach the previous hook)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_orphaned_callbacks", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            _orphans["last"] = time.monotonic()
+            return
+        previous(unraisable)
+
+    hook._drops_orphaned_callbacks = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _drain_orphans(quiet_s: float = 1.0, max_s: float = 10.0) -> None:
+    """After a failed orbax call: wait until no orphaned callback has come for ``quiet_s`` seconds (at most
+    ``max_s``), so that none is left to print while the interpreter shuts down."""
+    start = time.monotonic()
+    _orphans["last"] = max(_orphans["last"], start)
+    while time.monotonic() - _orphans["last"] < quiet_s and time.monotonic() - start < max_s:
+        time.sleep(0.05)
 
 
 def _listing(path: Path) -> dict[str, Path]:
@@ -228,11 +261,13 @@ def save(directory: str | os.PathLike, name: str, tree: PyTree, *, overwrite: bo
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove(stage)  # left by a save that was killed before it committed
     multihost.barrier(f"checkpoint-stage:{name}")
+    _drop_orphaned_callback_errors()
     ckpt = _checkpointer()
     try:
         with _quiet_orbax():
             ckpt.save(stage, args=ocp.args.StandardSave(arrays), force=True)
     except Exception as e:  # noqa: BLE001 - orbax / TensorStore raise ValueError, OSError, RuntimeError
+        _drain_orphans()
         if primary:
             _remove(stage)
         if files.disk_full(e):
@@ -294,6 +329,7 @@ def restore(directory: str | os.PathLike, name: str, like: PyTree | None = None,
         _note_unverified(path)
     import orbax.checkpoint as ocp
 
+    _drop_orphaned_callback_errors()
     ckpt = _checkpointer()
     try:
         with _quiet_orbax():
@@ -307,6 +343,7 @@ def restore(directory: str | os.PathLike, name: str, like: PyTree | None = None,
                     raise ValueError(f"{path}: does not match the requested structure: {e}") from e
                 raise
     except Exception as e:  # noqa: BLE001 - TensorStore / orbax errors of a damaged checkpoint
+        _drain_orphans()
         if isinstance(e, ValueError) and not _unreadable(e):
             raise
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)

@@ -132,7 +132,10 @@ def disk_full(e: BaseException) -> bool:
 
 def disk_full_error(path: str | os.PathLike, e: BaseException) -> DiskFullError:
     """The one-line error of a write to ``path`` that ran out of space."""
-    why = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else "no space left on device"
+    text = str(e).lower()
+    why = (os.strerror(e.errno) if isinstance(e, OSError) and e.errno
+           else "file too large" if "file too large" in text
+           else "disk quota exceeded" if "quota" in text else "no space left on device")
     err = DiskFullError(f"disk full while writing {path} ({why}); free some space and rerun the same command to "
                         "resume")
     err.errno = getattr(e, "errno", None) or errno.ENOSPC

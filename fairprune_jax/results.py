@@ -116,14 +116,22 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
-def decode_part(table: str, path: pathlib.Path, data: bytes) -> pd.DataFrame:
+def decode_part(table: str, path: pathlib.Path, data: bytes, *, verified: bool = True) -> pd.DataFrame:
     """A part's rows from its bytes, checked by the table's rules (`table_rules`); CorruptFileError naming
-    ``path`` when the bytes are not parquet or a value is impossible."""
+    ``path`` when the bytes are not parquet or a value is impossible. Bytes that were not ``verified`` by their
+    checksum are also validated in full (e.g. UTF-8 of every string, which pyarrow otherwise checks lazily)."""
+    import pyarrow.parquet as pq
+
     try:
+        if not verified:
+            pq.read_table(io.BytesIO(data)).validate(full=True)
         df = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, snappy/thrift errors, ...
         raise CorruptFileError(path, f"not a readable parquet file ({_first_line(e)})") from e
-    problem = table_rules.violation(table, df)
+    try:
+        problem = table_rules.violation(table, df)
+    except Exception as e:  # noqa: BLE001 - a value pyarrow decodes only when it is used
+        raise CorruptFileError(path, f"holds unreadable values ({_first_line(e)})") from e
     if problem:
         raise CorruptFileError(path, f"{problem}, which no {table!r} table holds")
     return df
@@ -411,7 +419,7 @@ class Workdir:
 
     def _read_part(self, name: str, path: pathlib.Path) -> pd.DataFrame:
         data, verified = read_checked(path)
-        df = decode_part(name, path, data)
+        df = decode_part(name, path, data, verified=verified)
         if not verified:
             _note_unverified(self.path, path)
         return df
