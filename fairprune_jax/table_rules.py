@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pandas as pd
 
-__all__ = ["Range", "Le", "Ratio", "MetricRange", "RULES", "register", "violation"]
+__all__ = ["Check", "Range", "Le", "Ratio", "MetricRange", "RULES", "register", "violation"]
 
 
 def _floats(col: pd.Series) -> np.ndarray | None:
@@ -87,13 +87,13 @@ class Le(NamedTuple):
 
 
 class Ratio(NamedTuple):
-    """``value == num / den`` (relative tolerance ``rtol``) where ``den > 0`` and ``value`` is defined: a stored
-    recall is its stored counts."""
+    """``value == num / den`` where ``den > 0`` and ``value`` is defined: a stored recall is its stored counts,
+    exactly (both are the correctly rounded float64 quotient of the same integers; ``rtol`` relaxes it)."""
 
     value: str
     num: str
     den: str
-    rtol: float = 1e-9
+    rtol: float = 0.0
 
     def __call__(self, df: pd.DataFrame) -> str | None:
         v, n, d = (_floats(df[c]) for c in (self.value, self.num, self.den))
@@ -101,7 +101,7 @@ class Ratio(NamedTuple):
             return f"columns {self.value}, {self.num}, {self.den} are not numeric"
         with np.errstate(divide="ignore", invalid="ignore"):
             want = n / d
-        bad = (d > 0) & ~np.isnan(v) & ~(np.abs(v - want) <= self.rtol * np.maximum(np.abs(want), 1e-300))
+        bad = (d > 0) & ~np.isnan(v) & ~(np.abs(v - want) <= self.rtol * np.abs(want))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             return f"row {i}: {self.value} = {float(v[i])!r} is not {self.num}/{self.den} = {n[i]:g}/{d[i]:g}"
@@ -137,6 +137,79 @@ class MetricRange(NamedTuple):
         return (self.metric, self.value)
 
 
+class Check(NamedTuple):
+    """Any other rule: ``fn(df)`` returns the first problem as a sentence, or None; runs when ``columns`` exist."""
+
+    columns: tuple[str, ...]
+    fn: Callable[[pd.DataFrame], "str | None"]
+
+    def __call__(self, df: pd.DataFrame) -> str | None:
+        return self.fn(df)
+
+
+def _nan_only_if_undefined(column: str) -> Check:
+    """A recall-table value is NaN only for a diverged network (or, for recall, a class without test examples)."""
+
+    def fn(df: pd.DataFrame) -> str | None:
+        x, n = _floats(df[column]), _floats(df["n"])
+        if x is None or n is None:
+            return None
+        diverged = df["diverged"].to_numpy(bool) if "diverged" in df else np.zeros(len(df), bool)
+        bad = np.isnan(x) & ~diverged & ~((n == 0) if column == "recall" else False)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            return f"row {i}: {column} is NaN for a network that did not diverge"
+        return None
+
+    return Check((column, "n"), fn)
+
+
+_MODEL_KEYS = ("model", "criterion", "seed", "level", "sparsity_index")
+
+
+def _per_model(column: str) -> Check:
+    """A per-network value repeated on each class row of the recall table is the same on all of them; accuracy
+    is the network's correct / n summed over its classes."""
+
+    def fn(df: pd.DataFrame) -> str | None:
+        keys = [k for k in _MODEL_KEYS if k in df]
+        if not keys or df.empty:
+            return None
+        x = pd.Series(_floats(df[column]), index=df.index)
+        groups = x.groupby([df[k] for k in keys], sort=False, dropna=False)
+        first = groups.transform(lambda v: v.iloc[0])  # the network's value, as its first row holds it
+        bad = ~((x == first) | (x.isna() & first.isna()))
+        if column == "accuracy" and {"correct", "n"} <= set(df):
+            tot = df[["correct", "n"]].astype(np.float64).groupby([df[k] for k in keys], sort=False,
+                                                                   dropna=False).transform("sum")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                want = tot["correct"] / tot["n"]
+            bad |= x.notna() & (tot["n"] > 0) & (x != want)  # the same correctly rounded quotient
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            return f"row {i}: {column} = {float(x.iloc[i])!r} disagrees with the other rows of its network"
+        return None
+
+    return Check((column,), fn)
+
+
+def _classes_once(df: pd.DataFrame) -> str | None:
+    """Every network of the recall table has one row per class 0..K-1, the same K for all."""
+    keys = [k for k in _MODEL_KEYS if k in df]
+    if not keys or df.empty:
+        return None
+    c = _floats(df["class"])
+    if c is None:
+        return None
+    k = len(np.unique(c))
+    per = pd.Series(c).groupby([df[key].to_numpy() for key in keys], sort=False, dropna=False)
+    ok = per.transform(lambda v: len(v) == k and np.array_equal(np.sort(v.to_numpy()), np.arange(k)))
+    if not ok.all():
+        i = int(np.flatnonzero(~ok.to_numpy(bool))[0])
+        return f"row {i}: the classes of its network are not 0..{k - 1} once each"
+    return None
+
+
 Rule = Callable[[pd.DataFrame], "str | None"]
 UNIT = (0.0, 1.0, False)
 SIGNED = (-1.0, 1.0, False)
@@ -160,7 +233,11 @@ RULES: dict[str, tuple[Rule, ...]] = {
                Range("requested_sparsity", 0.0, 1.0, nan=False), Range("actual_sparsity", 0.0, 1.0, nan=False),
                Range("diverged_epoch", -1.0, nan=False, integer=True), *_count("ft_epochs"),
                Range("ft_lr", 0.0, nan=False), Range("ft_momentum", 0.0, 1.0, nan=False),
-               Le("correct", "n"), Ratio("recall", "correct", "n")),
+               Le("correct", "n"), Ratio("recall", "correct", "n"),
+               Check(("class",), _classes_once),
+               *(_nan_only_if_undefined(c) for c in ("recall", "accuracy", "mean_confidence", "frac_uncertain")),
+               *(_per_model(c) for c in ("accuracy", "mean_confidence", "frac_uncertain", "requested_sparsity",
+                                         "actual_sparsity", "diverged", "diverged_epoch"))),
     # bias study (studies/bias.py, analysis/bias_tables.py)
     "train_history": (*_count("seed", "epoch"), Range("loss", 0.0, inf=True)),
     "prune": (*_COMMON, *_unit("target", "realised"), Range("final_loss", 0.0, inf=True), Range("seconds", 0.0),

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 RECALL_FLAGS = ("--config=configs/mnist.py:smoke", "--config.prune.criteria=('mp',)",
-                "--config.data.max_train_examples=2000", "--config.progress=False")
+                "--config.data.max_train_examples=2000", "--config.analysis.bootstrap=200", "--config.progress=False")
 BIAS_FLAGS = ("--config=configs/planted_mnist.py:smoke", "--config.data.max_train_examples=1000",
               "--config.data.max_eval_examples=600", "--config.prune.sparsities=(0.9,)", "--config.progress=False")
 
@@ -98,6 +98,13 @@ def _legacy_truncated_npz(wd: pathlib.Path) -> None:
     _truncate(npz)
 
 
+def _flip_sparse_checkpoint_without_logits(wd: pathlib.Path) -> None:
+    """A flipped byte in the pruned population's checkpoint, and its logits gone, so the rerun must restore it."""
+    _flip(_biggest(wd / "artifacts" / "ckpt" / "sparse-sparsity=0.9"))
+    for f in (wd / "artifacts" / "logits").glob("sparsity=0.9.npz*"):
+        f.unlink()
+
+
 def _no_dataset_info(wd: pathlib.Path, tfds: pathlib.Path) -> None:
     for info in (tfds / "mnist_idx").rglob("dataset_info.json"):
         info.unlink()
@@ -115,7 +122,7 @@ DAMAGES: dict[str, Callable[..., None]] = {
     "flip meta.json": lambda wd, tfds: _flip(wd / "meta.json", 20),
     "truncated logits": lambda wd, tfds: _truncate(wd / "artifacts" / "logits" / "sparsity=0.9.npz"),
     "legacy truncated logits": lambda wd, tfds: _legacy_truncated_npz(wd),
-    "flip sparse checkpoint": lambda wd, tfds: _flip(_biggest(wd / "artifacts" / "ckpt" / "sparse-sparsity=0.9")),
+    "flip sparse checkpoint, no logits": lambda wd, tfds: _flip_sparse_checkpoint_without_logits(wd),
     "no dataset_info.json": _no_dataset_info,
 }
 
@@ -152,7 +159,7 @@ CASES: list[Case] = [
     Case("bias rerun: truncated logits written before checksums (BadZipFile)", "bias", "legacy truncated logits",
          BIAS, 0, r"", notice=r"warning: \S+sparsity=0\.9\.npz is corrupt \(not a readable \.npz file",
          writes="recompute"),
-    Case("bias rerun: flipped byte in a sparse checkpoint", "bias", "flip sparse checkpoint", BIAS, 0, r"",
+    Case("bias rerun: flipped byte in a sparse checkpoint", "bias", "flip sparse checkpoint, no logits", BIAS, 0, r"",
          notice=r"warning: checkpoint \S+sparse-sparsity=0\.9 is corrupt", writes="recompute"),
     # data and disk
     Case("sweep: prepared TFDS data without dataset_info.json", "", "no dataset_info.json", SWEEP, 2,

@@ -487,14 +487,23 @@ def test_range_rules_catch_impossible_values_in_parts_without_a_checksum(tmp_pat
                                  ("correct", 10**6, r"correct = 1e\+06 exceeds n"),
                                  ("recall", 0.25, r"recall = 0\.25 is not correct/n"),
                                  ("actual_sparsity", np.nan, r"actual_sparsity = nan is not \[0, 1\]"),
-                                 ("n", -3, r"n = -3\.0 is not a whole number in \[0, inf\]")):
+                                 ("n", -3, r"n = -3\.0 is not a whole number in \[0, inf\]"),
+                                 ("recall", "next", r"recall = \S+ is not correct/n"),  # one ulp off
+                                 ("recall", np.nan, r"recall is NaN for a network that did not diverge"),
+                                 ("class", 0, r"the classes of its network are not 0\.\.2 once each"),
+                                 ("accuracy", 0.5, r"accuracy = 0\.5 disagrees with the other rows of its network"),
+                                 ("actual_sparsity", 0.25, r"actual_sparsity = 0\.25 disagrees with the other")):
         rows = recall_rows()
+        if value == "next":
+            value = np.nextafter(rows.loc[4, column], 0.0)
         rows.loc[4, column] = value
+        if column == "class":
+            rows.loc[[3, 4, 5], "class"] = [0, 0, 2]
         path = wd.part_path("recall", "legacy")
         path.write_bytes(rows.to_parquet(index=False))
-        with pytest.raises(results.CorruptFileError, match=rf"legacy\.parquet is corrupt: row 4: {match}"):
+        with pytest.raises(results.CorruptFileError, match=rf"legacy\.parquet is corrupt: row [34]: {match}"):
             wd.read_table("recall")
-        with pytest.raises(ValueError, match=rf"refusing to store row 4: {match}"):  # never written either
+        with pytest.raises(ValueError, match=rf"refusing to store row [34]: {match}"):  # never written either
             wd.append_table("recall", "new", rows)
     assert len(notices) == 1
 
