@@ -339,13 +339,13 @@ def restore(directory: str | os.PathLike, name: str, like: PyTree | None = None,
             try:
                 return ckpt.restore(path, args=ocp.args.StandardRestore(abstract))
             except (ValueError, KeyError, TypeError) as e:
-                if not _unreadable(e):
+                if verified or not _unreadable(e):
                     raise ValueError(f"{path}: does not match the requested structure: {e}") from e
                 raise
     except Exception as e:  # noqa: BLE001 - TensorStore / orbax errors of a damaged checkpoint
         _drain_orphans()
-        if isinstance(e, ValueError) and not _unreadable(e):
-            raise
+        if verified or (isinstance(e, ValueError) and not _unreadable(e)):
+            raise  # its bytes are the ones written: not damage, so not moved aside
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         first = first.split(" See full TensorStore details")[0][:200]
         raise _corrupt(path, CorruptFileError(path, f"orbax cannot read it ({type(e).__name__}: {first})"),
@@ -355,7 +355,8 @@ def restore(directory: str | os.PathLike, name: str, like: PyTree | None = None,
 
 
 def _unreadable(e: BaseException) -> bool:
-    """Whether an orbax / TensorStore error says the stored bytes are damaged (not that the structure differs)."""
+    """Whether an orbax / TensorStore error about a checkpoint without manifest says its bytes are damaged (not
+    that the requested structure differs)."""
     text = str(e)
     return any(w in text for w in ("DATA_LOSS", "OUT_OF_RANGE", "Error reading", "Error opening", "corrupt",
                                    "Unexpected end", "Failed to decode", "Invalid", "NOT_FOUND", "truncated"))
