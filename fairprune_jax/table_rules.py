@@ -167,27 +167,33 @@ def _nan_only_if_undefined(column: str) -> Check:
 _MODEL_KEYS = ("model", "criterion", "seed", "level", "sparsity_index")
 
 
+def _network_ids(df: pd.DataFrame) -> np.ndarray | None:
+    """int [rows]: which network (model, criterion, seed, level, sparsity index) each row of a recall part is."""
+    keys = [k for k in _MODEL_KEYS if k in df]
+    if not keys or df.empty:
+        return None
+    return df.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
+
+
 def _per_model(column: str) -> Check:
     """A per-network value repeated on each class row of the recall table is the same on all of them; accuracy
-    is the network's correct / n summed over its classes."""
+    is the network's correct / n summed over its classes (the same correctly rounded float64 quotient)."""
 
     def fn(df: pd.DataFrame) -> str | None:
-        keys = [k for k in _MODEL_KEYS if k in df]
-        if not keys or df.empty:
+        ids, x = _network_ids(df), _floats(df[column])
+        if ids is None or x is None:
             return None
-        x = pd.Series(_floats(df[column]), index=df.index)
-        groups = x.groupby([df[k] for k in keys], sort=False, dropna=False)
-        first = groups.transform(lambda v: v.iloc[0])  # the network's value, as its first row holds it
-        bad = ~((x == first) | (x.isna() & first.isna()))
+        _, first = np.unique(ids, return_index=True)
+        ref = x[first][ids]  # the value on the network's first row
+        bad = ~((x == ref) | (np.isnan(x) & np.isnan(ref)))
         if column == "accuracy" and {"correct", "n"} <= set(df):
-            tot = df[["correct", "n"]].astype(np.float64).groupby([df[k] for k in keys], sort=False,
-                                                                   dropna=False).transform("sum")
+            n = np.bincount(ids, weights=_floats(df["n"]))[ids]
             with np.errstate(divide="ignore", invalid="ignore"):
-                want = tot["correct"] / tot["n"]
-            bad |= x.notna() & (tot["n"] > 0) & (x != want)  # the same correctly rounded quotient
+                want = np.bincount(ids, weights=_floats(df["correct"]))[ids] / n
+            bad |= ~np.isnan(x) & (n > 0) & (x != want)
         if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            return f"row {i}: {column} = {float(x.iloc[i])!r} disagrees with the other rows of its network"
+            i = int(np.flatnonzero(bad)[0])
+            return f"row {i}: {column} = {float(x[i])!r} disagrees with the other rows of its network"
         return None
 
     return Check((column,), fn)
@@ -195,17 +201,15 @@ def _per_model(column: str) -> Check:
 
 def _classes_once(df: pd.DataFrame) -> str | None:
     """Every network of the recall table has one row per class 0..K-1, the same K for all."""
-    keys = [k for k in _MODEL_KEYS if k in df]
-    if not keys or df.empty:
-        return None
-    c = _floats(df["class"])
-    if c is None:
+    ids, c = _network_ids(df), _floats(df["class"])
+    if ids is None or c is None:
         return None
     k = len(np.unique(c))
-    per = pd.Series(c).groupby([df[key].to_numpy() for key in keys], sort=False, dropna=False)
-    ok = per.transform(lambda v: len(v) == k and np.array_equal(np.sort(v.to_numpy()), np.arange(k)))
-    if not ok.all():
-        i = int(np.flatnonzero(~ok.to_numpy(bool))[0])
+    size = np.bincount(ids)[ids]
+    dup = pd.Series(ids * (k + 1) + np.nan_to_num(c, nan=-1.0)).duplicated().to_numpy()
+    bad = dup | (size != k) | ~np.isin(c, np.arange(k))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
         return f"row {i}: the classes of its network are not 0..{k - 1} once each"
     return None
 
