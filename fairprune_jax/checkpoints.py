@@ -85,18 +85,32 @@ def _quiet_orbax() -> Iterator[None]:
 _orphans = {"last": 0.0}
 
 
+def _orphaned(unraisable: Any) -> bool:
+    """Whether an unraisable error is the aftermath of a failed orbax call: a TensorStore callback into the asyncio
+    loop orbax has closed, or one of orbax's own coroutines left unfinished by the failure."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    code = getattr(unraisable.object, "cr_code", None)
+    frames, tb = [code.co_filename] if code is not None else [], unraisable.exc_traceback
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return any(f"{os.sep}orbax{os.sep}" in f for f in frames)
+
+
 def _drop_orphaned_callback_errors() -> None:
     """Installed for every orbax call: when one fails, TensorStore still completes the operations it had started
-    and calls back into the asyncio loop orbax has already closed; each such callback reports a
-    RuntimeError("Event loop is closed") through `sys.unraisablehook`, a traceback apiece. Those are consequences
-    of the failure being raised, so they are dropped (other unraisable errors still reach the previous hook)."""
+    and calls back into the asyncio loop orbax has already closed, and orbax's unfinished coroutines are collected;
+    each reports an error through `sys.unraisablehook` ("Exception ignored ...", a traceback apiece). Those are
+    consequences of the failure being raised, so they are dropped (other unraisable errors still reach the
+    previous hook)."""
     previous = sys.unraisablehook
     if getattr(previous, "_drops_orphaned_callbacks", False):
         return
 
     def hook(unraisable: Any) -> None:
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        if _orphaned(unraisable):
             _orphans["last"] = time.monotonic()
             return
         previous(unraisable)
@@ -160,11 +174,12 @@ def verify(directory: str | os.PathLike, name: str) -> bool:
     return True
 
 
-def _set_aside(path: Path, err: CorruptFileError) -> Path:
+def _set_aside(path: Path, err: CorruptFileError, *, say: bool = True) -> Path:
     moved = files.move_aside(path)
     _verified.pop(str(path), None)
-    print(f"warning: checkpoint {path} is corrupt ({err.reason}); moved it to {moved.name}, it will be recomputed",
-          file=sys.stderr, flush=True)
+    if say:
+        print(f"warning: checkpoint {path} is corrupt ({err.reason}); moved it to {moved.name}, it will be "
+              "recomputed", file=sys.stderr, flush=True)
     return moved
 
 
@@ -367,7 +382,7 @@ def _corrupt(path: Path, err: CorruptFileError, repair: bool) -> CorruptFileErro
     from fairprune_jax import multihost
 
     if repair and multihost.is_primary() and path.is_dir():
-        moved = _set_aside(path, err)
+        moved = _set_aside(path, err, say=False)  # the error raised says it
         return CorruptFileError(path, f"{err.reason}; moved it to {moved.name}",
                                 "rerun the same command to recompute it")
     return err

@@ -150,7 +150,7 @@ def test_a_damaged_checkpoint_is_named_moved_aside_and_reported_missing(tmp_path
         checkpoints.restore(tmp_path, "dense", like=variables)
     assert not path.exists() and checkpoints.names(tmp_path) == []
     assert not checkpoints.exists(tmp_path, "dense")
-    assert "warning: checkpoint" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # the error raised says it all
     checkpoints.save(tmp_path, "dense", variables)  # recomputed: commits as usual
     _equal(checkpoints.restore(tmp_path, "dense", like=variables), variables)
 
