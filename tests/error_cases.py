@@ -78,7 +78,7 @@ def _legacy(path: pathlib.Path) -> None:
 
 
 def _impossible_recall(wd: pathlib.Path) -> None:
-    """An unverified recall part holding a recall of -62994.8 (the issue's byte-flip outcome)."""
+    """An unverified recall part holding a recall of -62994.8 (a value a flipped byte once produced)."""
     part = wd / "results" / "recall" / "lenet_300_100.mp.parquet"
     df = pd.read_parquet(part)
     df.loc[0, "recall"] = -62994.8
