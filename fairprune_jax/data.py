@@ -364,9 +364,15 @@ def load_split(name: str, split: str, *, source_dir: str | os.PathLike | None = 
         raise ValueError(f"route: unknown route {route!r}; use 'auto', 'offline' or 'tfds'")
     if route == "offline" or (route == "auto" and ds.offline):
         builder = prepare_offline(name, source_dir=source_dir, tfds_dir_=tfds_dir_, mirror=mirror)
-        source = builder.as_data_source(split=split)
-        records = source.data_source.__getitems__(list(range(len(source))))
-        return _decode_idx_records(records)
+        try:
+            source = builder.as_data_source(split=split)
+            records = source.data_source.__getitems__(list(range(len(source))))
+            return _decode_idx_records(records)
+        except (KeyError, OSError, ValueError, RuntimeError, IndexError) as e:  # TFDS / ArrayRecord / protobuf
+            folder = Path(builder.data_dir).parent  # <tfds_dir>/<name>_idx, all versions
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "no message")
+            raise ValueError(f"prepared TFDS data of {name} in {folder} is unreadable ({type(e).__name__}: "
+                             f"{first[:160]}); delete {folder} so it is prepared again from the idx files") from e
     return _load_canonical(name, split, tfds_dir_, download, image_size)
 
 

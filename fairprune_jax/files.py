@@ -1,25 +1,38 @@
-"""Safe file names and crash-proof writes: what a workdir needs from the file system.
+"""Safe file names, crash-proof writes and verified reads: what a workdir needs from the file system.
 
 Keys name result parts and artifacts, so they must be portable file-name stems (:func:`validate_key`,
 :func:`make_key`). Every file is written by :func:`atomic_write` (temporary file in the same directory, ``fsync``,
 ``os.replace``, directory ``fsync``), so a reader sees the old content or the new, never a torn mix; temporary
 files of writers that died mid-write are recognised by their pid and removed (:func:`remove_stale_temp_files`).
+
+Stored results are also checksummed: :func:`write_checked` writes ``<name>.sha256`` (``sha256sum`` format, so
+``sha256sum -c`` verifies it by hand) and then the file, whose rename commits both; :func:`read_checked` returns the
+bytes only when they match, else raises :class:`CorruptFileError` naming the file. A file without a sidecar was
+written before checksums existed: it reads as *unverified*. :func:`move_aside` renames a corrupt file (and its
+sidecar) to ``<name>.corrupt-<timestamp>`` so the unit is recomputed; nothing is ever deleted.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import pathlib
 import re
+import time
 import uuid
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "fsync_dir", "make_key", "remove_stale_temp_files", "validate_key",
-           "validate_relpath"]
+__all__ = ["CHECKSUM_SUFFIX", "CORRUPT_TAG", "CorruptFileError", "DiskFullError", "TMP_SUFFIX", "atomic_write",
+           "checksum_path", "fsync_dir", "make_key", "move_aside", "read_checked", "remove_stale_temp_files",
+           "sha256_bytes", "sha256_file", "validate_key", "validate_relpath", "write_checked"]
 
 TMP_SUFFIX = ".tmp"
+CHECKSUM_SUFFIX = ".sha256"
+CORRUPT_TAG = ".corrupt-"
+RERUN_HINT = "rerun the study command: it moves the file aside and recomputes it"
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]{0,199}")
 _TMP_RE = re.compile(r"\..+\.(\d+)\.[0-9a-f]{12}" + re.escape(TMP_SUFFIX))
 
@@ -96,6 +109,39 @@ def fsync_dir(directory: pathlib.Path) -> None:
         os.close(fd)
 
 
+class CorruptFileError(ValueError):
+    """A stored file (result part, checkpoint, array file) that fails verification: checksum, decoding or a
+    range check. ``path`` is the file, ``reason`` what is wrong; the message says both and what to do."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, hint: str = RERUN_HINT):
+        self.path, self.reason, self.hint = pathlib.Path(path), reason, hint
+        super().__init__(f"{self.path} is corrupt: {reason}" + (f"; {hint}" if hint else ""))
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk (or the file-size limit) is full; the message names the path."""
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or the text of an error from C++, e.g. TensorStore's) means no space left / file too large."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    text = str(e).lower()
+    return any(w in text for w in ("no space left", "disk quota exceeded", "file too large"))
+
+
+def disk_full_error(path: str | os.PathLike, e: BaseException) -> DiskFullError:
+    """The one-line error of a write to ``path`` that ran out of space."""
+    text = str(e).lower()
+    why = (os.strerror(e.errno) if isinstance(e, OSError) and e.errno
+           else "file too large" if "file too large" in text
+           else "disk quota exceeded" if "quota" in text else "no space left on device")
+    err = DiskFullError(f"disk full while writing {path} ({why}); free some space and rerun the same command to "
+                        "resume")
+    err.errno = getattr(e, "errno", None) or errno.ENOSPC
+    return err
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> pathlib.Path:
     """Write ``data`` to ``path`` so that readers (and a later run after a crash) see the old file or the new
     one, never a partial one: temp file in the same directory, fsync, ``os.replace``, fsync of the directory.
@@ -107,19 +153,117 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> pathlib.Path:
         raise ValueError(f"atomic_write({str(path)!r}) needs bytes, got {type(data).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like open()
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, like open()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        if disk_full(e):
+            raise disk_full_error(path, e) from e
         raise
     fsync_dir(path.parent)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checksums
+# ----------------------------------------------------------------------------------------------------------
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, *, block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in blocks (bounded memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksum_path(path: str | os.PathLike) -> pathlib.Path:
+    """The sidecar ``<name>.sha256`` of ``path``."""
+    path = pathlib.Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+_SUM_LINE = re.compile(r"([0-9a-f]{64})  (\S.*)")
+
+
+def checksum_line(digest: str, name: str) -> str:
+    """One ``sha256sum`` line: digest, two spaces, file name."""
+    return f"{digest}  {name}\n"
+
+
+def parse_checksum_lines(text: bytes, where: pathlib.Path) -> dict[str, str]:
+    """``{name: digest}`` from ``sha256sum`` lines; CorruptFileError naming ``where`` when unreadable."""
+    try:
+        lines = text.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CorruptFileError(where, "its checksum list is not text") from None
+    out: dict[str, str] = {}
+    for i, line in enumerate(lines, 1):
+        m = _SUM_LINE.fullmatch(line)
+        if not m or m.group(2) in out:
+            raise CorruptFileError(where, f"line {i} of its checksum list is unreadable")
+        out[m.group(2)] = m.group(1)
+    if not out or not text.endswith(b"\n"):
+        raise CorruptFileError(where, "its checksum list is empty or truncated")
+    return out
+
+
+def write_checked(path: str | os.PathLike, data: bytes) -> pathlib.Path:
+    """Atomically write ``data`` to ``path`` with its SHA-256 in ``<name>.sha256``: the sidecar first, then the
+    file, whose rename is the commit (a crash in between leaves an unused sidecar, or, when overwriting, a
+    mismatch that marks the old file corrupt, so it is recomputed)."""
+    path = pathlib.Path(path)
+    atomic_write(checksum_path(path), checksum_line(sha256_bytes(bytes(data)), path.name).encode())
+    return atomic_write(path, data)
+
+
+def read_checked(path: str | os.PathLike) -> tuple[bytes, bool]:
+    """``(bytes, verified)`` of a file: verified against its sidecar, or ``verified=False`` when it has none
+    (written before checksums). A mismatch or an unreadable sidecar is a :class:`CorruptFileError`."""
+    path = pathlib.Path(path)
+    data = path.read_bytes()
+    side = checksum_path(path)
+    if not side.is_file():
+        return data, False
+    sums = parse_checksum_lines(side.read_bytes(), side)
+    if list(sums) != [path.name]:
+        raise CorruptFileError(side, f"it names {list(sums)[:1]} instead of {path.name!r}")
+    if sha256_bytes(data) != sums[path.name]:
+        raise CorruptFileError(path, f"its SHA-256 does not match {side.name} (the file changed or was truncated "
+                                     f"after it was written; {len(data)} bytes now)")
+    return data, True
+
+
+def move_aside(path: str | os.PathLike) -> pathlib.Path:
+    """Rename a corrupt file or folder to ``<name>.corrupt-<timestamp>[-n]`` (its ``.sha256`` sidecar along with
+    it); never deletes. Returns the new path."""
+    path = pathlib.Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}{CORRUPT_TAG}{stamp}")
+    n = 1
+    while target.exists() or checksum_path(target).exists():
+        n += 1
+        target = path.with_name(f"{path.name}{CORRUPT_TAG}{stamp}-{n}")
+    os.rename(path, target)
+    side = checksum_path(path)
+    if side.is_file():
+        os.rename(side, checksum_path(target))
+    fsync_dir(path.parent)
+    return target
 
 
 def _pid_alive(pid: int) -> bool:

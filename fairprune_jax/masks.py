@@ -35,11 +35,26 @@ model. For ``n = n_zero(s)`` the n-th smallest key v is read from the sorted key
 keys == v the first ``n - #(key < v)`` in index order (found block-wise). Only this last step depends on ``s``,
 and under ``jax.vmap`` over the sparsity the sort stays unbatched, so a whole grid of sparsities costs one sort
 per seed. ``method="rank"`` is the textbook alternative (stable argsort -> rank, mask = rank >= n), same masks,
-several times slower on CPU; tests check that both agree. ``sparsity`` may be a traced scalar; its range is then not
-checked (only concrete Python/numpy/JAX values are, by ``check_sparsity``).
+several times slower on CPU; tests check that both agree.
+
+Traced sparsities (docs/methods.md §5, "Traced sparsities")
+-----------------------------------------------------------
+A sparsity outside [0, 1) or NaN has no mask, and ``threshold`` never returns one for it. Concrete values (Python,
+numpy, JAX arrays outside a trace) are refused eagerly with a ``ValueError`` naming the argument
+(``check_sparsity``). A traced value (inside ``jax.vmap`` / ``jax.jit``, e.g. the grid pattern
+``jax.vmap(lambda s: threshold(sc, s, ...))(grid)``) is checked when the program runs: it passes through a host
+callback (``checked_sparsity``, ``jax.pure_callback``, one call per batch) that fails the call for a bad value, and
+the mask is computed from what the callback returns, so the check cannot be optimised away (exactly 1.0 passes:
+float32 rounds every value within 3e-8 of 1 up to it, so a traced 0.99999999 holds 1.0). The error is a
+``jax.errors.JaxRuntimeError`` whose message ends with ``SparsityRangeError: sparsity: must be in [0, 1), got 1.5``
+(raised when the result is computed: under vmap alone at once, under jit by the call). The library's pipelines pass
+``counts.ExactSparsity`` values instead, which ``counts.exact`` range-checks on the host when it builds them, so
+the compiled protocols carry no callback.
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any, Callable, Mapping
 
 import jax
@@ -83,7 +98,7 @@ def _eligible(leaves: list[tuple[tuple, Any]], prunable: PathPredicate) -> list[
 
 
 def check_sparsity(s: Any, *, name: str = "sparsity") -> None:
-    """ValueError unless every value of a concrete ``s`` is finite and in [0, 1). Traced values are not checked."""
+    """ValueError unless every value of a concrete ``s`` is finite and in [0, 1) (traced: `checked_sparsity`)."""
     if isinstance(s, ExactSparsity):
         if any(_is_tracer(p) for p in s):
             return
@@ -99,6 +114,46 @@ def check_sparsity(s: Any, *, name: str = "sparsity") -> None:
     bad = ~np.isfinite(arr) | (arr < 0) | (arr >= 1)
     if np.any(bad):
         raise ValueError(f"{name}: must be in [0, 1), got {arr[bad].ravel()[0]!r}")
+
+
+class SparsityRangeError(ValueError):
+    """A traced sparsity that is NaN or outside [0, 1) (raised by `checked_sparsity`'s host callback)."""
+
+
+class _QuietRangeErrors(logging.Filter):
+    """JAX logs every exception of a host callback with its traceback before raising it; ours is raised anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, SparsityRangeError)
+
+
+def _refuse_bad_sparsity(s: Any, *, name: str) -> np.ndarray:
+    """Host side of `checked_sparsity`: the values unchanged, or an error naming the first bad one."""
+    arr = np.asarray(s)
+    wide = arr.astype(np.float64)
+    bad = ~np.isfinite(wide) | (wide < 0) | (wide > 1)
+    if np.any(bad):
+        raise SparsityRangeError(f"{name}: must be in [0, 1), got {float(wide[bad].ravel()[0])!r}")
+    return arr
+
+
+def checked_sparsity(s: Any, *, name: str = "sparsity") -> Any:
+    """``s`` itself, range-checked when the program runs if it is traced (module doc, "Traced sparsities"): the
+    value passes through a host callback (`jax.pure_callback`, one call per batch under vmap) that fails the call
+    with `SparsityRangeError` for NaN or a value outside [0, 1] (1.0: see the module doc); since the mask is
+    computed from what it returns, the check cannot be skipped. Concrete values are returned as they are
+    (`check_sparsity` refuses them eagerly); an `ExactSparsity` was checked when `counts.exact` built it."""
+    if isinstance(s, ExactSparsity) or not _is_tracer(s):
+        return s
+    return jax.pure_callback(functools.partial(_refuse_bad_sparsity, name=name),
+                             jax.ShapeDtypeStruct(jnp.shape(s), jnp.result_type(s)), s, vmap_method="expand_dims")
+
+
+logging.getLogger("jax._src.callback").addFilter(_QuietRangeErrors())  # the module that logs callback errors
+
+
+
 
 
 def check_scores(scores: PyTree, prunable: PathPredicate | None = None) -> None:
@@ -393,7 +448,9 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
     """Mask zeroing exactly ``round(s·N)`` prunable weights with the lowest scores (library rule, module doc).
 
     sparsity: target fraction of prunable weights zeroed, prior-pruned ones included; a Python/numpy scalar or a
-        (possibly traced) 0-d array. vmap over it to get a grid of masks from one sort.
+        (possibly traced) 0-d array. vmap over it to get a grid of masks from one sort. NaN or a value outside
+        [0, 1) is refused: eagerly when concrete, by a host callback that fails the call when traced (module doc,
+        "Traced sparsities").
     scope: "global" (one ranking over all prunable weights) or "layerwise" (the same rule inside each leaf).
     prior: a mask; its pruned weights are pruned first and never revived. A concrete sparsity below the prior's
         is a ValueError naming both; a traced one returns the prior unchanged.
@@ -421,13 +478,16 @@ def threshold(scores: PyTree, sparsity: Any = None, *, prunable: PathPredicate, 
         shape = jnp.shape(sparsity.hi if isinstance(sparsity, ExactSparsity) else sparsity)
         if shape:
             raise ValueError(f"sparsity: must be a scalar (vmap over a grid), got shape {shape}")
+        sparsity = checked_sparsity(sparsity)
     else:
         wanted = {n for n, e in zip(names, elig) if e}
         missing, extra = sorted(wanted - set(layer_sparsities)), sorted(set(layer_sparsities) - wanted)
         if missing or extra:
             raise ValueError(f"layer_sparsities: missing prunable leaves {missing}, unknown keys {extra}")
+        layer_sparsities = dict(layer_sparsities)
         for k in sorted(layer_sparsities):
             check_sparsity(layer_sparsities[k], name=f"layer_sparsities[{k!r}]")
+            layer_sparsities[k] = checked_sparsity(layer_sparsities[k], name=f"layer_sparsities[{k!r}]")
     check_scores(scores, prunable)
     prior_leaves = None
     if prior is not None:

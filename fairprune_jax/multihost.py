@@ -121,8 +121,8 @@ class HostWorkdir(results.Workdir):
     Writes on other processes are no-ops; committing a table part ends with a barrier, so a part process 0 has
     just written is visible to all before anyone goes on."""
 
-    def write_bytes(self, relpath: Any, data: bytes):
-        return super().write_bytes(relpath, data) if is_primary() else self.file(relpath)
+    def write_bytes(self, relpath: Any, data: bytes, *, checksum: bool = True):
+        return super().write_bytes(relpath, data, checksum=checksum) if is_primary() else self.file(relpath)
 
     def append_table(self, name: str, key: str, df: pd.DataFrame, *, overwrite: bool = False):
         path = super().append_table(name, key, df, overwrite=overwrite) if is_primary() else self.part_path(name, key)
@@ -134,8 +134,8 @@ class HostWorkdir(results.Workdir):
         barrier(f"mark_done:{stage}")
         return path
 
-    def has(self, name: str, key: str) -> bool:
-        return agree(super().has(name, key) if is_primary() else False)
+    def has(self, name: str, key: str, *, repair: bool = True) -> bool:
+        return agree(super().has(name, key, repair=repair) if is_primary() else False)
 
     @contextlib.contextmanager
     def stage_timer(self, stage: str) -> Iterator[None]:

@@ -8,14 +8,23 @@ mix. Result tables are stored as one parquet *part* per unit of work::
     <workdir>/
       config.json                      resolved config + fingerprint (the guard)
       results/<table>/<key>.parquet    one part per unit of work; its existence is the commit point
+      results/<table>/<key>.parquet.sha256   its SHA-256 (``sha256sum`` format), written just before it
       stages/<stage>.done              whole-stage markers
       artifacts/<name>                 paths handed to checkpointing code (orbax) via path_for
       timings.json                     wall time per stage, every attempt, merged across resumed runs
 
 Rerunning the same command resumes: ``has(table, key)`` says which units are done, so only missing keys are
-recomputed and no row is lost or duplicated. A workdir made with a config whose result-affecting fields
-differ is refused (``ValueError`` naming the differing fields) unless ``fresh=True``, which moves the old
-directory aside to ``<path>.old-<timestamp>``; user data is never deleted.
+recomputed and no row is lost or duplicated. A workdir made with a config whose result-affecting fields differ is
+refused (``ValueError`` naming the differing fields) unless ``fresh=True``, which moves the old directory aside to
+``<path>.old-<timestamp>``; user data is never deleted.
+
+Every read is verified: a part's bytes against its SHA-256, then its decoded values against the table's range and
+consistency rules (`fairprune_jax.table_rules`: recall in [0, 1] and equal to correct / n, counts whole and
+non-negative, sparsities in [0, 1], ...). A part that fails is named in one line: ``read_table`` / ``read_part``
+raise :class:`CorruptFileError` (a report refuses rather than read it), while ``has`` and :meth:`Workdir.verify`
+(run by :meth:`Workdir.open`, i.e. when a study starts) move it aside to ``<name>.corrupt-<timestamp>`` (never
+deleted) and report it missing, so rerunning the study recomputes it. Parts written before checksums existed have
+no ``.sha256``; they still read, checked by the range rules only, and the first one read says so once.
 """
 
 from __future__ import annotations
@@ -27,28 +36,37 @@ import io
 import json
 import os
 import pathlib
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from fairprune_jax import table_rules
 from fairprune_jax.config_fingerprint import DEFAULT_IGNORE, canonical_config, canonical_json, config_diff, \
     fingerprint, short, to_json_value
-from fairprune_jax.files import atomic_write, fsync_dir, make_key, remove_stale_temp_files, validate_key, \
-    validate_relpath
+from fairprune_jax.files import CHECKSUM_SUFFIX, CORRUPT_TAG, CorruptFileError, atomic_write, checksum_path, \
+    fsync_dir, make_key, move_aside, read_checked, remove_stale_temp_files, validate_key, validate_relpath, \
+    write_checked
 
 __all__ = [
     "DEFAULT_IGNORE",
+    "CorruptFileError",
     "Workdir",
     "atomic_write",
     "canonical_config",
     "config_diff",
     "fingerprint",
+    "load_npz",
     "make_key",
+    "save_npz",
     "validate_key",
+    "verified_file",
 ]
 
 FORMAT_VERSION = 1
@@ -62,6 +80,108 @@ LOCK_FILE = ".lock"
 
 _MAX_DIFFS_SHOWN = 8
 _timings_lock = threading.Lock()
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# Where one-line notices go (a part moved aside, unverified parts); tests and callers may replace it.
+notify: Callable[[str], None] = _stderr
+_told_unverified: set[str] = set()
+
+
+def _note_unverified(root: pathlib.Path, path: pathlib.Path) -> None:
+    """Say once per workdir (per process) that it holds files written before checksums."""
+    if str(root) not in _told_unverified:
+        _told_unverified.add(str(root))
+        notify(f"note: {root} holds results written before checksums (e.g. {path.relative_to(root)}); they are "
+               "read unverified, checked by the range rules only")
+
+
+def _set_aside(path: pathlib.Path, err: CorruptFileError) -> pathlib.Path:
+    path = _data_file(path)
+    moved = move_aside(path)
+    notify(f"warning: {path} is corrupt ({err.reason}); moved it to {moved.name}, it will be recomputed")
+    return moved
+
+
+def _data_file(path: pathlib.Path) -> pathlib.Path:
+    """The file a ``.sha256`` sidecar belongs to (``path`` itself when it is not a sidecar)."""
+    return path.with_name(path.name[: -len(CHECKSUM_SUFFIX)]) if path.name.endswith(CHECKSUM_SUFFIX) else path
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def decode_part(table: str, path: pathlib.Path, data: bytes, *, verified: bool = True) -> pd.DataFrame:
+    """A part's rows from its bytes, checked by the table's rules (`table_rules`); CorruptFileError naming
+    ``path`` when the bytes are not parquet or a value is impossible. Bytes that were not ``verified`` by their
+    checksum are also validated in full (e.g. UTF-8 of every string, which pyarrow otherwise checks lazily)."""
+    import pyarrow.parquet as pq
+
+    try:
+        if not verified:
+            pq.read_table(io.BytesIO(data)).validate(full=True)
+        df = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, snappy/thrift errors, ...
+        raise CorruptFileError(path, f"not a readable parquet file ({_first_line(e)})") from e
+    try:
+        problem = table_rules.violation(table, df)
+    except Exception as e:  # noqa: BLE001 - a value pyarrow decodes only when it is used
+        raise CorruptFileError(path, f"holds unreadable values ({_first_line(e)})") from e
+    if problem:
+        raise CorruptFileError(path, f"{problem}, which no {table!r} table holds")
+    return df
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Verified array files (npz)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> pathlib.Path:
+    """Write arrays as an uncompressed ``.npz`` with its ``.sha256`` sidecar (atomic, like a result part)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return write_checked(path, buf.getvalue())
+
+
+def load_npz(path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` written by :func:`save_npz`, verified against its checksum (an older file without
+    one by the zip's own CRC-32s); a truncated or changed file is a :class:`CorruptFileError` naming it."""
+    path = pathlib.Path(path)
+    data, verified = read_checked(path)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise CorruptFileError(path, f"not a readable .npz file ({_first_line(e)})") from e
+    if not verified:
+        _note_unverified(pathlib.Path(root) if root else path.parent, path)
+    return out
+
+
+def verified_file(path: str | os.PathLike, *, repair: bool = True) -> bool:
+    """Whether ``path`` exists and matches its ``.sha256`` (a file without one counts when it exists; ``.npz``
+    files are also decoded). One that fails is moved aside with a one-line notice and reported missing
+    (``repair=False``: the :class:`CorruptFileError` is raised instead)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return False
+    try:
+        if path.suffix == ".npz":
+            load_npz(path)
+        else:
+            read_checked(path)
+    except CorruptFileError as e:
+        if not repair:
+            raise
+        _set_aside(path, e)
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -91,7 +211,9 @@ class Workdir:
 
         * New or empty directory: created, ``config.json`` written.
         * Same result-affecting config (fingerprint over all keys but ``ignore``; dotted paths allowed): reopened,
-          ``config.json`` refreshed if only ignored keys changed, stale temp files of killed writers removed.
+          ``config.json`` refreshed if only ignored keys changed, stale temp files of killed writers removed, and
+          every stored part and checksummed file verified (:meth:`verify`): corrupt ones are moved aside, so the
+          run recomputes them.
         * Different config, or a non-empty directory that is not a workdir: ``ValueError`` naming the differing
           fields, unless ``fresh=True``, which renames the old directory to ``<path>.old-<timestamp>`` first.
           ``fresh=True`` with the same config resumes (nothing is moved).
@@ -116,6 +238,7 @@ class Workdir:
             if canonical_json(old_config) != canonical_json(new_config) or stored.get("fingerprint") != fp:
                 wd._write_config(new_config, ignore)
             remove_stale_temp_files(path)
+            wd.verify(repair=True)
             return wd
 
         path.mkdir(parents=True, exist_ok=True)
@@ -203,21 +326,32 @@ class Workdir:
         """Absolute path of a file inside the workdir (segments validated like keys; no ``..``)."""
         return self.path.joinpath(*validate_relpath(relpath).parts)
 
-    def write_bytes(self, relpath: str | os.PathLike, data: bytes) -> pathlib.Path:
-        """Atomically write ``data`` to ``relpath`` inside the workdir."""
-        return atomic_write(self.file(relpath), data)
+    def write_bytes(self, relpath: str | os.PathLike, data: bytes, *, checksum: bool = True) -> pathlib.Path:
+        """Atomically write ``data`` to ``relpath`` inside the workdir, with its ``.sha256`` unless ``checksum`` is
+        False (files rewritten all the time, like ``timings.json``)."""
+        return (write_checked if checksum else atomic_write)(self.file(relpath), data)
 
-    def write_text(self, relpath: str | os.PathLike, text: str) -> pathlib.Path:
-        return self.write_bytes(relpath, text.encode("utf-8"))
+    def write_text(self, relpath: str | os.PathLike, text: str, *, checksum: bool = True) -> pathlib.Path:
+        return self.write_bytes(relpath, text.encode("utf-8"), checksum=checksum)
 
-    def write_json(self, relpath: str | os.PathLike, obj: Any) -> pathlib.Path:
+    def write_json(self, relpath: str | os.PathLike, obj: Any, *, checksum: bool = True) -> pathlib.Path:
         """Atomically write ``obj`` (converted like a config: tuples, numpy scalars) as sorted, indented JSON."""
         text = json.dumps(to_json_value(obj, str(relpath)), sort_keys=True, indent=2, allow_nan=True) + "\n"
-        return self.write_text(relpath, text)
+        return self.write_text(relpath, text, checksum=checksum)
+
+    def read_bytes(self, relpath: str | os.PathLike) -> bytes:
+        """A file of the workdir, verified against its ``.sha256`` when it has one (CorruptFileError otherwise)."""
+        return read_checked(self.file(relpath))[0]
 
     def read_json(self, relpath: str | os.PathLike, default: Any = None) -> Any:
+        """A JSON file of the workdir (``default`` when absent), verified like :meth:`read_bytes`."""
         f = self.file(relpath)
-        return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else default
+        if not f.is_file():
+            return default
+        try:
+            return json.loads(self.read_bytes(relpath).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CorruptFileError(f, f"not readable JSON ({_first_line(e)})") from e
 
     def path_for(self, name: str | os.PathLike) -> pathlib.Path:
         """Path for an array artefact (e.g. an orbax checkpoint directory) at ``artifacts/<name>``; the parent is
@@ -251,13 +385,75 @@ class Workdir:
             raise ValueError(f"append_table({name!r}, {key!r}): column names must be str, got {list(df.columns)}")
         if path.exists() and not overwrite:
             raise ValueError(f"part {key!r} of table {name!r} already exists at {str(path)!r}; pass overwrite=True")
+        problem = table_rules.violation(name, df.reset_index(drop=True))
+        if problem:
+            raise ValueError(f"append_table({name!r}, {key!r}): refusing to store {problem}, which no {name!r} "
+                             "table holds (table_rules)")
         buf = io.BytesIO()
         df.to_parquet(buf, engine="pyarrow", index=False)
-        return atomic_write(path, buf.getvalue())
+        return write_checked(path, buf.getvalue())
 
-    def has(self, name: str, key: str) -> bool:
-        """Whether unit ``key`` of table ``name`` is committed."""
-        return self.part_path(name, key).is_file()
+    def has(self, name: str, key: str, *, repair: bool = True) -> bool:
+        """Whether unit ``key`` of table ``name`` is committed and reads back verified. A part that fails
+        verification is moved aside (one line says so) and counts as missing, so the unit is recomputed;
+        ``repair=False`` raises its :class:`CorruptFileError` instead."""
+        path = self.part_path(name, key)
+        if not path.is_file():
+            return False
+        try:
+            self._read_part(name, path)
+        except CorruptFileError as e:
+            if not repair:
+                raise
+            _set_aside(path, e)
+            return False
+        return True
+
+    def read_part(self, name: str, key: str) -> pd.DataFrame:
+        """The rows of one committed part, verified (checksum, decoding, range rules): a
+        :class:`CorruptFileError` naming the file otherwise, a ValueError when there is no such part."""
+        path = self.part_path(name, key)
+        if not path.is_file():
+            raise ValueError(f"part {key!r} of table {name!r} does not exist ({path})")
+        return self._read_part(name, path)
+
+    def _read_part(self, name: str, path: pathlib.Path) -> pd.DataFrame:
+        data, verified = read_checked(path)
+        df = decode_part(name, path, data, verified=verified)
+        if not verified:
+            _note_unverified(self.path, path)
+        return df
+
+    def unverified(self) -> list[pathlib.Path]:
+        """Committed parts without a checksum (written before checksums existed), relative to the workdir."""
+        return [self.part_path(t, k).relative_to(self.path) for t in self.tables() for k in self.keys(t)
+                if not checksum_path(self.part_path(t, k)).is_file()]
+
+    def verify(self, *, repair: bool = True) -> list[CorruptFileError]:
+        """Check every committed part (checksum, decoding, range rules) and every other checksummed file; returns
+        the problems found. ``repair``: move each failing file aside (one line each), so a rerun recomputes it."""
+        problems: list[CorruptFileError] = []
+        parts = {self.part_path(t, k): t for t in self.tables() for k in self.keys(t)}
+        for path, table in parts.items():
+            try:
+                self._read_part(table, path)
+            except CorruptFileError as e:
+                problems.append(e)
+        for side in sorted(self.path.rglob("*" + CHECKSUM_SUFFIX)):
+            target = _data_file(side)
+            if target in parts or not target.is_file() or target.name.startswith(".") or CORRUPT_TAG in target.name:
+                continue
+            try:
+                if target.suffix == ".npz":
+                    load_npz(target, root=self.path)
+                else:
+                    read_checked(target)
+            except CorruptFileError as e:
+                problems.append(e)
+        if repair:
+            for e in problems:
+                _set_aside(_data_file(e.path), e)
+        return problems
 
     def keys(self, name: str) -> list[str]:
         """Sorted keys of the committed parts of table ``name`` (temp files of unfinished writes are ignored)."""
@@ -277,10 +473,12 @@ class Workdir:
 
     def read_table(self, name: str, *, key_column: str | None = None) -> pd.DataFrame:
         """All committed parts of ``name`` concatenated in key order (deterministic) with a fresh RangeIndex;
-        an empty DataFrame when there are none. ``key_column`` adds each row's part key under that name."""
+        an empty DataFrame when there are none. ``key_column`` adds each row's part key under that name.
+        Every part is verified first: a corrupt one is a :class:`CorruptFileError` naming it (nothing is read
+        from it; rerunning the study moves it aside and recomputes it)."""
         frames = []
         for key in self.keys(name):
-            df = pd.read_parquet(self.part_path(name, key), engine="pyarrow")
+            df = self._read_part(name, self.part_path(name, key))
             if key_column is not None:
                 if key_column in df.columns:
                     raise ValueError(f"key_column {key_column!r} clashes with a column of table {name!r}")
@@ -361,7 +559,7 @@ class Workdir:
                     if entry.get("status") == "running" and entry.get("pid") != os.getpid():
                         entry["status"], n = "killed", n + 1
             if n:
-                self.write_json(TIMINGS_FILE, timings)
+                self.write_json(TIMINGS_FILE, timings, checksum=False)
         return n
 
     def _update_timing(self, stage: str, attempt: str | None, entry: dict[str, Any]) -> None:
@@ -376,7 +574,7 @@ class Workdir:
                     break
             else:
                 runs.append(entry)
-            self.write_json(TIMINGS_FILE, timings)
+            self.write_json(TIMINGS_FILE, timings, checksum=False)
 
 
 def _now_iso() -> str:

@@ -172,19 +172,41 @@ def _place_leaf(x: Any, target: NamedSharding) -> jax.Array:
 
 
 def gather(tree: PyTree) -> PyTree:
-    """Every leaf whole on every device it lives on (a no-op in one process): arrays spread over the devices of
-    several processes become fully replicated, so each host can read them (`np.asarray`) and reuse them."""
+    """Every leaf whole where the next (eager) step can use it without a cross-device collective: arrays spread
+    over the devices of several processes become fully replicated, so each host can read them (`np.asarray`) and
+    reuse them; in one process, arrays spread over several CPU devices are copied to the host shard by shard and
+    put back on the default device (`local`). Other arrays are returned as they are."""
 
     def one(x: Any) -> Any:
-        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+        if not isinstance(x, jax.Array) or x.is_fully_replicated:
             return x
+        if x.is_fully_addressable:
+            return local(x)
         return jax.device_put(x, NamedSharding(x.sharding.mesh, P()))
 
     return jax.tree.map(one, tree)
 
 
+def local(x: Any) -> Any:
+    """``x`` on one device when it is a CPU array spread over several devices of this process, else ``x``.
+
+    Eager operations on such an array (slicing off a chunk's padding, reshaping a population's axes, stacking)
+    compile to programs with a cross-device collective. XLA's CPU collectives wait for every device's thread at a
+    rendezvous that aborts the process (SIGABRT) when one arrives more than 40 s late, which happens on an
+    oversubscribed machine. Copying the shards to the host (`np.asarray`: one transfer per shard, no collective) and
+    back to the default device keeps every collective out of the CPU path; the compiled population programs have
+    none (each device trains its own models). Accelerators keep their arrays: their collectives have no such
+    timeout."""
+    if (isinstance(x, jax.Array) and x.is_fully_addressable and len(x.sharding.device_set) > 1
+            and next(iter(x.sharding.device_set)).platform == "cpu"):
+        return jax.device_put(np.asarray(x), jax.devices("cpu")[0])
+    return x
+
+
 def to_host(x: Any) -> np.ndarray:
     """`np.asarray(x)`, also for an array spread over the devices of several processes (gathered first)."""
+    if isinstance(x, jax.Array) and x.is_fully_addressable:
+        return np.asarray(x)  # one host copy per shard, no collective
     return np.asarray(gather(x))
 
 

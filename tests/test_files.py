@@ -53,3 +53,68 @@ def test_remove_stale_temp_files_only_touches_dead_writers(tmp_path):
         f.write_bytes(b"x")
     assert files.remove_stale_temp_files(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
+
+
+# ---- checksums -------------------------------------------------------------------------------------------------
+
+
+def test_write_checked_writes_a_sha256sum_sidecar_and_read_checked_verifies_it(tmp_path):
+    path = files.write_checked(tmp_path / "part.parquet", b"payload")
+    side = files.checksum_path(path)
+    assert side.name == "part.parquet.sha256"
+    import hashlib
+    assert side.read_text() == f"{hashlib.sha256(b'payload').hexdigest()}  part.parquet\n"
+    # the format `sha256sum -c` reads, so it can be checked by hand
+    assert subprocess.run(["sha256sum", "-c", side.name], cwd=tmp_path, capture_output=True).returncode == 0
+    assert files.read_checked(path) == (b"payload", True)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "bad sidecar", "other name"])
+def test_read_checked_names_a_changed_file(tmp_path, damage):
+    path = files.write_checked(tmp_path / "x.bin", bytes(range(200)))
+    side = files.checksum_path(path)
+    if damage == "flip":
+        data = bytearray(path.read_bytes())
+        data[77] ^= 1
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:150])
+    elif damage == "bad sidecar":
+        side.write_text("not a checksum\n")
+    else:
+        side.write_text(side.read_text().replace("x.bin", "y.bin"))
+    with pytest.raises(files.CorruptFileError) as e:
+        files.read_checked(path)
+    assert str(e.value).startswith(str(path if damage in ("flip", "truncate") else side))
+    assert "rerun the study command" in str(e.value)
+
+
+def test_file_without_sidecar_reads_unverified(tmp_path):
+    (tmp_path / "old.parquet").write_bytes(b"legacy")
+    assert files.read_checked(tmp_path / "old.parquet") == (b"legacy", False)
+
+
+def test_move_aside_keeps_the_file_and_its_sidecar(tmp_path):
+    path = files.write_checked(tmp_path / "a.parquet", b"1")
+    moved = files.move_aside(path)
+    again = files.move_aside(files.write_checked(tmp_path / "a.parquet", b"2"))
+    assert not path.exists() and not files.checksum_path(path).exists()
+    assert files.CORRUPT_TAG in moved.name and moved != again
+    assert moved.read_bytes() == b"1" and again.read_bytes() == b"2"
+    assert files.checksum_path(moved).read_text().endswith("  a.parquet\n")  # kept as written, for inspection
+
+
+def test_a_full_disk_is_one_disk_full_error_naming_the_file(tmp_path):
+    """RLIMIT_FSIZE makes writes fail with EFBIG, the way a full disk fails them with ENOSPC."""
+    code = ("import resource, signal, sys; from fairprune_jax import files\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+            "try:\n    files.atomic_write(sys.argv[1], b'x' * 5000)\n"
+            "except files.DiskFullError as e:\n    print(e)\n")
+    target = tmp_path / "big.bin"
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.stdout.startswith(f"disk full while writing {target}"), proc.stderr
+    assert not target.exists() and not list(tmp_path.iterdir())  # the temporary file is gone too
+    assert files.disk_full(OSError(28, "No space left on device"))
+    assert files.disk_full(ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left on device"))
+    assert not files.disk_full(OSError(2, "No such file"))

@@ -207,6 +207,49 @@ def test_killed_process_stops_the_run_and_a_rerun_resumes(single, tmp_path):
     _same(single, _table(wd))
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the launcher's children in /proc")
+def test_killed_process_0_ends_the_run_with_the_launchers_line_only(tmp_path):
+    """Process 0 hosts JAX's coordination service: when it dies, the survivors' C++ coordination errors, crash
+    dumps and interrupted lines are dropped; what is left is the launcher's one line (and survivors' error: lines)."""
+    wd = tmp_path / "wd"
+    proc = subprocess.Popen(_launch_cmd(wd), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dense = wd / "results" / recall_study.RECALL_TABLE / "lenet_300_100.dense.parquet"
+    deadline = time.monotonic() + 400
+    while not dense.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert dense.exists(), proc.communicate()[1][-3000:]
+    os.kill(_children(proc.pid)[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 137 and "Traceback" not in err
+    assert lines[-1] == ("error: process 0 was killed by signal 9; stopped the other processes (rerun the same "
+                         "command to resume)")
+    assert all(line.startswith("[p1] error:") for line in lines[:-1]) and len(lines) <= 2, err
+
+
+def test_relay_drops_what_survivors_print_after_a_failure(capsys):
+    """Process 0 dies; process 1 then prints JAX-style C++ errors and an interrupted line: all dropped."""
+    survivor = ("import os, signal, sys, time\n"
+                "def stop(*args):\n    print('interrupted; rerun', file=sys.stderr)\n    sys.exit(130)\n"
+                "signal.signal(signal.SIGTERM, stop)\n"
+                "print('E1206 12:00:00.000000 1 coordination_service_agent.cc:289] Polled an error', file=sys.stderr)\n"
+                "while os.path.exists(sys.argv[1]):\n    time.sleep(0.01)\n"
+                "for i in range(60):\n    print(f'F1206 client.h:80] Terminating process {i}', file=sys.stderr)\n"
+                "time.sleep(60)\n")
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(delete=False) as flag:
+        pass
+    dying = f"import os, time; time.sleep(4); os.unlink({flag.name!r}); os.kill(os.getpid(), 9)"
+    plan = launch.Plan(((sys.executable, "-c", dying), (sys.executable, "-c", survivor, flag.name)), "127.0.0.1:0")
+    assert launch.run(plan, grace=2.0) == 137
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: process 0 was killed by signal 9")
+    assert not [line for line in err if "Terminating" in line or "interrupted" in line], err
+    assert err[0].startswith("[p1] E1206")  # printed well before the failure: kept
+
+
 def test_interrupt_inside_an_unraisable_callback_ends_the_run_with_one_line(monkeypatch, capsys):
     """A SIGTERM from the launcher can land inside JAX's gc callback, where Python would print the interrupt as an
     ignored exception (a traceback) and drop it; the CLI's hook ends the run as an interrupt instead."""

@@ -404,3 +404,139 @@ def test_sigkill_mid_loop_leaves_only_complete_parts(tmp_path):
     np.testing.assert_array_equal(table["x"].to_numpy(), np.concatenate(
         [np.arange(20_000, dtype=np.float64) * i for i in range(len(keys))]))
     assert [a["status"] for a in wd.stage_timings()["prune"]] == ["running"]  # the killed attempt left a trace
+
+
+# ---- verified reads: checksums, range rules, moving corrupt parts aside ------------------------------------------
+
+
+def recall_rows(seed: int = 0) -> pd.DataFrame:
+    """A real recall-table part (evaluate.recall_table of random confusion counts: 2 seeds x 3 classes)."""
+    from fairprune_jax import evaluate
+
+    counts = np.random.default_rng(seed).integers(0, 50, (2, 1, 2, 3, 3))
+    return evaluate.recall_table(counts, dataset="mnist", model="m", criteria=["mp"], seeds=[0, 1],
+                                 requested_sparsity=np.array([0.5, 0.9]), actual_sparsity=np.array([0.5, 0.9]))
+
+
+def flip(path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture()
+def notices(monkeypatch) -> list:
+    said: list = []
+    monkeypatch.setattr(results, "notify", said.append)
+    monkeypatch.setattr(results, "_told_unverified", set())
+    return said
+
+
+def test_parts_carry_a_checksum_and_read_back_verified(tmp_path, notices):
+    wd = Workdir.open(tmp_path / "wd", make_config())
+    path = wd.append_table("recall", "m.mp", recall_rows())
+    assert results.checksum_path(path).is_file()
+    pd.testing.assert_frame_equal(wd.read_part("recall", "m.mp"), recall_rows())
+    assert wd.has("recall", "m.mp") and wd.unverified() == [] and notices == []
+
+
+def test_a_flipped_byte_is_refused_by_reads_and_moved_aside_by_has(tmp_path, notices):
+    wd = Workdir.open(tmp_path / "wd", make_config())
+    path = wd.append_table("recall", "m.mp", recall_rows())
+    flip(path, 100)
+    for read in (lambda: wd.read_table("recall"), lambda: wd.read_part("recall", "m.mp"),
+                 lambda: wd.has("recall", "m.mp", repair=False)):
+        with pytest.raises(results.CorruptFileError, match=r"m\.mp\.parquet is corrupt: its SHA-256 does not match"):
+            read()
+    assert path.is_file()  # reading never moves anything
+    assert not wd.has("recall", "m.mp")  # a study's resume check: moved aside, so the unit is recomputed
+    assert not path.exists() and wd.keys("recall") == []
+    aside = [p.name for p in path.parent.iterdir()]
+    assert len(aside) == 2 and all(".corrupt-" in n for n in aside)  # the part and its sidecar, kept
+    assert len(notices) == 1 and notices[0].startswith(f"warning: {path} is corrupt") and "recomputed" in notices[0]
+    wd.append_table("recall", "m.mp", recall_rows())  # the recomputed unit commits as usual
+    assert wd.has("recall", "m.mp")
+
+
+def test_opening_a_workdir_moves_every_corrupt_file_aside(tmp_path, notices):
+    wd = Workdir.open(tmp_path / "wd", make_config())
+    good = wd.append_table("recall", "a", recall_rows(1))
+    bad = wd.append_table("recall", "b", recall_rows(2))
+    meta = wd.write_json("meta.json", {"names": ["x"]})
+    arrays = results.save_npz(wd.path_for("logits/dense.npz"), {"val": np.ones((2, 3))})
+    flip(bad, 50)
+    flip(meta, 3)
+    arrays.write_bytes(arrays.read_bytes()[:-20])  # truncated
+    problems = Workdir.open(tmp_path / "wd", make_config()).verify(repair=False)
+    assert problems == []  # open() already moved them aside
+    assert good.exists() and not bad.exists() and not meta.exists() and not arrays.exists()
+    assert sorted(n.split(" is corrupt")[0].split("/")[-1] for n in notices) == ["b.parquet", "dense.npz",
+                                                                                 "meta.json"]
+
+
+def test_range_rules_catch_impossible_values_in_parts_without_a_checksum(tmp_path, notices):
+    """Parts written before checksums read unverified (said once), but a value no table can hold is refused."""
+    wd = Workdir.open(tmp_path / "wd", make_config())
+    ok = wd.append_table("recall", "ok", recall_rows())
+    results.checksum_path(ok).unlink()
+    pd.testing.assert_frame_equal(wd.read_table("recall"), recall_rows())
+    assert notices == [f"note: {wd.path} holds results written before checksums (e.g. results/recall/ok.parquet); "
+                       "they are read unverified, checked by the range rules only"]
+    assert wd.unverified() == [ok.relative_to(wd.path)]
+    for column, value, match in (("recall", -62994.8, r"recall = -62994\.8 is not \[0, 1\] or NaN"),
+                                 ("correct", 10**6, r"correct = 1e\+06 exceeds n"),
+                                 ("recall", 0.25, r"recall = 0\.25 is not correct/n"),
+                                 ("actual_sparsity", np.nan, r"actual_sparsity = nan is not \[0, 1\]"),
+                                 ("n", -3, r"n = -3\.0 is not a whole number in \[0, inf\]"),
+                                 ("recall", "next", r"recall = \S+ is not correct/n"),  # one ulp off
+                                 ("recall", np.nan, r"recall is NaN for a network that did not diverge"),
+                                 ("class", 0, r"the classes of its network are not 0\.\.2 once each"),
+                                 ("accuracy", 0.5, r"accuracy = 0\.5 disagrees with the other rows of its network"),
+                                 ("actual_sparsity", 0.25, r"actual_sparsity = 0\.25 disagrees with the other")):
+        rows = recall_rows()
+        if value == "next":
+            value = np.nextafter(rows.loc[4, column], 0.0)
+        rows.loc[4, column] = value
+        if column == "class":
+            rows.loc[[3, 4, 5], "class"] = [0, 0, 2]
+        path = wd.part_path("recall", "legacy")
+        path.write_bytes(rows.to_parquet(index=False))
+        with pytest.raises(results.CorruptFileError, match=rf"legacy\.parquet is corrupt: row [34]: {match}"):
+            wd.read_table("recall")
+        with pytest.raises(ValueError, match=rf"refusing to store row [34]: {match}"):  # never written either
+            wd.append_table("recall", "new", rows)
+    assert len(notices) == 1
+
+
+def test_a_damaged_parquet_without_checksum_is_named(tmp_path, notices):
+    wd = Workdir.open(tmp_path / "wd", make_config())
+    path = wd.append_table("recall", "old", recall_rows())
+    results.checksum_path(path).unlink()
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(results.CorruptFileError, match=r"old\.parquet is corrupt: not a readable parquet file"):
+        wd.read_table("recall")
+
+
+def test_npz_arrays_round_trip_verified_and_a_truncated_file_is_one_error(tmp_path, notices):
+    path = results.save_npz(tmp_path / "logits.npz", {"val": np.arange(6.0).reshape(2, 3), "test": np.ones(4)})
+    got = results.load_npz(path)
+    np.testing.assert_array_equal(got["val"], np.arange(6.0).reshape(2, 3))
+    assert results.verified_file(path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(results.CorruptFileError, match="logits.npz is corrupt: its SHA-256 does not match"):
+        results.load_npz(path)
+    results.checksum_path(path).unlink()  # an npz written before checksums: the zip itself must be readable
+    with pytest.raises(results.CorruptFileError, match=r"logits.npz is corrupt: not a readable \.npz file"):
+        results.load_npz(path)
+    assert not results.verified_file(path) and not path.exists()  # moved aside
+
+
+def test_json_files_are_checksummed_but_timings_are_not(tmp_path, notices):
+    wd = Workdir.open(tmp_path / "wd", make_config())
+    wd.write_json("meta.json", {"names": ["a", "b"]})
+    assert wd.read_json("meta.json") == {"names": ["a", "b"]}
+    flip(wd.file("meta.json"), 12)
+    with pytest.raises(results.CorruptFileError, match="meta.json is corrupt"):
+        wd.read_json("meta.json")
+    wd.record_timing("dense", 1.0)
+    assert not results.checksum_path(wd.file("timings.json")).exists()

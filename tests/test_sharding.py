@@ -70,3 +70,43 @@ def test_use_all_cores_before_jax_starts_gives_a_mesh_over_the_cores():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["3", "3"]
+
+
+_POPULATION_CALLS = """
+import jax, jax.numpy as jnp, numpy as np
+from fairprune_jax import evaluate, models, protocols, sharding, train
+assert jax.device_count() == 2
+mesh = sharding.seed_mesh()
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((256, 28, 28, 1)), jnp.float32)
+y = jnp.asarray(rng.integers(0, 10, 256), jnp.int32)
+spec = models.get_model("mlp_100_30")
+cfg = dict(epochs=1, batch_size=64, optimizer=dict(name="sgd", lr=0.05))
+keys = train.seed_keys(range(3))  # 3 models on 2 devices: padded, so the padding is sliced off after training
+dense, _ = train.fit(spec, cfg, keys, x, y, mesh=mesh)
+protocols.one_shot(spec, cfg, dense, ["mp", "gp"], [0.5, 0.9], keys, x, y, mesh=mesh)
+protocols.gmp(spec, cfg | dict(epochs=2), keys, x, y, ["mp"], [0.9], start=0, end=1, init_variables=dense, mesh=mesh)
+for level in protocols.iterative(spec, cfg, keys, x, y, ["mp"], 1, dense=(dense, dense), mesh=mesh):
+    pass
+evaluate.evaluate_population(spec, dense, x, y, num_classes=10, chunk=2, batch_size=100, mesh=mesh)
+evaluate.population_logits(spec, dense, x, chunk=2, batch_size=100, mesh=mesh)
+print("population calls done")
+"""
+
+
+@pytest.mark.slow
+def test_population_calls_on_a_cpu_mesh_compile_no_collective(tmp_path):
+    """XLA's CPU collectives abort the process when a device thread is 40 s late at their rendezvous (an
+    oversubscribed machine): training, the protocols and evaluation on a 2-device CPU mesh, padding included, must
+    compile no program with one (eager ops on spread arrays would: sharding.local)."""
+    dump = tmp_path / "hlo"
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count=2 --xla_dump_to={dump} --xla_dump_hlo_as_text")
+    proc = subprocess.run([sys.executable, "-c", _POPULATION_CALLS], cwd=HERE.parent, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0 and "population calls done" in proc.stdout, proc.stderr[-3000:]
+    modules = sorted(dump.glob("*after_optimizations.txt"))
+    assert len(modules) > 20  # the dump did happen
+    ops = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
+    with_collectives = [m.name for m in modules if any(op in m.read_text() for op in ops)]
+    assert with_collectives == []

@@ -2,7 +2,6 @@
 (`analysis.run.RunDescription`), its missing units, and the checks every multi-workdir command shares."""
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Any, Sequence
@@ -35,8 +34,7 @@ def study_of(wd: Any) -> str:
 
 def seed_blocks(wd: Any, config: Any) -> list[recall_layout.SeedBlock]:
     """The seed blocks a recall workdir holds (one block for workdirs of earlier versions)."""
-    f = pathlib.Path(wd.path) / recall_layout.SEED_BLOCKS_FILE
-    recorded = json.loads(f.read_text()) if f.is_file() else None
+    recorded = wd.read_json(recall_layout.SEED_BLOCKS_FILE)  # verified against its .sha256
     return recall_layout.seed_blocks(recorded, int(config.num_seeds))
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import os
 import pathlib
 import time
@@ -41,7 +40,7 @@ from fairprune_jax import data as data_lib
 from fairprune_jax import masks as masks_lib
 from fairprune_jax import models as models_lib
 from fairprune_jax.analysis.bias_tables import evaluate_sparse, population_metrics, tag_population
-from fairprune_jax.results import atomic_write
+from fairprune_jax.results import load_npz, save_npz, verified_file
 from fairprune_jax.studies import bias_layout as L
 from fairprune_jax.studies import checks, runner, schema, spine
 from fairprune_jax.studies.bias_config import validate_config
@@ -205,22 +204,21 @@ def start(ctx: Context) -> None:
 
 
 def _has_logits(ctx: Context, key: str) -> bool:
-    """Whether population ``key``'s logits are stored (in a multi-host run: process 0's answer)."""
-    return multihost.agree(ctx.workdir.path_for(L.logits_artifact(key)).is_file())
+    """Whether population ``key``'s logits are stored and verified (a corrupt file is moved aside; in a
+    multi-host run: process 0's answer)."""
+    return multihost.agree(multihost.is_primary() and verified_file(ctx.workdir.path_for(L.logits_artifact(key))))
 
 
 def _load_logits(ctx: Context, key: str) -> dict:
-    with np.load(ctx.workdir.path_for(L.logits_artifact(key))) as z:
-        return {"val": z["val"], "test": z["test"]}
+    z = load_npz(ctx.workdir.path_for(L.logits_artifact(key)), root=ctx.workdir.path)  # checksum-verified
+    return {"val": z["val"], "test": z["test"]}
 
 
 def _save_logits(ctx: Context, key: str, variables: PyTree) -> None:
     arrays = {"val": predict_logits(ctx.spec, variables, ctx.data.x_val, ctx.config),
               "test": predict_logits(ctx.spec, variables, ctx.data.x_test, ctx.config)}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
     if multihost.is_primary():
-        atomic_write(ctx.workdir.path_for(L.logits_artifact(key)), buf.getvalue())
+        save_npz(ctx.workdir.path_for(L.logits_artifact(key)), arrays)  # with its .sha256
     multihost.barrier(f"logits:{key}")  # the others read them next
 
 
@@ -278,7 +276,7 @@ def _dense_units(ctx: Context, keys: list[str]) -> Iterator[Unit]:
 def _diverged_seeds(ctx: Context, key: str) -> np.ndarray:
     """bool [S]: seeds of the unit recorded as diverged (older workdirs have no column: none)."""
     wd = ctx.workdir
-    p = pd.read_parquet(wd.part_path("prune", key)) if wd.has("prune", key) else pd.DataFrame()
+    p = wd.read_part("prune", key) if wd.has("prune", key) else pd.DataFrame()
     out = np.zeros(int(ctx.config.num_seeds), bool)
     if len(p) and "diverged" in p:
         out[p["seed"].to_numpy(int)] = p["diverged"].to_numpy(bool)
@@ -293,7 +291,8 @@ def _sparsity_units(ctx: Context, s: float) -> Iterator[Unit]:
     held = f"sparse/{key}"
 
     def pruned_done() -> bool:
-        return _has_logits(ctx, key) or checkpoints.exists(checkpoint_dir(wd, ck), ck)
+        # the prune part records which seeds diverged: without it the unit is redone
+        return (_has_logits(ctx, key) or checkpoints.exists(checkpoint_dir(wd, ck), ck)) and wd.has("prune", key)
 
     def prune() -> tuple:
         dense = _dense(ctx)
@@ -346,7 +345,7 @@ def _sparsity_units(ctx: Context, s: float) -> Iterator[Unit]:
 def _evaluate(ctx: Context, s: float, key: str) -> dict:
     """Every evaluation table of sparsity ``s`` over the seeds that did not diverge."""
     wd, n_seeds = ctx.workdir, int(ctx.config.num_seeds)
-    dense_m = pd.read_parquet(wd.part_path("metrics", DENSE_KEY))
+    dense_m = wd.read_part("metrics", DENSE_KEY)
     dense_m = dense_m[dense_m["population"] == "dense"].drop(columns=["population", "sparsity"])
     keep = np.flatnonzero(~_diverged_seeds(ctx, key))
     dl, sl = _load_logits(ctx, "dense"), _load_logits(ctx, key)

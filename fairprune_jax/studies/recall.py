@@ -181,7 +181,7 @@ def start(ctx: Context) -> None:
         wd.write_json(L.SEED_BLOCKS_FILE, [list(b) for b in blocks])
         wd.write_text(L.CLASS_COUNTS_FILE, prep.data.train_counts.to_csv(index=False))
     multihost.barrier("seed_blocks")
-    ctx.memo["blocks"] = [L.SeedBlock(*b) for b in json.loads(wd.file(L.SEED_BLOCKS_FILE).read_text())]
+    ctx.memo["blocks"] = [L.SeedBlock(*b) for b in wd.read_json(L.SEED_BLOCKS_FILE)]
     if len(ctx.memo["blocks"]) > 1 and prep.recorded and blocks[-1].start >= prep.recorded[-1][1]:
         ctx.log(f"num_seeds {config.num_seeds}: seeds {blocks[-1].start}–{blocks[-1].stop - 1} are a new block; "
                 "the earlier seeds' results stay as they are")
