@@ -274,7 +274,7 @@ class Progress:
 
         def callback(info: dict) -> None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(np.mean(info['loss'])):.4f}", chunk=f"{info['chunk'] + 1}/{info['chunks']}")
+            bar.set_postfix(loss=f"{float(np.mean(info['loss'])):.4f}", chunk=f"{info['chunk']}/{info['chunks']}")
 
         return callback
 
