@@ -216,10 +216,11 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
     def need_at(c_: int, b_: int | None) -> int | None:
         nb_ = -(-n // b_)
         ex = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rep_sharding)  # noqa: E731
-        lowered = _eval_chunk.lower(variables, masks, jax.ShapeDtypeStruct((c_,), jnp.int32),
-                                    ex((nb_, b_) + images.shape[1:], images.dtype), ex((nb_, b_), jnp.int32),
-                                    ex((nb_, b_), jnp.bool_), **statics)
-        return memory.program_need(lowered, resident=resident, mesh=mesh)
+        args = (variables, masks, jax.ShapeDtypeStruct((c_,), jnp.int32),
+                ex((nb_, b_) + images.shape[1:], images.dtype), ex((nb_, b_), jnp.int32), ex((nb_, b_), jnp.bool_))
+        return memory.remembered(
+            ("eval", tuple(sorted(statics.items(), key=lambda kv: kv[0])), memory.signature(*args), resident),
+            lambda: memory.program_need(_eval_chunk.lower(*args, **statics), resident=resident, mesh=mesh))
 
     fit = memory.fit(need_at, what="evaluate_population", n_models=n_models, chunk=chunk,
                      default_chunk=sharding.round_up(min(DEFAULT_CHUNK, n_models), mesh), unit=sharding.size(mesh),
@@ -412,11 +413,10 @@ def population_logits(spec: ModelSpec, variables: PyTree, images: Any, *, masks:
         chunk_of = lambda tree: jax.tree.map(  # noqa: E731
             lambda v: jax.ShapeDtypeStruct((c_,) + v.shape[1:], v.dtype, sharding=rep_sharding), tree)
         x = jax.ShapeDtypeStruct((b_,) + images.shape[1:], images.dtype, sharding=rep_sharding)
-        if masks is None:
-            lowered = _logits_chunk.lower(chunk_of(variables), x, spec=spec, mesh=mesh)
-        else:
-            lowered = _masked_logits_chunk.lower(chunk_of(variables), chunk_of(masks), x, spec=spec, mesh=mesh)
-        return memory.program_need(lowered, mesh=mesh)
+        fn, args = ((_logits_chunk, (chunk_of(variables), x)) if masks is None
+                    else (_masked_logits_chunk, (chunk_of(variables), chunk_of(masks), x)))
+        return memory.remembered(("logits", spec, mesh, memory.signature(*args)),
+                                 lambda: memory.program_need(fn.lower(*args, spec=spec, mesh=mesh), mesh=mesh))
 
     fit = memory.fit(need_at, what="population_logits", n_models=s, chunk=chunk,
                      default_chunk=sharding.round_up(s, mesh), unit=sharding.size(mesh), batch=batch_size,

@@ -192,6 +192,27 @@ def program_need(lowered: Any, *, resident: int = 0, mesh: Any = None) -> int | 
     return max(0, _pool(mesh)[0] * int(per_device) - int(resident))
 
 
+def signature(*trees: Any) -> tuple:
+    """A hashable description of trees of arrays (structure, shapes, dtypes, shardings): what a compiled program
+    depends on besides its static arguments."""
+    leaves, treedef = jax.tree_util.tree_flatten(trees)
+    return (treedef, tuple((tuple(np.shape(x)), str(x.dtype), str(getattr(x, "sharding", None))) if
+                           hasattr(x, "dtype") else repr(x) for x in leaves))
+
+
+_needs: dict[Any, int | None] = {}
+
+
+def remembered(key: Any, compute: Callable[[], int | None]) -> int | None:
+    """`compute()` once per `key` (a call's program, e.g. its jitted function and `signature`): lowering a program
+    again costs a trace even when its compilation is cached, and calls such as GMP's pruning repeat."""
+    if key not in _needs:
+        if len(_needs) > 1024:
+            _needs.clear()
+        _needs[key] = compute()
+    return _needs[key]
+
+
 # ------------------------------------------------------------------------------------------------ the rule
 
 

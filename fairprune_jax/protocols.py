@@ -168,12 +168,14 @@ def prune_population(spec: ModelSpec, criterion: str, variables: Variables, spar
 
     def need_at(c_: int, _: int | None) -> int | None:
         if c_ >= n:  # all at once: the caller's own arrays, as they are
-            return memory.program_need(fn.lower(variables, prior, keys, s, *batch),
-                                       resident=memory.tree_bytes((variables, prior, keys)))
-        part = lambda tree: jax.tree.map(  # noqa: E731
-            lambda x: jax.ShapeDtypeStruct((c_,) + tuple(x.shape[1:]), x.dtype), tree)
-        return memory.program_need(fn.lower(part(variables), part(prior), part(keys), s if grid else part(s),
-                                            *batch))
+            args = (variables, prior, keys, s, *batch)
+            resident = memory.tree_bytes((variables, prior, keys))
+        else:
+            part = lambda tree: jax.tree.map(  # noqa: E731
+                lambda x: jax.ShapeDtypeStruct((c_,) + tuple(x.shape[1:]), x.dtype), tree)
+            args, resident = (part(variables), part(prior), part(keys), s if grid else part(s), *batch), 0
+        return memory.remembered((fn, memory.signature(*args), resident),
+                                 lambda: memory.program_need(fn.lower(*args), resident=resident))
 
     c = memory.fit(need_at, what=f"scoring {n} models ({criterion})", n_models=n, chunk=chunk,
                    default_chunk=n).chunk

@@ -364,11 +364,15 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
             init_fn.lower(v_c, m_c).compile().out_info)
         snap = state_variables(state) if capture_step is not None else None
         keys_c = jax.ShapeDtypeStruct((c_,), data_keys.dtype, sharding=model_sharding)
-        lowered = epoch_fn.lower(state, m_c, keys_c, jax.ShapeDtypeStruct((), jnp.int32), images, labels, snap)
-        program = memory.program_need(lowered, resident=resident, mesh=mesh)
+        args = (state, m_c, keys_c, jax.ShapeDtypeStruct((), jnp.int32), images, labels, snap)
+        program = memory.program_need(epoch_fn.lower(*args), resident=resident, mesh=mesh)
         return None if program is None else program + memory.tree_bytes(v_c)
 
-    chunk = memory.fit(need_at, what=f"training {n} models", n_models=n, chunk=chunk,
+    def remembered_need(c_: int, b_: int | None) -> int | None:
+        key = (epoch_fn, init_fn, c_, memory.signature(one_model, images, labels), mesh, resident)
+        return memory.remembered(key, lambda: need_at(c_, b_))
+
+    chunk = memory.fit(remembered_need, what=f"training {n} models", n_models=n, chunk=chunk,
                        default_chunk=resolve_chunk(n, chunk, param_bytes(variables["params"], n), mesh, group),
                        unit=group * sharding.size(mesh), batch=cfg.batch_size, mesh=mesh,
                        names=("chunk", "tcfg.batch_size")).chunk
