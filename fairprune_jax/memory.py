@@ -45,13 +45,14 @@ class Budget(NamedTuple):
 
     bytes: int
     total: int  # the pool's memory
-    fraction: float  # bytes / total (1.0 for a budget set in bytes)
+    fraction: float | None  # bytes / total; None for a budget set in bytes (`limit(bytes)`)
     where: str  # e.g. "host memory (cpu)", "memory of cuda:0"
 
     def describe(self) -> str:
-        if self.fraction == 1.0 and self.bytes != self.total:
+        if self.fraction is None:
             return f"the memory budget of {fmt_bytes(self.bytes)} (memory.limit)"
-        return f"the memory budget of {fmt_bytes(self.bytes)} ({self.fraction:.0%} of the {fmt_bytes(self.total)} {self.where})"
+        return (f"the memory budget of {fmt_bytes(self.bytes)} ({self.fraction:.0%} of the "
+                f"{fmt_bytes(self.total)} {self.where})")
 
 
 class Plan(NamedTuple):
@@ -133,7 +134,7 @@ def budget(device: jax.Device | None = None) -> Budget:
     """The bytes a population call may use on the memory pool of `device` (default: the first local device)."""
     total, where = device_memory(device)
     if _override["bytes"] is not None:
-        return Budget(int(_override["bytes"]), total, 1.0, where)
+        return Budget(int(_override["bytes"]), total, None, where)
     frac = _fraction()
     return Budget(int(total * frac), total, frac, where)
 

@@ -480,12 +480,12 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     history: {"loss": float32 [S, epochs] per-epoch mean training loss, "snapshot": variables or None,
         "at_epochs": {e: variables} (empty without keep_epochs)}.
 
-    Determinism: the same keys, config and chunk give the same bits. A model trained alone equals the same model
-    trained inside a population BIT FOR BIT when XLA compiles the same program per model whatever the population
-    size: today the MLPs (tests/test_train.py). Otherwise (the conv nets) the two agree to float tolerance for a
-    few steps, and over long training the last-bit differences grow like any chaotic trajectory's (their measured
-    size on a small CNN: docs/library.md, Determinism). Chunks of the same size are bitwise equal, so results
-    do not depend on the number of devices (`resolve_chunk`).
+    Determinism: the same keys, config and chunk size give the same bits, on any number of devices. A model
+    trained alone and the same model trained in a chunk of several run different compiled programs, so they agree
+    to float tolerance at first (about 1e-7 after an epoch of the MLPs; bit for bit only where XLA happens to emit
+    the same arithmetic) and drift apart over long training like any chaotic trajectory (measured sizes:
+    docs/library.md, Determinism, from benchmarks/bench_drift.py). `chunk=1` trains every model exactly as it
+    trains alone.
     """
     keys = as_keys(seed_keys)
     n = int(keys.shape[0])

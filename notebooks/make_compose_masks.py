@@ -22,8 +22,8 @@ covers every seed, criterion and sparsity. This notebook:
 
 It runs on CPU, GPU or TPU. Locally: `pip install -e ".[notebook]"` (Jupyter, and ipywidgets for the progress
 bars), then `jupyter lab notebooks/compose_masks.ipynb`; docs/library.md is the API guide. The first cell installs
-the package unless it is importable already (in Colab, set `PACKAGE_SOURCE` first). The MNIST idx files come through the library itself: found locally, or downloaded once
-and checksum-verified (docs/methods.md, §2)."""),
+the package unless it is importable already (in Colab, set `PACKAGE_SOURCE` first). The MNIST idx files come
+through the library itself: found locally, or downloaded once and checksum-verified (docs/methods.md, §2)."""),
     code("""# Where to install fairprune_jax from: a path (a checkout or a wheel) or a URL pip understands, such as
 # "git+https://<host>/<your copy>.git". Default: the checkout this notebook sits in (what CI runs).
 import os, subprocess, sys
@@ -208,9 +208,9 @@ dense8, hist8 = train.fit(tiny, cfg8, keys8, tr8.images, tr8.labels)
 print("final training loss per seed:", np.round(hist8["loss"][:, -1], 3))"""),
     md("""**Compose, fine-tune, evaluate.** Masks `[S, M, P, ...]`: global magnitude, and its intersection with
 layerwise magnitude, both from `protocols.prune_population` (`exclude_output=True`: the head stays dense, and
-sparsity is counted over the hidden layers' weights). `protocols.finetune` fine-tunes every mask of seed s from seed s's dense weights (dense
-`[S]` broadcast over the mask axes, as in `evaluate`), all in one compiled population, in the seed's fine-tuning
-data order, the one `protocols.one_shot` uses. `masks.sparsity(..., lead=3)` reads the realised t of every mask."""),
+sparsity is counted over the hidden layers' weights). `protocols.finetune` fine-tunes every mask of seed s from
+seed s's dense weights (dense `[S]` broadcast over the mask axes, as in `evaluate`), all in one compiled
+population, in the seed's fine-tuning data order, the one `protocols.one_shot` uses. `masks.sparsity(..., lead=3)` reads the realised t of every mask."""),
     code("""grid8 = np.array([0.5, 0.8])
 batch8 = scores.fixed_batch(tr8.images, tr8.labels)
 glob = protocols.prune_population(tiny, "mp", dense8, grid8, keys8, batch8, grid=True, exclude_output=True)
