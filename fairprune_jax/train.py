@@ -480,7 +480,8 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
     history: {"loss": float32 [S, epochs] per-epoch mean training loss, "snapshot": variables or None,
         "at_epochs": {e: variables} (empty without keep_epochs)}.
 
-    Determinism: the same keys, config and chunk size give the same bits, on any number of devices. A model
+    Determinism: the same keys, config and models per device give the same bits (the automatic chunk keeps that
+    number whatever the device count, so results do not depend on it). A model
     trained alone and the same model trained in a chunk of several run different compiled programs, so they agree
     to float tolerance at first (about 1e-7 after an epoch of the MLPs; bit for bit only where XLA happens to emit
     the same arithmetic) and drift apart over long training like any chaotic trajectory (measured sizes:
