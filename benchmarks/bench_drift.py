@@ -9,7 +9,7 @@ weights (||alone - population|| / ||alone||) and the share of the 10,000 test pr
 the population trained with chunk=1 equals the models alone bit for bit.
 
     python -m benchmarks.bench_drift                      # both models, 3 epochs, a population of 4
-    python -m benchmarks.bench_drift --models small_cnn --epochs 1
+    python -m benchmarks.bench_drift --models lenet_300_100 --chunk 2   # chunks of 2: bit for bit on CPU
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def compare(spec: models.ModelSpec, alone: dict, group: dict, te: data.DeviceSpl
             "pred_differ": float(np.mean(pa != pb))}
 
 
-def measure(name: str, epochs: int, population: int, tr: data.DeviceSplit, te: data.DeviceSplit) -> list[dict]:
+def measure(name: str, epochs: int, population: int, tr: data.DeviceSplit, te: data.DeviceSplit,
+            chunk: int | None = None) -> list[dict]:
     spec = spec_of(name)
     keys = train.seed_keys(range(population))
     cfg = dict(epochs=epochs, batch_size=128, optimizer=dict(name="sgd", lr=0.05, momentum=0.9))
@@ -72,10 +73,11 @@ def measure(name: str, epochs: int, population: int, tr: data.DeviceSplit, te: d
     t0 = time.perf_counter()
     one = dict(cfg, epochs=1)
     a1, ha1 = train.fit(spec, one, keys[:1], tr.images, tr.labels, capture_step=1, progress=False)
-    _, hg1 = train.fit(spec, one, keys, tr.images, tr.labels, capture_step=1, chunk=population, progress=False)
+    _, hg1 = train.fit(spec, one, keys, tr.images, tr.labels, capture_step=1, chunk=chunk or population,
+                       progress=False)
     _, ha = train.fit(spec, cfg, keys[:1], tr.images, tr.labels, capture_step=20, keep_epochs=kept, progress=False)
-    _, hg = train.fit(spec, cfg, keys, tr.images, tr.labels, capture_step=20, keep_epochs=kept, chunk=population,
-                      progress=False)
+    _, hg = train.fit(spec, cfg, keys, tr.images, tr.labels, capture_step=20, keep_epochs=kept,
+                      chunk=chunk or population, progress=False)
     seconds = time.perf_counter() - t0
     rows.append({"model": name, "after": "1 step", **compare(spec, ha1["snapshot"], hg1["snapshot"], te)})
     rows.append({"model": name, "after": "20 steps", **compare(spec, ha["snapshot"], hg["snapshot"], te)})
@@ -95,12 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=["lenet_300_100", "mlp_100_30", "small_cnn"])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--population", type=int, default=4)
+    p.add_argument("--chunk", type=int, default=None, help="models per compiled chunk (default: the population)")
     args = p.parse_args(argv)
     tr, te = guide_data()
     print("| model | after | max abs weight diff | relative L2 diff | test predictions differing |")
     print("|---|---|---|---|---|")
     for name in args.models:
-        for r in measure(name, args.epochs, args.population, tr, te):
+        for r in measure(name, args.epochs, args.population, tr, te, args.chunk):
             extra = f" (bitwise: {r['bitwise']})" if "bitwise" in r else ""
             print(f"| {r['model']} | {r['after']}{extra} | {r['max_abs']:.3g} | {r['rel_l2']:.3g} | "
                   f"{r['pred_differ']:.2%} |", flush=True)
