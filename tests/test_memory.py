@@ -202,3 +202,12 @@ def test_the_check_compiles_the_program_the_call_runs(test_data, monkeypatch):
         memory.budget()))
     plain = count(60, 260)
     assert checked == plain and checked[0] > 0
+
+
+def test_bench_memory_needs_grow_with_models_and_examples():
+    """benchmarks/bench_memory.py's figures come from the rule's own measurement, growing with chunk and batch."""
+    from benchmarks import bench_memory
+
+    spec = models.ModelSpec("pooled_cnn", bench_memory.PooledCNN(), input_shape=(28, 28, 1), num_outputs=10)
+    needs = [bench_memory.logits_need(spec, c, b) for c, b in ((1, 100), (1, 200), (4, 200))]
+    assert 0 < needs[0] < needs[1] < needs[2]
