@@ -1,7 +1,7 @@
 """What population calls need, by the memory rule (fairprune_jax.memory): XLA's analysis of the program a call would
 run, for a few chunk and batch sizes, compiled and never run, and the sizes the rule picks under this machine's
-budget. Models: the small max-pooled CNN of the issue that motivated the rule (conv 8, pool, conv 16, pool, head:
-48 of them evaluated on 10,000 images at once filled a 24 GB machine), and the library guide's strided CNN.
+budget. Models: a small max-pooled CNN (conv 8, pool, conv 16, pool, head: 48 of them evaluated on 10,000 images at
+once fill a 24 GB machine), and the library guide's strided CNN.
 
     python -m benchmarks.bench_memory
 """
