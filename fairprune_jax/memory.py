@@ -1,16 +1,18 @@
 """The memory budget: how many models (`chunk`) and examples (`batch`) a population call holds at once.
 
 Why: a population call that holds every model and every example at once can need more memory than the machine has
-(48 small CNNs evaluated on 10,000 images at once need about 24 GB); on a CPU host the process is then killed
-without a message. So every public function that runs a population (`evaluate.evaluate_population` /
+(48 small max-pooled CNNs evaluated on 10,000 images at once need about 57 GB); on a CPU host the process is then
+killed without a message. So every public function that runs a population (`evaluate.evaluate_population` /
 `confusion_counts` / `population_logits`, `train.fit` / `predict` and the protocols built on them,
 `protocols.prune_population`'s scoring) sizes its chunk and batch by ONE rule, this module's `fit`:
 
 1. Start from the function's own default (chunk, batch), or from the values the caller gave.
 2. Compile the very program the call will run at that size (`jax.jit(...).lower(...).compile()`; nothing runs,
    and the call then reuses the compiled program) and read XLA's memory analysis of it: its arguments, outputs and
-   temporaries, less what the caller already holds (the population it passed in), times the devices that share
-   one memory (every local device of a CPU host; one on an accelerator). That is the call's `need`.
+   temporaries, less what the caller already holds (the population it passed in), plus on CPU the largest
+   convolution's workspace (`conv_workspace`: XLA's CPU convolutions build their im2col outside the analysis),
+   times the devices that share one memory (every local device of a CPU host; one on an accelerator). That is the
+   call's `need`.
 3. If the need fits the budget, run as asked: the defaults are unchanged wherever they fit, so are the results.
    If not, and the chunk is free, lower it to the largest multiple of the mesh's device count that fits, then
    the batch (a line through two measured sizes, checked by compiling again). An explicit chunk or batch that
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
@@ -180,16 +183,46 @@ def _pool(mesh: Any) -> tuple[int, jax.Device]:
     return (len(local) if local[0].platform == "cpu" else 1), local[0]
 
 
+_SHAPE = r"(\w+)\[([\d,]*)\]"
+_DEF = re.compile(r"%([\w.\-]+) = " + _SHAPE)
+_CONV = re.compile(r"= " + _SHAPE + r"\S* convolution\(%([\w.\-]+), %([\w.\-]+)\), window=\{size=([\dx]+)"
+                   r".*?dim_labels=(\w+)_(\w+)->(\w+)")
+_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "s8": 1, "u8": 1, "pred": 1}
+
+
+def conv_workspace(hlo_text: str) -> int:
+    """Bytes XLA's CPU convolutions allocate outside its buffer assignment, for the largest convolution of an
+    optimised HLO module: its patch matrix (output positions x window x input features, the im2col the Eigen
+    kernels build) plus a copy of its output. Measured on small CNNs, a program's resident memory exceeds XLA's
+    analysis by about that much (tests/test_memory.py checks one population against its resident memory)."""
+    dims = lambda text: [int(d) for d in text.split(",") if d]  # noqa: E731
+    shapes = {m.group(1): dims(m.group(3)) for m in _DEF.finditer(hlo_text)}
+    worst = 0
+    for m in _CONV.finditer(hlo_text):
+        out, inp, window = dims(m.group(2)), shapes.get(m.group(3)), dims(m.group(5).replace("x", ","))
+        in_labels, out_labels = m.group(6), m.group(8)
+        if not out or inp is None or "f" not in in_labels or "f" not in out_labels:
+            continue
+        positions = math.prod(out) // max(out[out_labels.index("f")], 1)
+        patch = positions * math.prod(window) * inp[in_labels.index("f")]
+        worst = max(worst, (patch + math.prod(out)) * _BYTES.get(m.group(1), 4))
+    return worst
+
+
 def program_need(lowered: Any, *, resident: int = 0, mesh: Any = None) -> int | None:
     """Bytes a lowered program needs on one memory pool when it runs: XLA's analysis of the compiled program
-    (arguments + outputs + temporaries − donated aliases) per device, times the devices sharing the pool, less the
-    `resident` bytes its arguments already hold (the caller's arrays). None where the platform gives no analysis.
-    Compiles (cached: the jitted function called with the same shapes reuses the executable)."""
-    stats = lowered.compile().memory_analysis()
+    (arguments + outputs + temporaries − donated aliases) per device, plus, on CPU, the largest convolution's
+    workspace (`conv_workspace`), times the devices sharing the pool, less the `resident` bytes its arguments
+    already hold (the caller's arrays). None where the platform gives no analysis. Compiles (cached: the jitted
+    function called with the same shapes reuses the executable)."""
+    compiled = lowered.compile()
+    stats = compiled.memory_analysis()
     if stats is None:
         return None
     per_device = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
                   - stats.alias_size_in_bytes)
+    if _pool(mesh)[1].platform == "cpu":
+        per_device += conv_workspace(compiled.as_text())
     return max(0, _pool(mesh)[0] * int(per_device) - int(resident))
 
 

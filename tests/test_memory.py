@@ -3,6 +3,11 @@ defaults that do not are lowered, explicit sizes that do not fit are refused in 
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -211,3 +216,39 @@ def test_bench_memory_needs_grow_with_models_and_examples():
     spec = models.ModelSpec("pooled_cnn", bench_memory.PooledCNN(), input_shape=(28, 28, 1), num_outputs=10)
     needs = [bench_memory.logits_need(spec, c, b) for c, b in ((1, 100), (1, 200), (4, 200))]
     assert 0 < needs[0] < needs[1] < needs[2]
+
+
+def test_conv_workspace_is_the_largest_convolutions_patch_matrix_and_output():
+    """XLA's CPU convolutions build their im2col patches outside the buffer assignment; the rule adds the largest
+    convolution's patch matrix and output: here 200 x (28 x 28 positions) x (3 x 3 window x 1 feature), and the
+    [200, 28, 28, 8] output, in float32."""
+    conv = nn.Conv(8, (3, 3))
+    params = jax.eval_shape(conv.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    x = jax.ShapeDtypeStruct((200, 28, 28, 1), jnp.float32)
+    text = jax.jit(conv.apply).lower(params, x).compile().as_text()
+    assert memory.conv_workspace(text) == 4 * (200 * 784 * 9 + 200 * 784 * 8)
+    assert memory.conv_workspace("ROOT %d = f32[8,10]{1,0} dot(%a, %b)") == 0
+
+
+@pytest.mark.slow
+def test_a_conv_population_stays_within_its_measured_need():
+    """In a fresh process, the resident memory population_logits adds for 8 max-pooled CNNs on 2000 images stays
+    within the need the rule measured for it (XLA's analysis plus the convolution workspace) and 15%."""
+    script = textwrap.dedent("""
+        import resource, jax, jax.numpy as jnp, numpy as np
+        from fairprune_jax import evaluate, memory, models
+        from benchmarks.bench_memory import PooledCNN, logits_need
+        spec = models.ModelSpec("pooled_cnn", PooledCNN(), input_shape=(28, 28, 1), num_outputs=10)
+        v = jax.block_until_ready(jax.vmap(spec.init)(jax.random.split(jax.random.key(0), 8)))
+        x = jax.block_until_ready(jnp.ones((2000, 28, 28, 1), jnp.float32))
+        need = logits_need(spec, 8, 2000)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        evaluate.population_logits(spec, v, x, chunk=8, batch_size=2000, progress=False)
+        print(need, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    """)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, env=env,
+                         check=True).stdout.split()
+    need, grown = int(out[-2]), int(out[-1])
+    assert grown <= 1.15 * need, (memory.fmt_bytes(grown), memory.fmt_bytes(need))
