@@ -308,6 +308,37 @@ def _take(tree: PyTree, idx: np.ndarray) -> PyTree:
     return jax.tree.map(lambda x: x[idx], tree)
 
 
+def _fitting_chunk(n: int, chunk: int | None, default: int, group: int, variables: Variables, data_keys: jax.Array,
+                   images: Any, labels: jax.Array, init_fn: Callable, epoch_fn: Callable, *, masked: bool,
+                   snapshot: bool, batch_size: int, mesh: Mesh | None) -> int:
+    """`run_population`'s chunk under the memory budget (`memory.fit`): the need of a chunk of c models is its
+    compiled epoch program's (the one the loop then runs) plus the copy of its variables the loop keeps."""
+    resident = 0 if mesh is not None else memory.tree_bytes((images, labels))  # the caller's training set
+    model_sharding = None if mesh is None else sharding.model_sharding(mesh)
+    one_model = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], x.dtype), variables)
+    one_mask = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.bool_), one_model["params"]) \
+        if masked else None
+
+    def need_at(c_: int) -> int | None:
+        lead = lambda tree: jax.tree.map(  # noqa: E731
+            lambda x: jax.ShapeDtypeStruct((c_,) + tuple(x.shape), x.dtype, sharding=model_sharding), tree)
+        v_c, m_c = lead(one_model), lead(one_mask)
+        # the state as the loop's init_fn places it (XLA replicates some leaves), so the program is the one it runs
+        state = jax.eval_shape(init_fn, v_c, m_c) if mesh is None else jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+            init_fn.lower(v_c, m_c).compile().out_info)
+        snap = state_variables(state) if snapshot else None
+        keys_c = jax.ShapeDtypeStruct((c_,), data_keys.dtype, sharding=model_sharding)
+        args = (state, m_c, keys_c, jax.ShapeDtypeStruct((), jnp.int32), images, labels, snap)
+        program = memory.program_need(epoch_fn.lower(*args), resident=resident, mesh=mesh)
+        return None if program is None else program + memory.tree_bytes(v_c)
+
+    key = lambda c_: (epoch_fn, init_fn, c_, memory.signature(one_model, images, labels), mesh, resident)  # noqa
+    return memory.fit(lambda c_, _: memory.remembered(key(c_), lambda: need_at(c_)), what=f"training {n} models",
+                      n_models=n, chunk=chunk, default_chunk=default, unit=group * sharding.size(mesh),
+                      batch=batch_size, mesh=mesh, names=("chunk", "tcfg.batch_size")).chunk
+
+
 def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Array, labels: jax.Array, *,
                    variables: Variables, masks: PyTree | None = None, chunk: int | None = None,
                    capture_step: int | None = None,
@@ -347,35 +378,9 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     init_fn = _compiled_init(spec, tx, masked)
     epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step, cfg.augment, group)
     images, labels = sharding.replicate((images, labels), mesh)
-    resident = 0 if mesh is not None else memory.tree_bytes((images, labels))
-    model_sharding = None if mesh is None else sharding.model_sharding(mesh)
-    one_model = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], x.dtype), variables)
-    one_mask = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.bool_), one_model["params"]) \
-        if masked else None
-
-    def need_at(c_: int, _: int | None) -> int | None:
-        """The chunk's epoch program, plus the copy of its variables the loop keeps while it trains."""
-        lead = lambda tree: jax.tree.map(  # noqa: E731
-            lambda x: jax.ShapeDtypeStruct((c_,) + tuple(x.shape), x.dtype, sharding=model_sharding), tree)
-        v_c, m_c = lead(one_model), lead(one_mask)
-        # the state as the loop's init_fn places it (XLA replicates some leaves), so the program is the one it runs
-        state = jax.eval_shape(init_fn, v_c, m_c) if mesh is None else jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-            init_fn.lower(v_c, m_c).compile().out_info)
-        snap = state_variables(state) if capture_step is not None else None
-        keys_c = jax.ShapeDtypeStruct((c_,), data_keys.dtype, sharding=model_sharding)
-        args = (state, m_c, keys_c, jax.ShapeDtypeStruct((), jnp.int32), images, labels, snap)
-        program = memory.program_need(epoch_fn.lower(*args), resident=resident, mesh=mesh)
-        return None if program is None else program + memory.tree_bytes(v_c)
-
-    def remembered_need(c_: int, b_: int | None) -> int | None:
-        key = (epoch_fn, init_fn, c_, memory.signature(one_model, images, labels), mesh, resident)
-        return memory.remembered(key, lambda: need_at(c_, b_))
-
-    chunk = memory.fit(remembered_need, what=f"training {n} models", n_models=n, chunk=chunk,
-                       default_chunk=resolve_chunk(n, chunk, param_bytes(variables["params"], n), mesh, group),
-                       unit=group * sharding.size(mesh), batch=cfg.batch_size, mesh=mesh,
-                       names=("chunk", "tcfg.batch_size")).chunk
+    default = resolve_chunk(n, chunk, param_bytes(variables["params"], n), mesh, group)
+    chunk = _fitting_chunk(n, chunk, default, group, variables, data_keys, images, labels, init_fn, epoch_fn,
+                           masked=masked, snapshot=capture_step is not None, batch_size=cfg.batch_size, mesh=mesh)
     n_chunks = -(-n // chunk)
     whole = n_chunks == 1 and chunk == n  # one chunk, no padding: use the trees as they are
 
