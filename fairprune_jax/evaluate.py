@@ -13,6 +13,9 @@ Shapes and broadcasting
 - Leading axes are flattened to one model axis; ``chunk`` models are evaluated at a time by one compiled
   function (the last chunk is padded by repeating a model, so nothing recompiles), and the test examples are
   scanned in batches of ``batch_size``, so memory is O(chunk * (params + batch_size * width)).
+- ``chunk`` and ``batch_size`` None (or 0) are chosen by the memory budget (`fairprune_jax.memory`): the defaults
+  below (`DEFAULT_CHUNK`, `DEFAULT_BATCH`; all models and `LOGITS_BATCH` for `population_logits`) when they fit,
+  smaller ones when they do not; explicit values that do not fit are refused before anything runs.
 
 Counts are exact integers (one-hot matmuls in float32 are exact per batch, < 2**24, then accumulated in int32).
 The softmax summaries (mean max-softmax and the fraction with max-softmax < ``uncertain_below``, docs/methods.md §10)
@@ -31,11 +34,16 @@ import pandas as pd
 
 from jax.sharding import Mesh
 
-from fairprune_jax import sharding
+from fairprune_jax import memory, sharding
+from fairprune_jax import progress as progress_lib
 from fairprune_jax.models import ModelSpec
 from fairprune_jax.validation import check_bool_leaves, check_images, check_labels, leading_shape
 
 PyTree = Any
+
+DEFAULT_CHUNK = 64  # models per compiled call of evaluate_population, when the memory budget allows
+DEFAULT_BATCH = 2000  # examples per scan step of evaluate_population
+LOGITS_BATCH = 10000  # examples per call of population_logits
 
 TABLE_COLUMNS = ("dataset", "model", "criterion", "seed", "level", "sparsity_index", "requested_sparsity",
                  "actual_sparsity", "class", "n", "correct", "recall", "accuracy")
@@ -55,6 +63,33 @@ class EvalResult(NamedTuple):
 def _apply_mask(params: PyTree, mask: PyTree) -> PyTree:
     """Zero pruned weights (the masks.apply convention), mask leaves first so the structures must agree."""
     return jax.tree.map(lambda m, p: jnp.where(m, p, jnp.zeros((), p.dtype)), mask, params)
+
+
+def _population(spec: ModelSpec, variables: PyTree, masks: PyTree | None
+                ) -> tuple[PyTree, PyTree | None, tuple[int, ...], tuple[int, ...]]:
+    """The variables' collections the model uses, the masks in the params' containers, and both leading axes
+    (V, L; L = V without masks), checked: V must be a prefix of L."""
+    base = jax.eval_shape(spec.init, jax.random.key(0))
+    missing = sorted(set(base) - set(variables))
+    if missing:
+        raise ValueError(f"variables: missing collection(s) {missing} of model {spec.name!r}")
+    variables = {col: variables[col] for col in base}  # extra collections are not used by apply
+    var_lead = leading_shape(variables, base, "variables")
+    if masks is None:
+        return variables, None, var_lead, var_lead
+    check_bool_leaves(masks, "masks")
+    mask_lead = leading_shape(masks, base["params"], "masks")
+    # same key paths; adopt the params' container types (dict vs FrozenDict) so tree maps line up
+    masks = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(variables["params"]), jax.tree.leaves(masks))
+    if mask_lead[:len(var_lead)] != var_lead:
+        raise ValueError(f"masks: leading axes {mask_lead} do not start with the variables' {var_lead}")
+    return variables, masks, var_lead, mask_lead
+
+
+def _check_sizes(chunk: int | None, batch_size: int | None) -> None:
+    for name, v in (("chunk", chunk), ("batch_size", batch_size)):
+        if v is not None and (isinstance(v, bool) or int(v) != v or v < 0):
+            raise ValueError(f"{name}: need a positive integer, or None/0 to fit the memory budget, got {v!r}")
 
 
 # ----------------------------------------------------------------------------------------- compiled core
@@ -132,8 +167,9 @@ def _checked_images(spec: ModelSpec, variables: Any, images: Any) -> jax.Array:
 
 
 def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels: Any, *, masks: PyTree | None = None,
-                        num_classes: int | None = None, chunk: int = 64, batch_size: int = 2000,
-                        uncertain_below: float = 0.9, mesh: Mesh | None = None) -> EvalResult:
+                        num_classes: int | None = None, chunk: int | None = None, batch_size: int | None = None,
+                        uncertain_below: float = 0.9, mesh: Mesh | None = None,
+                        progress: progress_lib.ProgressArg = True) -> EvalResult:
     """Confusion counts and softmax summaries for every model of a population, in one call.
 
     Args:
@@ -142,9 +178,13 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
       images: float32 [N, ...] (already normalised); labels: int [N] in [0, num_classes).
       masks: bool tree like `variables["params"]` with leading axes L, V a prefix of L; None = dense.
       num_classes: K (default `spec.num_outputs`; must be >= it).
-      chunk: models per compiled call; batch_size: examples per scan step.
+      chunk: models per compiled call; batch_size: examples per scan step. None (or 0) = chosen by the memory
+        budget (`fairprune_jax.memory`): `DEFAULT_CHUNK` and `DEFAULT_BATCH` when they fit, smaller when not;
+        explicit values that do not fit are refused (ValueError) before anything runs.
       mesh: a `sharding.seed_mesh()`: each chunk's models are spread over its devices (chunk rounded up to a
         multiple of the device count), the test split and population replicated; results are unchanged.
+      progress: True = a bar per chunk ("models 65-128/960") once the call takes a few seconds, False = quiet, or
+        a callable given {"chunk", "chunks", "models", "n_models"} (1-based) after every chunk.
     Returns:
       EvalResult with counts [*L, K, K] (L = V without masks).
     """
@@ -153,52 +193,57 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
     k = int(spec.num_outputs if num_classes is None else num_classes)
     if k < spec.num_outputs:
         raise ValueError(f"num_classes: {k} is smaller than the model's {spec.num_outputs} outputs")
-    if chunk < 1 or batch_size < 1:
-        raise ValueError(f"chunk/batch_size: must be >= 1, got chunk={chunk}, batch_size={batch_size}")
+    _check_sizes(chunk, batch_size)
+    progress_lib.check(progress)
     images = _checked_images(spec, variables, images)
     check_labels(labels, k, n=images.shape[0], name="labels")
     labels_np = np.asarray(labels)
     n = images.shape[0]
     if n == 0:
         raise ValueError("images: the test split is empty")
-
-    base = jax.eval_shape(spec.init, jax.random.key(0))
-    missing = sorted(set(base) - set(variables))
-    if missing:
-        raise ValueError(f"variables: missing collection(s) {missing} of model {spec.name!r}")
-    variables = {col: variables[col] for col in base}  # extra collections are not used by apply
-    var_lead = leading_shape(variables, base, "variables")
-    if masks is None:
-        mask_lead = var_lead
-    else:
-        check_bool_leaves(masks, "masks")
-        mask_lead = leading_shape(masks, base["params"], "masks")
-        # same key paths; adopt the params' container types (dict vs FrozenDict) so tree maps line up
-        masks = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(variables["params"]), jax.tree.leaves(masks))
-        if mask_lead[:len(var_lead)] != var_lead:
-            raise ValueError(f"masks: leading axes {mask_lead} do not start with the variables' {var_lead}")
+    variables, masks, var_lead, mask_lead = _population(spec, variables, masks)
     n_models = math.prod(mask_lead)
     if n_models == 0:
         return EvalResult(np.zeros(mask_lead + (k, k), np.int64), np.zeros(mask_lead), np.zeros(mask_lead))
     ratio = n_models // math.prod(var_lead)
+    if mesh is not None:
+        variables, masks = sharding.replicate((variables, masks), mesh)
+    resident = 0 if mesh is not None else memory.tree_bytes((variables, masks))
+    rep_sharding = None if mesh is None else sharding.replicated(mesh)
+    statics = dict(spec=spec, num_classes=k, ratio=ratio, uncertain_below=float(uncertain_below), var_lead=var_lead,
+                   mask_lead=mask_lead, mesh=mesh)
 
-    bs = min(batch_size, n)
+    def need_at(c_: int, b_: int | None) -> int | None:
+        nb_ = -(-n // b_)
+        ex = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rep_sharding)  # noqa: E731
+        args = (variables, masks, jax.ShapeDtypeStruct((c_,), jnp.int32),
+                ex((nb_, b_) + images.shape[1:], images.dtype), ex((nb_, b_), jnp.int32), ex((nb_, b_), jnp.bool_))
+        return memory.remembered(
+            ("eval", tuple(sorted(statics.items(), key=lambda kv: kv[0])), memory.signature(*args), resident),
+            lambda: memory.program_need(_eval_chunk.lower(*args, **statics), resident=resident, mesh=mesh))
+
+    fit = memory.fit(need_at, what="evaluate_population", n_models=n_models, chunk=chunk,
+                     default_chunk=sharding.round_up(min(DEFAULT_CHUNK, n_models), mesh), unit=sharding.size(mesh),
+                     batch=batch_size, default_batch=DEFAULT_BATCH, n_examples=n, mesh=mesh)
+    c, bs = fit.chunk, fit.batch
+
     nb = -(-n // bs)
     xb, yb, valid = _batch_examples(images, jnp.asarray(labels_np, jnp.int32), pad=nb * bs - n, nb=nb)
-
-    c = sharding.round_up(min(chunk, n_models), mesh)
     if mesh is not None:
-        variables, masks, xb, yb, valid = sharding.replicate((variables, masks, xb, yb, valid), mesh)
+        xb, yb, valid = sharding.replicate((xb, yb, valid), mesh)
     counts, conf, unc = [], [], []
-    for start in range(0, n_models, c):
-        idx = np.minimum(np.arange(start, start + c), n_models - 1).astype(np.int32)
-        out = _eval_chunk(variables, masks, jnp.asarray(idx), xb, yb, valid, spec=spec, num_classes=k, ratio=ratio,
-                          uncertain_below=float(uncertain_below), var_lead=var_lead, mask_lead=mask_lead,
-                          mesh=mesh)
-        keep = min(c, n_models - start)
-        counts.append(sharding.to_host(out[0])[:keep])
-        conf.append(sharding.to_host(out[1])[:keep])
-        unc.append(sharding.to_host(out[2])[:keep])
+    n_chunks = -(-n_models // c)
+    with progress_lib.Reporter(progress, total=n_models, desc=f"evaluate {n_models} models", unit="model") as rep:
+        for i, start in enumerate(range(0, n_models, c)):
+            rep.note(models=progress_lib.span(start + 1, min(start + c, n_models), n_models))
+            idx = np.minimum(np.arange(start, start + c), n_models - 1).astype(np.int32)
+            out = _eval_chunk(variables, masks, jnp.asarray(idx), xb, yb, valid, **statics)
+            keep = min(c, n_models - start)
+            counts.append(sharding.to_host(out[0])[:keep])
+            conf.append(sharding.to_host(out[1])[:keep])
+            unc.append(sharding.to_host(out[2])[:keep])
+            rep.step(keep, {"chunk": i + 1, "chunks": n_chunks, "models": (start + 1, start + keep),
+                            "n_models": n_models}, models=progress_lib.span(start + 1, start + keep, n_models))
     counts_a = np.concatenate(counts).astype(np.int64).reshape(mask_lead + (k, k))
     mean_conf = (np.concatenate(conf).astype(np.float64) / n).reshape(mask_lead)
     frac_unc = (np.concatenate(unc).astype(np.float64) / n).reshape(mask_lead)
@@ -206,11 +251,11 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
 
 
 def confusion_counts(spec: ModelSpec, variables: PyTree, images: Any, labels: Any, *, masks: PyTree | None = None,
-                     num_classes: int | None = None, chunk: int = 64, batch_size: int = 2000,
-                     mesh: Mesh | None = None) -> np.ndarray:
+                     num_classes: int | None = None, chunk: int | None = None, batch_size: int | None = None,
+                     mesh: Mesh | None = None, progress: progress_lib.ProgressArg = True) -> np.ndarray:
     """Confusion counts [..., K, K] (rows true class, cols predicted) for every model; see `evaluate_population`."""
     return evaluate_population(spec, variables, images, labels, masks=masks, num_classes=num_classes, chunk=chunk,
-                               batch_size=batch_size, mesh=mesh).counts
+                               batch_size=batch_size, mesh=mesh, progress=progress).counts
 
 
 def class_counts(counts: np.ndarray) -> np.ndarray:
@@ -327,28 +372,71 @@ def _logits_chunk(variables: PyTree, x: jax.Array, *, spec: ModelSpec, mesh: Mes
     return jax.vmap(lambda v: spec.apply(v, x, train=False)[0])(variables).astype(jnp.float32)
 
 
-def population_logits(spec: ModelSpec, variables: PyTree, images: Any, *, chunk: int = 0, batch_size: int = 10000,
-                      mesh: Mesh | None = None) -> np.ndarray:
-    """Eval-mode logits float32 [S, N, K'] of a population [S] on the host, for heads whose outputs are used
-    whole (the bias study's sigmoid attributes): `chunk` models per compiled call (0 = all), `batch_size`
-    examples per call; with a `sharding.seed_mesh()` each chunk's models are spread over its devices (chunk
-    rounded up to the device count) and the result is unchanged."""
-    if chunk < 0 or batch_size < 1:
-        raise ValueError(f"chunk/batch_size: need chunk >= 0 and batch_size >= 1, got {chunk}, {batch_size}")
+@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
+def _masked_logits_chunk(variables: PyTree, masks: PyTree, x: jax.Array, *, spec: ModelSpec,
+                         mesh: Mesh | None = None) -> jax.Array:
+    """`_logits_chunk` of the chunk's variables with its masks applied (pruned weights zeroed)."""
+    variables = dict(variables)
+    variables["params"] = jax.vmap(_apply_mask)(variables["params"], masks)
+    return _logits_chunk(variables, x, spec=spec, mesh=mesh)
+
+
+def population_logits(spec: ModelSpec, variables: PyTree, images: Any, *, masks: PyTree | None = None,
+                      chunk: int | None = None, batch_size: int | None = None, mesh: Mesh | None = None,
+                      progress: progress_lib.ProgressArg = True) -> np.ndarray:
+    """Eval-mode logits float32 [*L, N, K'] of every model of a population, on the host: for heads whose outputs
+    are used whole (the bias study's sigmoid attributes, the softmax bias metrics, your own analysis).
+
+    `variables` [*V, ...] and `masks` [*L, ...] (optional) broadcast like `evaluate_population`'s (dense [S]
+    with masks [S, M, P]; L = V without masks). `chunk` models per compiled call and `batch_size` examples per
+    call; None (or 0) = chosen by the memory budget (`fairprune_jax.memory`): all models and `LOGITS_BATCH`
+    examples when that fits, smaller when not; explicit values that do not fit are refused before anything
+    runs. With a `sharding.seed_mesh()` each chunk's models are spread over its devices (chunk rounded up to the
+    device count) and the result is unchanged. `progress` as in `evaluate_population`."""
+    _check_sizes(chunk, batch_size)
+    progress_lib.check(progress)
     images = _checked_images(spec, variables, images)
-    base = jax.eval_shape(spec.init, jax.random.key(0))
-    lead = leading_shape({col: variables[col] for col in base}, base, "variables")
-    if len(lead) != 1:
-        raise ValueError(f"variables: expected one leading population axis, got {lead}")
-    s = lead[0]
-    c = sharding.round_up(min(chunk or s, s), mesh)
+    variables, masks, var_lead, mask_lead = _population(spec, variables, masks)
+    n, s = int(images.shape[0]), math.prod(mask_lead)
+    k = int(spec.num_outputs)
+    if s == 0 or n == 0:
+        return np.zeros(mask_lead + (n, k), np.float32)
+    ratio = s // math.prod(var_lead)
+    flat = lambda tree, lead: jax.tree.map(lambda v: v.reshape((-1,) + v.shape[len(lead):]), tree)  # noqa: E731
+    variables = flat(variables, var_lead)
+    masks = None if masks is None else flat(masks, mask_lead)
     if mesh is not None:
-        variables, images = sharding.replicate((variables, images), mesh)
+        variables, masks, images = sharding.replicate((variables, masks, images), mesh)
+    rep_sharding = None if mesh is None else sharding.replicated(mesh)
+
+    def need_at(c_: int, b_: int | None) -> int | None:
+        chunk_of = lambda tree: jax.tree.map(  # noqa: E731
+            lambda v: jax.ShapeDtypeStruct((c_,) + v.shape[1:], v.dtype, sharding=rep_sharding), tree)
+        x = jax.ShapeDtypeStruct((b_,) + images.shape[1:], images.dtype, sharding=rep_sharding)
+        fn, args = ((_logits_chunk, (chunk_of(variables), x)) if masks is None
+                    else (_masked_logits_chunk, (chunk_of(variables), chunk_of(masks), x)))
+        return memory.remembered(("logits", spec, mesh, memory.signature(*args)),
+                                 lambda: memory.program_need(fn.lower(*args, spec=spec, mesh=mesh), mesh=mesh))
+
+    fit = memory.fit(need_at, what="population_logits", n_models=s, chunk=chunk,
+                     default_chunk=sharding.round_up(s, mesh), unit=sharding.size(mesh), batch=batch_size,
+                     default_batch=LOGITS_BATCH, n_examples=n, mesh=mesh)
+    c, bs = fit.chunk, fit.batch
     rows = []
-    for start in range(0, s, c):
-        idx = jnp.asarray(np.minimum(np.arange(start, start + c), s - 1))
-        part = jax.tree.map(lambda v: v[idx], variables)
-        out = [sharding.to_host(_logits_chunk(part, images[i:i + batch_size], spec=spec, mesh=mesh))
-               for i in range(0, images.shape[0], batch_size)]
-        rows.append(np.concatenate(out, axis=1)[: min(c, s - start)])
-    return np.concatenate(rows, axis=0)
+    n_chunks = -(-s // c)
+    with progress_lib.Reporter(progress, total=s, desc=f"logits of {s} models", unit="model") as rep:
+        for i, start in enumerate(range(0, s, c)):
+            rep.note(models=progress_lib.span(start + 1, min(start + c, s), s))
+            idx = np.minimum(np.arange(start, start + c), s - 1)
+            part = jax.tree.map(lambda v: v[jnp.asarray(idx // ratio)], variables)
+            if masks is None:
+                call = lambda x: _logits_chunk(part, x, spec=spec, mesh=mesh)  # noqa: E731
+            else:
+                part_masks = jax.tree.map(lambda m: m[jnp.asarray(idx)], masks)
+                call = lambda x: _masked_logits_chunk(part, part_masks, x, spec=spec, mesh=mesh)  # noqa: E731
+            out = [sharding.to_host(call(images[j:j + bs])) for j in range(0, n, bs)]
+            keep = min(c, s - start)
+            rows.append(np.concatenate(out, axis=1)[:keep])
+            rep.step(keep, {"chunk": i + 1, "chunks": n_chunks, "models": (start + 1, start + keep),
+                            "n_models": s}, models=progress_lib.span(start + 1, start + keep, s))
+    return np.concatenate(rows, axis=0).reshape(mask_lead + (n, -1))

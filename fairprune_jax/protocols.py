@@ -30,6 +30,8 @@ import numpy as np
 from fairprune_jax import counts
 from fairprune_jax import data
 from fairprune_jax import masks as masks_lib
+from fairprune_jax import memory
+from fairprune_jax import progress as progress_lib
 from fairprune_jax import schedules
 from fairprune_jax import scores as scores_lib
 from fairprune_jax import train
@@ -146,13 +148,53 @@ def _compiled_prune(spec: ModelSpec, criterion: str, exclude_output: bool, lam: 
 
 def prune_population(spec: ModelSpec, criterion: str, variables: Variables, sparsity: Any, keys: jax.Array,
                      batch: tuple[jax.Array, jax.Array], *, prior: PyTree | None = None, grid: bool = False,
-                     exclude_output: bool = False, lam: float = scores_lib.LAMBDA_UP) -> PyTree:
+                     exclude_output: bool = False, lam: float = scores_lib.LAMBDA_UP, chunk: int | None = None,
+                     progress: progress_lib.ProgressArg = True) -> PyTree:
     """Masks of a population [N, ...] (grid=False: `sparsity` [N] per model) or [N, P, ...] (grid=True:
-    `sparsity` [P] shared). `keys` [N] are the criterion's keys (used by "random" only). A concrete sparsity
-    travels as `counts.ExactSparsity`, so each mask zeroes exactly round(s·N) weights of its float64 value."""
-    s = counts.exact(sparsity) if not isinstance(sparsity, jax.core.Tracer) else jnp.asarray(sparsity, jnp.float32)
+    `sparsity` [P] shared). `keys` [N] are the criterion's keys (used by "random" only: key model s's random
+    scores with `jax.random.fold_in(train.purpose_key(seed_key, "random_scores"), t)`, as the protocols do). A
+    concrete sparsity travels as `counts.ExactSparsity`, so each mask zeroes exactly round(s·N) weights of its
+    float64 value. `chunk` models are scored at once: None = all of them when that fits the memory budget
+    (`fairprune_jax.memory`), fewer when not; an explicit chunk that does not fit is refused. `progress` as in
+    `train.fit` (a bar per chunk, "models 1-16/48")."""
+    progress_lib.check(progress)
+    traced = isinstance(sparsity, jax.core.Tracer)
+    s = counts.exact(sparsity) if not traced else jnp.asarray(sparsity, jnp.float32)
     fn = _compiled_prune(spec, criterion, bool(exclude_output), float(lam), prior is not None, bool(grid))
-    return fn(variables, prior, keys, s, *batch)
+    n = _leading(variables)
+    if traced or isinstance(jax.tree.leaves(variables)[0], jax.core.Tracer):  # inside jit: one vmapped call
+        return fn(variables, prior, keys, s, *batch)
+    take = lambda tree, idx: jax.tree.map(lambda x: x[idx], tree)  # noqa: E731
+
+    def need_at(c_: int, _: int | None) -> int | None:
+        if c_ >= n:  # all at once: the caller's own arrays, as they are
+            args = (variables, prior, keys, s, *batch)
+            resident = memory.tree_bytes((variables, prior, keys))
+        else:
+            part = lambda tree: jax.tree.map(  # noqa: E731
+                lambda x: jax.ShapeDtypeStruct((c_,) + tuple(x.shape[1:]), x.dtype), tree)
+            args, resident = (part(variables), part(prior), part(keys), s if grid else part(s), *batch), 0
+        return memory.remembered((fn, memory.signature(*args), resident),
+                                 lambda: memory.program_need(fn.lower(*args), resident=resident))
+
+    c = memory.fit(need_at, what=f"scoring {n} models ({criterion})", n_models=n, chunk=chunk,
+                   default_chunk=n).chunk
+    if c >= n:
+        with progress_lib.Reporter(progress, total=n, desc=f"score {criterion}", unit="model") as rep:
+            out = fn(variables, prior, keys, s, *batch)
+            rep.step(n, models=progress_lib.span(1, n, n))
+        return out
+    parts = []
+    with progress_lib.Reporter(progress, total=n, desc=f"score {criterion}", unit="model") as rep:
+        for start in range(0, n, c):
+            rep.note(models=progress_lib.span(start + 1, min(start + c, n), n))
+            idx = jnp.asarray(np.minimum(np.arange(start, start + c), n - 1))
+            s_c = s if grid else take(s, idx)
+            keep = min(c, n - start)
+            out = fn(take(variables, idx), None if prior is None else take(prior, idx), keys[idx], s_c, *batch)
+            parts.append(jax.tree.map(lambda x: x[:keep], out))
+            rep.step(keep, models=progress_lib.span(start + 1, start + keep, n))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
 
 
 def _check_data(spec: ModelSpec, x_train: Any, y_train: Any) -> tuple[jax.Array, jax.Array]:
@@ -176,7 +218,7 @@ def _score_batch(x_train: Any, y_train: Any, size: int = 128) -> tuple[jax.Array
 def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: Sequence[str], sparsities: Any,
              seed_keys: Any, x_train: Any, y_train: Any, *, exclude_output: bool = False,
              lam: float = scores_lib.LAMBDA_UP, chunk: int | None = None,
-             progress: Callable[[dict], None] | None = None, mesh: Any = None, grad_batch: int = 128,
+             progress: progress_lib.ProgressArg = True, mesh: Any = None, grad_batch: int = 128,
              fuse: bool = False) -> tuple[Variables, PyTree, dict[str, Any]]:
     """Prune each converged dense model once per (criterion, sparsity) and fine-tune the pruned models.
 
@@ -198,7 +240,8 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
     batch = _score_batch(images, labels, grad_batch)
     rkeys = _random_keys(keys, 0)
     per_criterion = [prune_population(spec, c, dense_variables, grid, rkeys, batch, grid=True,
-                                      exclude_output=exclude_output, lam=lam) for c in criteria]
+                                      exclude_output=exclude_output, lam=lam, progress=progress is True)
+                     for c in criteria]
     mask = _stack(per_criterion, axis=1)  # [S, M, P, ...]
     variables, hist = finetune(spec, tcfg, dense_variables, mask, keys, images, labels, chunk=chunk,
                                progress=progress, mesh=mesh, fuse=fuse)
@@ -206,7 +249,7 @@ def one_shot(spec: ModelSpec, tcfg: Any, dense_variables: Variables, criteria: S
 
 
 def finetune(spec: ModelSpec, tcfg: Any, dense_variables: Variables, masks: PyTree, seed_keys: Any, x_train: Any,
-             y_train: Any, *, chunk: int | None = None, progress: Callable[[dict], None] | None = None,
+             y_train: Any, *, chunk: int | None = None, progress: progress_lib.ProgressArg = True,
              mesh: Any = None, fuse: bool = False, keep_epochs: tuple[int, ...] = ()
              ) -> tuple[Variables, dict[str, Any]]:
     """Masked fine-tuning of any mask population: every mask of seed s starts from seed s's dense weights.
@@ -271,7 +314,7 @@ class LevelResult(NamedTuple):
 def iterative(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, criteria: Sequence[str],
               levels: int, *, fraction: float = 0.2, rewind_step: int = 0, exclude_output: bool = False,
               lam: float = scores_lib.LAMBDA_UP, chunk: int | None = None,
-              progress: Callable[[dict], None] | None = None, resume: IterativeState | None = None,
+              progress: progress_lib.ProgressArg = True, resume: IterativeState | None = None,
               mesh: Any = None,
               dense: tuple[Variables, Variables] | None = None, grad_batch: int = 128) -> Iterator[LevelResult]:
     """Iterative pruning with rewinding (lottery ticket style); a generator of `LevelResult`, level 0..levels.
@@ -320,7 +363,7 @@ def iterative(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train:
             v_j = jax.tree.map(lambda x: x[:, j], state.variables)
             m_j = jax.tree.map(lambda x: x[:, j], state.masks)
             new_masks.append(prune_population(spec, c, v_j, np.full(s_, target), rkeys, batch, prior=m_j,
-                                              exclude_output=exclude_output, lam=lam))
+                                              exclude_output=exclude_output, lam=lam, progress=progress is True))
         mask = _stack(new_masks, axis=1)  # [S, M, ...]
         out, hist = train.fit(spec, tcfg, run_keys, images, labels, masks=_flatten_lead(mask, 2),
                               init_variables=rewind_flat, chunk=chunk, progress=progress, mesh=mesh)
@@ -335,7 +378,7 @@ def iterative(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train:
 def gmp(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, criteria: Sequence[str],
         sparsities: Any, *, start: int, end: int, every: int = 1, initial: float = 0.05,
         init_variables: Variables | None = None, exclude_output: bool = False, lam: float = scores_lib.LAMBDA_UP,
-        chunk: int | None = None, progress: Callable[[dict], None] | None = None, grad_batch: int = 128,
+        chunk: int | None = None, progress: progress_lib.ProgressArg = True, grad_batch: int = 128,
         mesh: Any = None,
         ) -> tuple[Variables, PyTree, dict[str, Any]]:
     """Gradual pruning during training with the cubic schedule (`schedules.gmp_sparsity`), any criterion.
@@ -381,7 +424,7 @@ def gmp(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
             rk = _random_keys(keys[model_seed[idx]], epoch)
             current = train.state_variables(state)
             new = prune_population(spec, c, current, s_target, rk, batch, prior=mask,
-                                   exclude_output=exclude_output, lam=lam)
+                                   exclude_output=exclude_output, lam=lam, progress=False)
             return train.remask_population(tx, state, new), new
 
         out, loss, mask, _, _ = train.run_population(spec, tcfg, run_keys, images, labels, variables=variables,

@@ -30,7 +30,8 @@ import optax
 
 from jax.sharding import Mesh
 
-from fairprune_jax import optim, sharding
+from fairprune_jax import evaluate, memory, optim, sharding
+from fairprune_jax import progress as progress_lib
 from fairprune_jax.data import device_images
 from fairprune_jax.train_config import (AUGMENTATIONS, TrainConfig, check_keep_epochs, freeze,  # noqa: F401
                                         make_tx, read_config)
@@ -221,7 +222,9 @@ def shared_order_group(data_keys: jax.Array, limit: int | None = None) -> int:
 def resolve_chunk(n: int, chunk: int | None, param_bytes: int, mesh: Mesh | None = None, group: int = 1) -> int:
     """The number of models trained at once: `chunk` rounded up to whole groups split evenly over the mesh
     (`group` * devices), at most the population; None or 0 chooses it (`sharding.auto_chunk`: on CPU a
-    cache-sized chunk, on accelerators the whole population). `param_bytes`: one model's parameter bytes."""
+    cache-sized chunk, on accelerators the whole population). `param_bytes`: one model's parameter bytes.
+    `run_population` then holds the chunk to the memory budget (`fairprune_jax.memory.fit`): an automatic chunk
+    is lowered when it does not fit, an explicit one that does not fit is refused."""
     unit = max(int(group), 1) * sharding.size(mesh)
     if not chunk:
         return sharding.auto_chunk(n, param_bytes, mesh, group=group)
@@ -305,12 +308,43 @@ def _take(tree: PyTree, idx: np.ndarray) -> PyTree:
     return jax.tree.map(lambda x: x[idx], tree)
 
 
+def _fitting_chunk(n: int, chunk: int | None, default: int, group: int, variables: Variables, data_keys: jax.Array,
+                   images: Any, labels: jax.Array, init_fn: Callable, epoch_fn: Callable, *, masked: bool,
+                   snapshot: bool, batch_size: int, mesh: Mesh | None) -> int:
+    """`run_population`'s chunk under the memory budget (`memory.fit`): the need of a chunk of c models is its
+    compiled epoch program's (the one the loop then runs) plus the copy of its variables the loop keeps."""
+    resident = 0 if mesh is not None else memory.tree_bytes((images, labels))  # the caller's training set
+    model_sharding = None if mesh is None else sharding.model_sharding(mesh)
+    one_model = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], x.dtype), variables)
+    one_mask = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.bool_), one_model["params"]) \
+        if masked else None
+
+    def need_at(c_: int) -> int | None:
+        lead = lambda tree: jax.tree.map(  # noqa: E731
+            lambda x: jax.ShapeDtypeStruct((c_,) + tuple(x.shape), x.dtype, sharding=model_sharding), tree)
+        v_c, m_c = lead(one_model), lead(one_mask)
+        # the state as the loop's init_fn places it (XLA replicates some leaves), so the program is the one it runs
+        state = jax.eval_shape(init_fn, v_c, m_c) if mesh is None else jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+            init_fn.lower(v_c, m_c).compile().out_info)
+        snap = state_variables(state) if snapshot else None
+        keys_c = jax.ShapeDtypeStruct((c_,), data_keys.dtype, sharding=model_sharding)
+        args = (state, m_c, keys_c, jax.ShapeDtypeStruct((), jnp.int32), images, labels, snap)
+        program = memory.program_need(epoch_fn.lower(*args), resident=resident, mesh=mesh)
+        return None if program is None else program + memory.tree_bytes(v_c)
+
+    key = lambda c_: (epoch_fn, init_fn, c_, memory.signature(one_model, images, labels), mesh, resident)  # noqa
+    return memory.fit(lambda c_, _: memory.remembered(key(c_), lambda: need_at(c_)), what=f"training {n} models",
+                      n_models=n, chunk=chunk, default_chunk=default, unit=group * sharding.size(mesh),
+                      batch=batch_size, mesh=mesh, names=("chunk", "tcfg.batch_size")).chunk
+
+
 def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Array, labels: jax.Array, *,
                    variables: Variables, masks: PyTree | None = None, chunk: int | None = None,
                    capture_step: int | None = None,
                    between_epochs: Callable[[int, TrainState, PyTree, np.ndarray], tuple[TrainState, PyTree]]
                    | None = None,
-                   progress: Callable[[dict], None] | None = None, mesh: Mesh | None = None, fuse: bool = False,
+                   progress: progress_lib.ProgressArg = True, mesh: Mesh | None = None, fuse: bool = False,
                    keep_epochs: tuple[int, ...] = (),
                    ) -> tuple[Variables, np.ndarray, PyTree | None, Variables | None, dict[int, Variables]]:
     """Train a population (all trees with leading axis S) and return (variables, losses [S, E], masks, snapshot).
@@ -329,6 +363,7 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     `keep_epochs`: epoch counts e (1 <= e <= epochs) after which the variables are also returned, as the fifth
     output {e: variables [S, ...]} (host copies); one run of E epochs then gives the e-epoch runs too (the data
     order of epoch e does not depend on the number of epochs; the learning rate does unless it is constant).
+    `chunk` None chooses it (`resolve_chunk` under the memory budget); `progress` as in `fit`.
     """
     cfg = read_config(tcfg)
     tx, _ = make_tx(tcfg, int(images.shape[0]))
@@ -336,50 +371,59 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     n = int(keys.shape[0])
     if chunk is not None and (isinstance(chunk, bool) or int(chunk) < 1):
         raise ValueError(f"chunk: need a positive integer or None (automatic), got {chunk}")
+    progress_lib.check(progress)
     data_keys = jax.vmap(lambda k: purpose_key(k, "data"))(keys)
     group = shared_order_group(data_keys, limit=chunk or n) if fuse else 1
-    chunk = resolve_chunk(n, chunk, param_bytes(variables["params"], n), mesh, group)
-    n_chunks = -(-n // chunk)
-    whole = n_chunks == 1 and chunk == n  # one chunk, no padding: use the trees as they are
-    images, labels = sharding.replicate((images, labels), mesh)
     masked = masks is not None or between_epochs is not None
     init_fn = _compiled_init(spec, tx, masked)
     epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step, cfg.augment, group)
+    images, labels = sharding.replicate((images, labels), mesh)
+    default = resolve_chunk(n, chunk, param_bytes(variables["params"], n), mesh, group)
+    chunk = _fitting_chunk(n, chunk, default, group, variables, data_keys, images, labels, init_fn, epoch_fn,
+                           masked=masked, snapshot=capture_step is not None, batch_size=cfg.batch_size, mesh=mesh)
+    n_chunks = -(-n // chunk)
+    whole = n_chunks == 1 and chunk == n  # one chunk, no padding: use the trees as they are
 
     outs, losses, out_masks, snaps = [], [], [], []
     at_epochs: dict[int, list[Variables]] = {e: [] for e in keep_at}
-    for c in range(n_chunks):
-        idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)  # pad by repeating the last model
-        v_c = variables if whole else _take(variables, idx)
-        m_c = (masks if whole else _take(masks, idx)) if masks is not None else (
-            jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_), v_c["params"]) if masked else None)
-        k_c = data_keys[idx]
-        v_c, m_c, k_c = sharding.shard_models((v_c, m_c, k_c), mesh)
-        state = init_fn(v_c, m_c)
-        snap = state_variables(state) if capture_step is not None else None
-        if snap is not None:
-            snap = jax.tree.map(jnp.copy, snap)
-        chunk_losses = []
-        keep = slice(0, min(chunk, n - c * chunk))  # the chunk's real models (padding dropped)
-        for e in range(cfg.epochs):
-            if between_epochs is not None:
-                state, m_c = between_epochs(e, state, m_c, idx)
-            state, loss, snap = epoch_fn(state, m_c, k_c, jnp.int32(e), images, labels, snap)
-            chunk_losses.append(loss)
-            if e + 1 in at_epochs:  # a host copy: the next epoch donates these buffers
-                kept = sharding.gather(state_variables(state))
-                at_epochs[e + 1].append(jax.tree.map(lambda x: np.array(x[keep]), kept))
-            if progress is not None:
-                progress({"chunk": c, "chunks": n_chunks, "epoch": e, "epochs": cfg.epochs,
-                          "loss": sharding.to_host(loss)[keep]})
-        state, m_c, snap = sharding.gather((state, m_c, snap))  # multi-host: whole results on every host
-        outs.append(jax.tree.map(lambda x: x[keep], state_variables(state)))
-        losses.append(np.stack([sharding.to_host(x) for x in chunk_losses], axis=-1)[keep] if chunk_losses
-                      else np.zeros((keep.stop, 0), np.float32))
-        if masked:
-            out_masks.append(jax.tree.map(lambda x: x[keep], m_c))
-        if snap is not None:
-            snaps.append(jax.tree.map(lambda x: x[keep], snap))
+    with progress_lib.Reporter(progress, total=n_chunks * cfg.epochs, desc=f"fit {n} models", unit="epoch") as rep:
+        for c in range(n_chunks):
+            idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)  # pad by repeating the last model
+            v_c = variables if whole else _take(variables, idx)
+            m_c = (masks if whole else _take(masks, idx)) if masks is not None else (
+                jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_), v_c["params"]) if masked else None)
+            k_c = data_keys[idx]
+            v_c, m_c, k_c = sharding.shard_models((v_c, m_c, k_c), mesh)
+            state = init_fn(v_c, m_c)
+            snap = state_variables(state) if capture_step is not None else None
+            if snap is not None:
+                snap = jax.tree.map(jnp.copy, snap)
+            chunk_losses = []
+            keep = slice(0, min(chunk, n - c * chunk))  # the chunk's real models (padding dropped)
+            first, last = c * chunk + 1, c * chunk + keep.stop  # 1-based population indices, for progress
+            rep.note(models=progress_lib.span(first, last, n), epoch=f"1/{cfg.epochs}")
+            for e in range(cfg.epochs):
+                if between_epochs is not None:
+                    state, m_c = between_epochs(e, state, m_c, idx)
+                state, loss, snap = epoch_fn(state, m_c, k_c, jnp.int32(e), images, labels, snap)
+                chunk_losses.append(loss)
+                if e + 1 in at_epochs:  # a host copy: the next epoch donates these buffers
+                    kept = sharding.gather(state_variables(state))
+                    at_epochs[e + 1].append(jax.tree.map(lambda x: np.array(x[keep]), kept))
+                if rep.active:
+                    loss_c = sharding.to_host(loss)[keep]
+                    rep.step(1, {"chunk": c + 1, "chunks": n_chunks, "epoch": e + 1, "epochs": cfg.epochs,
+                                 "models": (first, last), "n_models": n, "loss": loss_c},
+                             models=progress_lib.span(first, last, n), epoch=f"{e + 1}/{cfg.epochs}",
+                             loss=f"{float(np.mean(loss_c)):.4f}")
+            state, m_c, snap = sharding.gather((state, m_c, snap))  # multi-host: whole results on every host
+            outs.append(jax.tree.map(lambda x: x[keep], state_variables(state)))
+            losses.append(np.stack([sharding.to_host(x) for x in chunk_losses], axis=-1)[keep] if chunk_losses
+                          else np.zeros((keep.stop, 0), np.float32))
+            if masked:
+                out_masks.append(jax.tree.map(lambda x: x[keep], m_c))
+            if snap is not None:
+                snaps.append(jax.tree.map(lambda x: x[keep], snap))
 
     cat = lambda parts: jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)  # noqa: E731
     out_vars = outs[0] if n_chunks == 1 else cat(outs)
@@ -406,7 +450,7 @@ def remask_population(tx: optax.GradientTransformation, state: TrainState, mask:
 
 def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, *, masks: PyTree | None = None,
         init_variables: Variables | None = None, chunk: int | None = None,
-        progress: Callable[[dict], None] | None = None, capture_step: int | None = None,
+        progress: progress_lib.ProgressArg = True, capture_step: int | None = None,
         mesh: Mesh | None = None, fuse: bool = False, keep_epochs: tuple[int, ...] = (),
         ) -> tuple[Variables, dict[str, Any]]:
     """Train S models (one per key) as one compiled program; returns (variables [S, ...], history).
@@ -424,17 +468,30 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
         device once and shared by all models.
     masks: bool trees [S, ...] shaped like params; pruned weights stay exactly zero.
     chunk: train at most this many models at a time (one compiled function for all chunks); None: automatic
-        (`resolve_chunk`: on CPU a few models per device, so their weights stay in cache; elsewhere all).
+        (`resolve_chunk`: on CPU a few models per device, so their weights stay in cache; elsewhere all), lowered
+        when it does not fit the memory budget (`fairprune_jax.memory`); an explicit chunk that does not fit is
+        refused before anything runs.
     mesh: spread each chunk's models over the devices of a `sharding.seed_mesh()` (same results).
     fuse: train consecutive keys that are equal (the variants of one seed) as one shared-batch group
         (`run_population`; off by default, see there); same results up to float-sum order.
-    progress: called after every epoch of every chunk with {"chunk", "chunks", "epoch", "epochs", "loss"}.
+    progress: True (default) = a bar advanced after every epoch of every chunk, e.g. "models 1-16/48, epoch 2/3,
+        loss 0.41", shown once the call takes a few seconds; False = quiet; a callable is called instead after
+        every epoch of every chunk with {"chunk", "chunks", "epoch", "epochs", "models", "n_models", "loss"}
+        (chunk and epoch 1-based, epoch = the one just finished; `fairprune_jax.progress`).
     capture_step: also return, as history["snapshot"], the variables right after this global step (lottery
         rewinding to step k; 0 = the initial variables).
     keep_epochs: epoch counts e after which the variables are also kept (`run_population`), returned as
         history["at_epochs"] {e: variables [S, ...]}; with a constant learning rate these are the e-epoch runs.
     history: {"loss": float32 [S, epochs] per-epoch mean training loss, "snapshot": variables or None,
         "at_epochs": {e: variables} (empty without keep_epochs)}.
+
+    Determinism: the same keys, config and models per device give the same bits (the automatic chunk keeps that
+    number whatever the device count, so results do not depend on it). A model
+    trained alone and the same model trained in a chunk of several run different compiled programs, so they agree
+    to float tolerance at first (about 1e-7 after an epoch of the MLPs; bit for bit only where XLA happens to emit
+    the same arithmetic) and drift apart over long training like any chaotic trajectory (measured sizes:
+    docs/library.md, Determinism, from benchmarks/bench_drift.py). `chunk=1` trains every model exactly as it
+    trains alone.
     """
     keys = as_keys(seed_keys)
     n = int(keys.shape[0])
@@ -469,14 +526,8 @@ def fit(spec: ModelSpec, tcfg: Any, seed_keys: Any, x_train: Any, y_train: Any, 
 
 
 
-def predict(spec: ModelSpec, variables: Variables, images: Any, *, batch_size: int = 10000) -> jax.Array:
-    """Eval-mode logits [S, N, K] of a population on `images` (in batches of `batch_size` examples)."""
-    fn = _compiled_predict(spec)
-    images = jnp.asarray(images)
-    parts = [fn(variables, images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
-    return jnp.concatenate(parts, axis=1)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_predict(spec: ModelSpec) -> Callable:
-    return jax.jit(jax.vmap(lambda v, x: spec.apply(v, x, train=False)[0], in_axes=(0, None)))
+def predict(spec: ModelSpec, variables: Variables, images: Any, *, batch_size: int | None = None,
+            progress: progress_lib.ProgressArg = True) -> jax.Array:
+    """Eval-mode logits [*V, N, K] of a population on `images`: `evaluate.population_logits` (chunk and batch
+    from the memory budget; `batch_size` None = chosen there), as a jax array."""
+    return jnp.asarray(evaluate.population_logits(spec, variables, images, batch_size=batch_size, progress=progress))

@@ -20,9 +20,10 @@ covers every seed, criterion and sparsity. This notebook:
 3. evaluates every (seed, mask) pair in one call and estimates E[α_t], the intensification ratio of recall
    distortion (Good et al., NeurIPS 2022).
 
-It runs on CPU, GPU or TPU. The first cell installs the package unless it is importable already (in Colab, set
-`PACKAGE_SOURCE` first). The MNIST idx files come through the library itself: found locally, or downloaded once
-and checksum-verified (docs/methods.md, §2)."""),
+It runs on CPU, GPU or TPU. Locally: `pip install -e ".[notebook]"` (Jupyter, and ipywidgets for the progress
+bars), then `jupyter lab notebooks/compose_masks.ipynb`; docs/library.md is the API guide. The first cell installs
+the package unless it is importable already (in Colab, set `PACKAGE_SOURCE` first). The MNIST idx files come
+through the library itself: found locally, or downloaded once and checksum-verified (docs/methods.md, §2)."""),
     code("""# Where to install fairprune_jax from: a path (a checkout or a wheel) or a URL pip understands, such as
 # "git+https://<host>/<your copy>.git". Default: the checkout this notebook sits in (what CI runs).
 import os, subprocess, sys
@@ -43,7 +44,7 @@ EPOCHS = 1 if SMALL else 8"""),
     code("""import jax, jax.numpy as jnp, numpy as np, pandas as pd
 import matplotlib.pyplot as plt
 from pathlib import Path
-from fairprune_jax import checkpoints, data, evaluate, masks, models, schedules, scores, train
+from fairprune_jax import checkpoints, data, evaluate, masks, models, protocols, schedules, scores, train
 from fairprune_jax.analysis import intensification, stats, plots
 
 print("devices:", jax.devices())
@@ -73,29 +74,30 @@ S = len(seeds)
 jax.tree.map(jnp.shape, dense["params"])"""),
     md("""## 2. Composing masks
 
-`masks.threshold(scores, sparsity, scope=...)` removes exactly `round(s · N)` eligible weights. It breaks ties
-deterministically and never revives a weight that a prior mask removed. Sparsity can be a traced scalar, so one
-compiled function covers a whole grid. Below we build, for every seed and for three sparsities at once:
+`protocols.prune_population(spec, criterion, variables, sparsities, keys, batch, grid=True)` scores every seed
+with a criterion and thresholds it at every sparsity; underneath, `masks.threshold(scores, sparsity, scope=...)`
+removes exactly `round(s · N)` eligible weights, breaks ties deterministically and never revives a weight that a
+prior mask removed (the `keys` are used by the `random` criterion only: key them with
+`jax.random.fold_in(train.purpose_key(seed_key, "random_scores"), t)` as the protocols do). Below we build, for
+every seed and for three sparsities at once:
 
 - `layer`: magnitude, **layerwise** (the same fraction in every layer);
 - `up`: **Undecayed Pruning** scores |−w·g + λw²|, **global**, with g the mean cross-entropy gradient on the first
   128 training examples;
 - `both = layer ∩ up`: a weight survives only if both keep it;
 - `either = layer ∪ up`, and `complement(both)`, the weights that `both` removes."""),
-    code("""grid = jnp.array([0.5, 0.8, 0.9])
-xb, yb = scores.fixed_batch(x_train, y_train)
-
-def masks_for_seed(variables):
-    params = variables["params"]
-    grads = scores.batch_gradient(spec, variables, None, xb, yb)
-    s_layer = scores.compute("mp_layer", params)
-    s_up = scores.compute("up", params, grads=grads, lam=5e-4)
-    per_s = lambda s: (masks.threshold(s_layer, s, prunable=prunable, scope="layerwise"),
-                       masks.threshold(s_up, s, prunable=prunable, scope="global"))
-    layer, up = jax.vmap(per_s)(grid)  # [P, ...] each, one sort per seed
-    return layer, up
-
-layer, up = jax.jit(jax.vmap(masks_for_seed))(dense)  # [S, P, ...]
+    code("""grid = np.array([0.5, 0.8, 0.9])
+batch = scores.fixed_batch(x_train, y_train)  # the first 128 training examples: what gp and up score on
+keys = train.seed_keys(seeds)
+# one call per criterion: every seed's scores, thresholded at every sparsity (one sort per seed), [S, P, ...]
+layer = protocols.prune_population(spec, "mp_layer", dense, grid, keys, batch, grid=True)
+up = protocols.prune_population(spec, "up", dense, grid, keys, batch, grid=True)
+# the same UP masks by hand, from the scores: what prune_population does for each seed
+by_hand = jax.vmap(lambda v: jax.vmap(lambda s: masks.threshold(
+    scores.compute("up", v["params"], grads=scores.batch_gradient(spec, v, None, *batch)), s,
+    prunable=prunable))(grid))(dense)
+print("prune_population == by hand:", all(bool(jnp.array_equal(a, b))
+                                         for a, b in zip(jax.tree.leaves(up), jax.tree.leaves(by_hand))))
 both = masks.intersect(layer, up)
 either = masks.union(layer, up)
 removed_by_both = masks.complement(both, prunable)
@@ -141,13 +143,16 @@ rows.groupby(["criterion", "requested_sparsity"])["accuracy"].mean().unstack().r
     md("""## 4. E[α_t]: does pruning intensify recall distortion?
 
 α_t is the through-origin slope of δ_t = r_t/a_t − 1 on δ_0 across classes (docs/methods.md, §7). α_t > 1 means classes
-below accuracy fell further behind. E[α_t] is the mean over seeds with a 95% t-interval."""),
+below accuracy fell further behind. E[α_t] is the mean over seeds with a 95% t-interval; the verdict shown is the
+t-test against 1 after Holm's adjustment across all the cells of the table (`verdict_holm`)."""),
     code("""long = intensification.long_table(rows)
 alpha = intensification.alpha(long)
 summary = stats.summarize(alpha)
 fig = plots.plot_alpha(summary, title="E[α_t] of composed masks (no fine-tuning)")
+# verdict_holm: the t-test against 1 after Holm's adjustment across every cell of the table (the unadjusted
+# `verdict` reads one cell's 95% interval alone)
 summary[summary["subset"] == "all"][["criterion", "requested_sparsity", "t_mean", "n_seeds", "mean", "ci_low",
-                                     "ci_high", "verdict"]].round(3)"""),
+                                     "ci_high", "p_holm", "verdict_holm"]].round(3)"""),
 ]
 # Part 2: bring your own model and data (appended section; keep it small, CI executes it).
 cells += [
@@ -202,20 +207,16 @@ cfg8 = dict(epochs=3 if SMALL else 10, batch_size=64, optimizer=dict(name="sgd",
 dense8, hist8 = train.fit(tiny, cfg8, keys8, tr8.images, tr8.labels)
 print("final training loss per seed:", np.round(hist8["loss"][:, -1], 3))"""),
     md("""**Compose, fine-tune, evaluate.** Masks `[S, M, P, ...]`: global magnitude, and its intersection with
-layerwise magnitude. `protocols.finetune` fine-tunes every mask of seed s from seed s's dense weights (dense
-`[S]` broadcast over the mask axes, as in `evaluate`), all in one compiled population, in the seed's fine-tuning
-data order, the one `protocols.one_shot` uses. `masks.sparsity(..., lead=3)` reads the realised t of every mask."""),
-    code("""grid8 = jnp.array([0.5, 0.8])
-
-def tiny_masks(variables):
-    p = variables["params"]
-    glob = jax.vmap(lambda s: masks.threshold(scores.magnitude(p), s, prunable=tiny_prunable))(grid8)
-    layer = jax.vmap(lambda s: masks.threshold(scores.magnitude(p), s, prunable=tiny_prunable,
-                                               scope="layerwise"))(grid8)
-    return jax.tree.map(lambda *m: jnp.stack(m), glob, masks.intersect(glob, layer))  # [M, P, ...]
-
+layerwise magnitude, both from `protocols.prune_population` (`exclude_output=True`: the head stays dense, and
+sparsity is counted over the hidden layers' weights). `protocols.finetune` fine-tunes every mask of seed s from
+seed s's dense weights (dense `[S]` broadcast over the mask axes, as in `evaluate`), all in one compiled
+population, in the seed's fine-tuning data order, the one `protocols.one_shot` uses. `masks.sparsity(..., lead=3)` reads the realised t of every mask."""),
+    code("""grid8 = np.array([0.5, 0.8])
+batch8 = scores.fixed_batch(tr8.images, tr8.labels)
+glob = protocols.prune_population(tiny, "mp", dense8, grid8, keys8, batch8, grid=True, exclude_output=True)
+layer8 = protocols.prune_population(tiny, "mp_layer", dense8, grid8, keys8, batch8, grid=True, exclude_output=True)
 names8 = ["MP global", "MP global ∩ layerwise"]
-mask8 = jax.jit(jax.vmap(tiny_masks))(dense8)  # [S, M, P, ...]
+mask8 = jax.tree.map(lambda *m: jnp.stack(m, axis=1), glob, masks.intersect(glob, layer8))  # [S, M, P, ...]
 t8 = np.asarray(masks.sparsity(mask8, tiny_prunable, lead=3))
 ft_cfg = protocols.finetune_config(cfg8, lr_scale=0.1, epochs=1 if SMALL else 3)
 tuned8, ft_hist = protocols.finetune(tiny, ft_cfg, dense8, mask8, keys8, tr8.images, tr8.labels)
@@ -230,7 +231,7 @@ rows8 = pd.concat([
                           requested_sparsity=np.asarray(grid8), actual_sparsity=t8)])
 summary8 = stats.summarize(intensification.alpha(intensification.long_table(rows8)))
 summary8[summary8["subset"] == "all"][["criterion", "requested_sparsity", "t_mean", "n_seeds", "mean", "ci_low",
-                                       "ci_high", "verdict"]].round(3)"""),
+                                       "ci_high", "p_holm", "verdict_holm"]].round(3)"""),
 ]
 for i, cell in enumerate(cells):  # stable ids: regenerating an unchanged notebook changes nothing
     cell["id"] = f"cell-{i:02d}"

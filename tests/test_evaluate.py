@@ -278,3 +278,45 @@ def test_evaluate_label_errors_name_the_range(spec, trained, test_split):
         evaluate.confusion_counts(spec, trained, x, y.astype(np.float32))
     with pytest.warns(UserWarning, match="images: values look unnormalised"):
         evaluate.confusion_counts(spec, trained, x * 0.3081 * 16 + 0.1307 * 16, y)  # raw 0-16 scale
+
+
+def test_population_logits_take_any_leading_axes_and_masks(spec, trained, masks, test_split):
+    """Logits [S, M, P, N, K] of dense [S] variables under masks [S, M, P], against an independent float64 forward
+    of each masked model, whatever the chunk and batch; the argmax gives evaluate_population's counts."""
+    x, y = test_split
+    x, y = x[:240], y[:240]
+    out = evaluate.population_logits(spec, trained, x, masks=masks, progress=False)
+    assert out.shape == (S, M, P, 240, 10) and out.dtype == np.float32
+    for s, m, p in [(0, 0, 0), (1, 1, 2), (2, 0, 1)]:
+        want = _numpy_logits(_index(trained["params"], s), _index(masks, s, m, p), x)
+        np.testing.assert_allclose(out[s, m, p], want, rtol=1e-4, atol=1e-4)
+    chunked = evaluate.population_logits(spec, trained, x, masks=masks, chunk=5, batch_size=100, progress=False)
+    np.testing.assert_allclose(chunked, out, rtol=1e-5, atol=1e-5)  # other shapes: other float-sum orders
+    counts = evaluate.confusion_counts(spec, trained, x, y, masks=masks, progress=False)
+    pred = out.argmax(-1)
+    hand = np.stack([_numpy_confusion(y, q, 10) for q in pred.reshape(-1, 240)]).reshape(counts.shape)
+    np.testing.assert_array_equal(hand, counts)
+    # [S, M] masks (a middle number of axes) and one model (no leading axis)
+    two = evaluate.population_logits(spec, trained, x, masks=jax.tree.map(lambda q: q[:, :, 1], masks),
+                                     progress=False)
+    np.testing.assert_allclose(two, out[:, :, 1], rtol=1e-6, atol=1e-6)
+    one = evaluate.population_logits(spec, jax.tree.map(lambda a: a[0], trained), x, progress=False)
+    assert one.shape == (240, 10)
+
+
+def test_explicit_sizes_that_do_not_fit_are_refused_before_running(spec, trained, masks, test_split):
+    from fairprune_jax import memory
+
+    x, y = test_split
+    seen = []
+    with memory.limit(bytes=16 << 20):  # the 1200 test images alone take 3.8 MB
+        with pytest.raises(ValueError, match=r"^evaluate_population: 18 models x 1200 examples at once need about "
+                                             r".* pass a smaller chunk or batch_size"):
+            evaluate.evaluate_population(spec, trained, x, y, masks=masks, chunk=18, batch_size=1200,
+                                         progress=seen.append)
+        assert seen == []
+        got = evaluate.evaluate_population(spec, trained, x, y, masks=masks, progress=seen.append)
+    assert len(seen) > 1  # the defaults (all 18 models x 1200 examples) were lowered to fit
+    np.testing.assert_array_equal(got.counts, evaluate.confusion_counts(spec, trained, x, y, masks=masks))
+    with pytest.raises(ValueError, match="chunk: need a positive integer, or None/0"):
+        evaluate.evaluate_population(spec, trained, x, y, chunk=-2)

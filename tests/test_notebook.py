@@ -19,8 +19,8 @@ def test_compose_masks_notebook_executes(monkeypatch):
                             resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     outputs = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
                         for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "nested: True" in outputs
-    assert "MP ∩ UP" in outputs and "verdict" in outputs
+    assert "nested: True" in outputs and "prune_population == by hand: True" in outputs
+    assert "MP ∩ UP" in outputs and "verdict_holm" in outputs and "p_holm" in outputs
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
 

@@ -334,7 +334,10 @@ def test_progress_callback_and_history(mnist_slice):
     spec = get_model("mlp_100_30")
     init = train.init_population(spec, [0, 1, 2])
     out, hist = train.fit(spec, _cfg(), [0, 1, 2], x, y, chunk=2, progress=seen.append, init_variables=init)
-    assert [(d["chunk"], d["epoch"]) for d in seen] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # 1-based: the chunk and the epoch just finished, with the population indices of the chunk's models
+    assert [(d["chunk"], d["epoch"]) for d in seen] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert [d["models"] for d in seen] == [(1, 2), (1, 2), (3, 3), (3, 3)]
+    assert {(d["chunks"], d["epochs"], d["n_models"]) for d in seen} == {(2, 2, 3)}
     assert [len(d["loss"]) for d in seen] == [2, 2, 1, 1]
     np.testing.assert_array_equal(seen[3]["loss"], hist["loss"][2:, 1])
     # explicit init variables = the keys' own init; the caller's arrays are not consumed (no donation leak)

@@ -12,7 +12,7 @@ Conventions
   ``[S, N, A]``; groups ``G`` are ``[N]`` ints in {0, 1} (the TRUE protected label).
 * Thresholds live on the LOGIT scale and predictions are ``1[z > tau]`` (strict).
 * Every metric returns a per-attribute vector ``[..., A]``; aggregate with `aggregate` (nan-mean over attributes,
-  then mean ± sd over seeds, counting NaNs).
+  then mean ± sd over seeds, counting NaNs), or `aggregate_grid` for every cell of a grid of any leading axes.
 * Softmax (multi-class) analogues: predictions are one-hot argmax columns, so every per-attribute metric applies to
   classes as "attributes"; they live in `fairprune_jax.analysis.bias_softmax` (`softmax_metrics`).
 * Populations (CIEs) and the dense-only criteria live in `fairprune_jax.analysis.bias_identification`; they take
@@ -35,6 +35,7 @@ BA_OK = ""
 BA_FEW_POSITIVES = "few_test_positives"
 BA_SMALL_GAP = "small_train_group_gap"
 BA_NO_PREDICTED = "no_predicted_positives"
+BA_GROUP_IS_LABEL = "group_determined_by_label"  # the group is a function of the label: S and the positives coincide
 
 CONSTANT_RULES = ("authors", "nan")  # R² of a constant prediction column: see `interdependence`
 
@@ -149,7 +150,21 @@ def train_prevalence(labels, groups) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------------------------------------------
 # bias amplification
 # ----------------------------------------------------------------------------------------------------------------
-def _ba_parts(yhat, labels, groups, pf, nf, mask, min_positives, min_rel_gap):
+def group_determined_by_label(labels, groups) -> np.ndarray:
+    """Whether the protected group is a (non-constant) function of each attribute's label on this split: G constant
+    among the positives and among the negatives of a, and not constant overall. ``[..., A]`` bool. BA is then
+    undefined by construction (one group holds no positive, or every one), whatever the model does."""
+    y, sq = _attr(labels, "labels", float)
+    g1 = _groups(groups, y.shape[-2])[:, None]
+    n_g1 = g1.sum()
+    pos, neg = y.sum(axis=-2), (1 - y).sum(axis=-2)
+    pos1, neg1 = (y * g1).sum(axis=-2), ((1 - y) * g1).sum(axis=-2)
+    const = lambda part, total: (part == 0) | (part == total)  # noqa: E731
+    out = const(pos1, pos) & const(neg1, neg) & (0 < n_g1) & (n_g1 < y.shape[-2])
+    return _out(out, sq)
+
+
+def _ba_parts(yhat, labels, groups, pf, nf, mask, min_positives, min_rel_gap, determined=None):
     p, sq = _attr(yhat, "yhat", float)
     y, _ = _attr(labels, "labels", float)
     _check_tail(p, y, "yhat", "labels")
@@ -175,28 +190,34 @@ def _ba_parts(yhat, labels, groups, pf, nf, mask, min_positives, min_rel_gap):
     reason = np.where(np.broadcast_to(nopred, shape), BA_NO_PREDICTED, reason)
     reason = np.where(np.broadcast_to(small, shape), BA_SMALL_GAP, reason)
     reason = np.where(np.broadcast_to(few, shape), BA_FEW_POSITIVES, reason)
+    if determined is None:
+        determined = group_determined_by_label(labels, groups)
+    reason = np.where(np.broadcast_to(determined, shape), BA_GROUP_IS_LABEL, reason)
     ba = np.where(reason == BA_OK, ba, np.nan).astype(float)
     return ba, reason, sq
 
 
 def bias_amplification(yhat, labels, groups, pf, nf, *, mask=None, min_positives: int = 10,
-                       min_rel_gap: float = 0.1) -> np.ndarray:
+                       min_rel_gap: float = 0.1, determined=None) -> np.ndarray:
     """BA_{a,g} = Σ_S Ŷ_a/Σ Ŷ_a − Σ_S Y_a/Σ Y_a on the test set, S = {G=1} if pf > nf else {G=0}.
 
     ``yhat`` must be binary predictions (ValueError otherwise, e.g. for probabilities); ``groups`` is the TRUE
     protected label; ``pf``/``nf`` the TRAIN prevalence of a where g = 1 / g = 0.
     NaN if a group has < ``min_positives`` test positives (Y_a = 1), if |pf − nf|/min(pf, nf) < ``min_rel_gap``, or
-    if Σ Ŷ_a = 0 (reasons: `bias_amplification_reasons`). ``mask`` (``[N]`` or ``[..., N, A]``, optional) drops
-    samples, e.g. for the exclusion attenuation. BA may be negative.
+    if Σ Ŷ_a = 0 (reasons: `bias_amplification_reasons`), and by construction when the group is a function of
+    the label (`group_determined_by_label`, or ``determined`` ``[A]`` given: the softmax bundle passes whether G
+    is a function of the class). ``mask`` (``[N]`` or ``[..., N, A]``, optional) drops samples, e.g. for the
+    exclusion attenuation. BA may be negative.
     """
-    ba, _, sq = _ba_parts(yhat, labels, groups, pf, nf, mask, min_positives, min_rel_gap)
+    ba, _, sq = _ba_parts(yhat, labels, groups, pf, nf, mask, min_positives, min_rel_gap, determined)
     return _out(ba, sq)
 
 
 def bias_amplification_reasons(yhat, labels, groups, pf, nf, *, mask=None, min_positives: int = 10,
-                               min_rel_gap: float = 0.1) -> np.ndarray:
-    """Why each BA is NaN: '' (defined), 'few_test_positives', 'small_train_group_gap', 'no_predicted_positives'."""
-    _, reason, sq = _ba_parts(yhat, labels, groups, pf, nf, mask, min_positives, min_rel_gap)
+                               min_rel_gap: float = 0.1, determined=None) -> np.ndarray:
+    """Why each BA is NaN: '' (defined), 'group_determined_by_label' (first: the cause of the others then),
+    'few_test_positives', 'small_train_group_gap', 'no_predicted_positives'."""
+    _, reason, sq = _ba_parts(yhat, labels, groups, pf, nf, mask, min_positives, min_rel_gap, determined)
     return _out(reason, sq)
 
 
@@ -421,3 +442,29 @@ def aggregate_metrics(metrics: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """One `aggregate` row per metric (name → ``[S, A]``)."""
     rows = [{"metric": k, **aggregate(v)._asdict()} for k, v in metrics.items()]
     return pd.DataFrame(rows, columns=["metric", *Aggregate._fields])
+
+
+def aggregate_grid(metrics: Mapping[str, np.ndarray] | np.ndarray, *, seed_axis: int = 0,
+                   **axes: Sequence) -> pd.DataFrame:
+    """`aggregate` for every cell of a population grid: values ``[..., A]`` with one seed axis (``seed_axis``)
+    and the other leading axes named, in order, by ``axes`` (name → labels), e.g. metrics ``[S, M, P, K]`` of
+    `bias_softmax.softmax_metrics` on logits ``[S, M, P, N, K]`` with ``criterion=names, sparsity=grid``.
+
+    Returns one row per (metric,) cell: the axis columns, then the `Aggregate` fields (mean over seeds of the
+    per-seed nan-mean over attributes, sd, NaN counts). A plain array is one metric named "value"."""
+    items = metrics.items() if isinstance(metrics, Mapping) else [("value", metrics)]
+    names = list(axes)
+    rows = []
+    for metric, values in items:
+        v = np.asarray(values, dtype=float)
+        if v.ndim != len(names) + 2:
+            raise ValueError(f"metrics[{metric!r}]: shape {v.shape} has {v.ndim - 2} leading axes besides seeds "
+                             f"and attributes; axes names {len(names)}: {names}")
+        v = np.moveaxis(v, seed_axis, -2)  # [..., S, A]
+        for name, labels, size in zip(names, axes.values(), v.shape[:-2]):
+            if len(labels) != size:
+                raise ValueError(f"{name}: {len(labels)} labels for an axis of {size}")
+        for idx in np.ndindex(*v.shape[:-2]):
+            cell = {n: list(axes[n])[i] for n, i in zip(names, idx)}
+            rows.append({"metric": metric, **cell, **aggregate(v[idx])._asdict()})
+    return pd.DataFrame(rows, columns=["metric", *names, *Aggregate._fields])

@@ -12,7 +12,8 @@ import numpy as np
 from scipy import special
 
 from fairprune_jax.analysis._bias_inputs import _div, _out
-from fairprune_jax.analysis.bias import accuracy, bba, bias_amplification, ece, logit_interdependence, positive_rate
+from fairprune_jax.analysis.bias import (accuracy, bba, bias_amplification, bias_amplification_reasons, ece,
+                                        logit_interdependence, positive_rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -74,6 +75,20 @@ def apply_class_offsets(logits, offsets) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # one-call metric bundle
 # ----------------------------------------------------------------------------------------------------------------
+def group_determined_by_class(labels, groups) -> bool:
+    """Whether the protected group is a function of the class (e.g. "classes 0 and 6"): every class's examples lie
+    in one group, and both groups occur. BA is then undefined for every class (reason 'group_determined_by_label'):
+    define the group independently of the label, or use the metrics that stay meaningful (per-class uncertainty,
+    `softmax_uncertainty(logits, labels)`; CIEs, `bias_identification.identify_cies`, compared across groups)."""
+    lab = np.asarray(labels).ravel()
+    g = np.asarray(groups).astype(bool).ravel()
+    if lab.shape != g.shape:
+        raise ValueError(f"groups: {g.shape[0]} groups for {lab.shape[0]} labels")
+    if g.all() or not g.any():
+        return False
+    return all(len(np.unique(g[lab == c])) == 1 for c in np.unique(lab))
+
+
 def softmax_metrics(logits, labels, groups, pf, nf, *, offsets=None, triggered=None,
                     with_interdependence: bool = True) -> dict[str, np.ndarray]:
     """Softmax analogues per class (classes act as attributes): returns name → ``[..., K]``.
@@ -81,7 +96,9 @@ def softmax_metrics(logits, labels, groups, pf, nf, *, offsets=None, triggered=N
     Ŷ = one-hot argmax of z (+ ``offsets`` from `calibrate_class_offsets`); pf/nf are per-class TRAIN prevalences
     per group (`train_prevalence(one_hot(train_labels, K), g_train)`). Keys: acc (one-vs-rest), recall, predpos,
     ba, uncertainty (1[max softmax < .9] within each true class), ece (one-vs-rest softmax probabilities),
-    r2_logits (`logit_interdependence`, uncalibrated logits), bba when ``triggered`` is given.
+    r2_logits (`logit_interdependence`, uncalibrated logits), bba when ``triggered`` is given. When the group is a
+    function of the class (`group_determined_by_class`), BA is NaN for every class with reason
+    'group_determined_by_label' (`bias.bias_amplification_reasons(..., determined=...)`).
     """
     z = np.asarray(logits, dtype=float)
     k = z.shape[-1]
@@ -89,11 +106,12 @@ def softmax_metrics(logits, labels, groups, pf, nf, *, offsets=None, triggered=N
         z = apply_class_offsets(z, offsets)
     y = one_hot(labels, k)
     yhat = argmax_predictions(z)
+    determined = np.full(k, group_determined_by_class(labels, groups))
     out = {
         "acc": accuracy(yhat, y),
         "recall": _div((yhat * y).sum(-2), y.sum(-2)),
         "predpos": positive_rate(yhat),
-        "ba": bias_amplification(yhat, y, groups, pf, nf),
+        "ba": bias_amplification(yhat, y, groups, pf, nf, determined=determined),
         "uncertainty": softmax_uncertainty(z, labels),
         "ece": ece(special.softmax(z, axis=-1), y),
     }
@@ -102,3 +120,16 @@ def softmax_metrics(logits, labels, groups, pf, nf, *, offsets=None, triggered=N
     if triggered is not None:
         out["bba"] = bba(yhat, y, triggered)
     return out
+
+
+def softmax_ba_reasons(logits, labels, groups, pf, nf, *, offsets=None) -> np.ndarray:
+    """Why each class's BA of `softmax_metrics` is NaN (``[..., K]`` strings, '' where defined): the reasons of
+    `bias.bias_amplification_reasons`, with 'group_determined_by_label' for every class when the group is a
+    function of the class (`group_determined_by_class`), the cause behind the few positives then."""
+    z = np.asarray(logits, dtype=float)
+    k = z.shape[-1]
+    if offsets is not None:
+        z = apply_class_offsets(z, offsets)
+    determined = np.full(k, group_determined_by_class(labels, groups))
+    return bias_amplification_reasons(argmax_predictions(z), one_hot(labels, k), groups, pf, nf,
+                                      determined=determined)
