@@ -22,11 +22,15 @@ Sections, each printed as it completes:
    GFLOP/s, and the compiled epoch's XLA memory (arguments + temporaries, per device) for each variant.
 4. Evaluation: `evaluate.evaluate_population` of S models on `--test-examples` test images, "vmap" against "map"
    (the rule's formulation) under the mesh.
+5. Epoch (not in the default sections): the time of one full epoch per model on the whole training split of
+   `--dataset`, S = `--epoch-seeds` models trained as the sweep trains them (`train.fit`, the mesh, the rule), the
+   second of two epochs (the first compiles): what a sweep's budget is planned from.
 
     python -m benchmarks.bench_conv                                 # lenet5, S = 1 4 8, 3 rounds
     python -m benchmarks.bench_conv --models lenet5 conv2 resnet20 --seeds 1 4 8 --repeats 3
     python -m benchmarks.bench_conv --models lenet5 --levers pop-1dev vmap+xla vmap+patches map+xla
     python -m benchmarks.bench_conv --sections flops shapes        # no training
+    python -m benchmarks.bench_conv --sections epoch --dataset fashion_mnist --models lenet5_half lenet5 lenet5_double
 """
 from __future__ import annotations
 
@@ -52,8 +56,8 @@ from jax.extend import core as jcore  # noqa: E402
 
 B = 128
 N_TRAIN = 60000
-MODELS = ("lenet5", "conv2", "conv4", "conv6", "resnet20")
-SECTIONS = ("flops", "shapes", "train", "eval")
+MODELS = ("lenet5", "lenet5_half", "lenet5_double", "conv2", "conv4", "conv6", "resnet20")
+SECTIONS = ("flops", "shapes", "train", "eval", "epoch")
 LEVERS = ("pop-1dev", "vmap+xla", "vmap+patches", "map+xla", "map+patches")
 
 
@@ -369,6 +373,28 @@ def eval_section(model: str, s: int, n_test: int, repeats: int) -> None:
     print(f"    counts equal across formulations: {same}; load average {os.getloadavg()}", flush=True)
 
 
+def epoch_section(model: str, dataset: str, s: int) -> float:
+    """Seconds per model-epoch of `s` models on the whole training split of `dataset` (second of two epochs)."""
+    from fairprune_jax import data, population, sharding, train
+    from fairprune_jax.models import get_model
+
+    info = data.info(dataset)
+    split = data.load_split(dataset, "train")
+    x = data.normalize(split.images, info.mean, info.std)
+    y = jnp.asarray(split.labels)
+    spec = get_model(model, input_shape=tuple(x.shape[1:]))
+    cfg = dict(epochs=2, batch_size=B, optimizer=dict(name="sgd", lr=0.05, momentum=0.9))
+    stamps = [time.perf_counter()]
+    train.fit(spec, cfg, np.arange(s), x, y, mesh=sharding.default_mesh(),
+              progress=lambda _: stamps.append(time.perf_counter()))
+    first, second = stamps[1] - stamps[0], stamps[2] - stamps[1]
+    fl = step_flops(model_ops(model))["step"] * (int(x.shape[0]) // B)
+    print(f"{model:>14} on {dataset} ({x.shape[0]} images), S = {s}, {population.choose(spec)}: "
+          f"{second / s:.1f} s per model-epoch ({fl / 1e12:.3f} TFLOP, {s * fl / second / 1e9:.1f} GFLOP/s); "
+          f"first epoch (compiling) {first:.1f} s; load average {os.getloadavg()}", flush=True)
+    return second / s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["lenet5"], choices=MODELS)
@@ -377,8 +403,10 @@ def main() -> None:
     ap.add_argument("--test-examples", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians)")
     ap.add_argument("--levers", nargs="*", default=[], help=f"extra training variants: {', '.join(LEVERS)}")
-    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--sections", nargs="+", default=["flops", "shapes", "train", "eval"], choices=SECTIONS)
     ap.add_argument("--no-memory", action="store_true", help="skip compiling each variant for its memory")
+    ap.add_argument("--dataset", default="mnist", help="the epoch section's dataset")
+    ap.add_argument("--epoch-seeds", type=int, default=2, help="models trained at once in the epoch section")
     args = ap.parse_args()
     bad = [lv for lv in args.levers if lv not in LEVERS]
     if bad:
@@ -404,6 +432,10 @@ def main() -> None:
     if "eval" in args.sections:
         for m in args.models:
             eval_section(m, max(args.seeds), args.test_examples, args.repeats)
+    if "epoch" in args.sections:
+        print(f"\n== one full epoch per model ({args.dataset}) ==")
+        for m in args.models:
+            epoch_section(m, args.dataset, args.epoch_seeds)
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB; load average "
           f"{os.getloadavg()}")
 

@@ -120,7 +120,10 @@ def _eval_chunk(variables: PyTree, masks: PyTree | None, idx: jax.Array, xb: jax
     def one(v: PyTree, batches) -> tuple[jax.Array, jax.Array, jax.Array]:
         return jax.tree.map(lambda a: a[0], summaries(lambda x: forward(v, x)[None], 1, batches))
 
-    return population.over_models(one, form, mesh)(chunk_vars, (xb, yb, valid))
+    # each model's forward pass runs on micro-batches whose largest intermediate fits population.EVAL_BYTES
+    micro = population.eval_microbatch(spec, form, xb.shape[1])
+    rebatch = lambda a: a.reshape((-1, micro) + a.shape[2:])  # noqa: E731
+    return population.over_models(one, form, mesh)(chunk_vars, (rebatch(xb), rebatch(yb), rebatch(valid)))
 
 
 @functools.partial(jax.jit, static_argnames=("pad", "nb"))
@@ -200,8 +203,10 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
     nb = -(-n // bs)
     xb, yb, valid = _batch_examples(images, jnp.asarray(labels_np, jnp.int32), pad=nb * bs - n, nb=nb)
 
-    c = sharding.round_up(min(chunk, n_models), mesh)
     form = population.choose(spec, population.platform_of(mesh))
+    if form.vectorise == "map":
+        mesh = population.map_mesh(mesh, n_models)
+    c = sharding.round_up(min(chunk, n_models), mesh)
     if mesh is not None:
         variables, masks, xb, yb, valid = sharding.replicate((variables, masks, xb, yb, valid), mesh)
     counts, conf, unc = [], [], []

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
 from fairprune_jax import sharding
@@ -121,6 +124,28 @@ def override(form: Formulation | str | None) -> Iterator[None]:
         _OVERRIDE.reset(token)
 
 
+def map_mesh(mesh: Mesh | None, n: int) -> Mesh | None:
+    """The mesh a map over `n` models uses: `mesh`, or on one process its first `n` devices when it has more (None
+    for one model, which then has every core to itself): under a map a model's numbers do not depend on its
+    device or neighbours, so idle padding models would only cost time."""
+    if mesh is None or sharding.size(mesh) <= n or jax.process_count() > 1:
+        return mesh
+    return None if n <= 1 else sharding.seed_mesh(list(mesh.devices.flat)[:n])
+
+
+def map_chunk(n: int, param_bytes: int, mesh: Mesh | None, group: int = 1,
+              budget: int = sharding.CPU_CHUNK_BYTES) -> int:
+    """Models per chunk under a map when the caller does not say: at most `budget // (4 * param_bytes)` per device
+    (weights, gradients, optimizer state and mask resident, as `sharding.auto_chunk`), a multiple of `group`, and
+    as few chunks as that allows with the least padding (unlike `auto_chunk`, which keeps the models per device
+    fixed because a vmapped model's numbers depend on them)."""
+    k, g = sharding.size(mesh), max(int(group), 1)
+    cap = max(g, (max(1, int(budget) // max(4 * int(param_bytes), 1)) // g) * g)
+    chunks = -(-max(int(n), 1) // (cap * k))
+    per = -(-max(int(n), 1) // (chunks * k))
+    return -(-per // g) * g * k
+
+
 def over_models(fn: Callable[[PyTree, PyTree], PyTree], form: Formulation,
                 mesh: Mesh | None = None) -> Callable[[PyTree, PyTree], PyTree]:
     """`fn(one_model, shared) -> out` made into `f(models, shared) -> outs`: every leaf of `models` and of the
@@ -134,3 +159,45 @@ def over_models(fn: Callable[[PyTree, PyTree], PyTree], form: Formulation,
             return vectorised(models, shared)
 
     return run
+
+
+# Largest intermediate a mapped evaluation step may hold per device: the im2col patches of a conv layer are kh·kw
+# times its input (Conv-2's second layer: 1.8 MB per example), so a 2,500-example test batch would need GBs.
+EVAL_BYTES = 256 << 20
+
+
+def _largest_outvar(jaxpr: Any) -> int:
+    best = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = getattr(v, "aval", None)
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                best = max(best, math.prod(aval.shape) * jnp.dtype(aval.dtype).itemsize)
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (tuple, list)) else (p,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    best = max(best, _largest_outvar(inner))
+    return best
+
+
+@functools.lru_cache(maxsize=64)
+def intermediate_bytes(spec: ModelSpec, conv: str) -> int:
+    """Bytes of the largest intermediate of one eval-mode forward pass per example under lowering `conv` (traced at
+    batch 8, divided by 8; nothing is computed)."""
+    variables = check_spec(spec)
+    x = jax.ShapeDtypeStruct((8, *spec.input_shape), jnp.float32)
+    with conv_lowering(conv):
+        closed = jax.make_jaxpr(lambda v, x: spec.apply(v, x, train=False)[0])(variables, x)
+    return -(-_largest_outvar(closed.jaxpr) // 8)
+
+
+def eval_microbatch(spec: ModelSpec, form: Formulation, batch: int, budget: int | None = None) -> int:
+    """Examples per forward pass in a mapped evaluation: the largest divisor of `batch` whose largest intermediate
+    fits `budget` (default `EVAL_BYTES`; at least 1 example); `batch` itself under "vmap" (the caller's batch_size
+    bounds it)."""
+    if form.vectorise != "map":
+        return batch
+    budget = EVAL_BYTES if budget is None else int(budget)
+    cap = max(1, budget // max(intermediate_bytes(spec, form.conv), 1))
+    return max(d for d in range(1, batch + 1) if batch % d == 0 and d <= cap)

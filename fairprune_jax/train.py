@@ -347,13 +347,16 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
         raise ValueError(f"chunk: need a positive integer or None (automatic), got {chunk}")
     data_keys = jax.vmap(lambda k: purpose_key(k, "data"))(keys)
     group = shared_order_group(data_keys, limit=chunk or n) if fuse else 1
+    form = population.choose(spec, population.platform_of(mesh))
+    if form.vectorise == "map":  # no model depends on its neighbours: no padding beyond the devices' share
+        mesh = population.map_mesh(mesh, n)
+        chunk = chunk or population.map_chunk(n, param_bytes(variables["params"], n), mesh, group)
     chunk = resolve_chunk(n, chunk, param_bytes(variables["params"], n), mesh, group)
     n_chunks = -(-n // chunk)
     whole = n_chunks == 1 and chunk == n  # one chunk, no padding: use the trees as they are
     images, labels = sharding.replicate((images, labels), mesh)
     masked = masks is not None or between_epochs is not None
     init_fn = _compiled_init(spec, tx, masked)
-    form = population.choose(spec, population.platform_of(mesh))
     epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step, cfg.augment, group, form,
                                mesh if form.vectorise == "map" else None)
 

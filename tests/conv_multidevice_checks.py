@@ -31,7 +31,11 @@ def main() -> None:
         for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(sharded)):
             np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[s])
         np.testing.assert_array_equal(ha["loss"][0], hs["loss"][s])
-    assert len(jax.tree.leaves(sharded)[0].sharding.device_set) >= 1
+    # fewer models than devices: the map uses as many devices as models (one model: no mesh at all)
+    assert population.map_mesh(mesh, 1) is None and population.map_mesh(mesh, 2) is mesh
+    one_model, _ = train.fit(spec, cfg, keys[2:], x, y, mesh=mesh)
+    for a, b in zip(jax.tree.leaves(one_model), jax.tree.leaves(sharded)):
+        np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[2])
     xt = data.normalize(te.images[:300], info.mean, info.std)
     yt = jnp.asarray(te.labels[:300])
     one = evaluate.evaluate_population(spec, sharded, xt, yt, chunk=2, batch_size=128)

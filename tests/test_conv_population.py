@@ -26,7 +26,8 @@ CONV_MODELS = ("lenet5", "conv2", "conv4", "conv6", "resnet20", "resnet32", "res
                "resnet18", "mobilenet_v1")
 FAST = ("lenet5", "conv2", "resnet20")  # the others are marked slow (compiling them takes a while on CPU)
 # input sizes that keep every model's feature maps non-empty at the least cost
-INPUT = {"vgg11": (16, 16, 1), "vgg16": (16, 16, 1), "resnet18": (16, 16, 1), "mobilenet_v1": (16, 16, 1)}
+INPUT = {"vgg11": (16, 16, 1), "vgg16": (16, 16, 1), "resnet18": (16, 16, 1), "mobilenet_v1": (16, 16, 1),
+         "resnet20": (14, 14, 1), "resnet32": (14, 14, 1), "resnet56": (14, 14, 1)}
 
 
 def _normalise(images: np.ndarray) -> np.ndarray:
@@ -154,6 +155,50 @@ def test_formulation_rule_and_override():
                        ("map+fft", "formulation.conv: unknown")):
         with pytest.raises(ValueError, match=match):
             population.parse(bad)
+
+
+def test_mapped_evaluation_splits_batches_to_bound_the_patches(mnist_slice, monkeypatch):
+    """The im2col patches of a layer are kh·kw times its input; a mapped evaluation runs each model on micro-batches
+    whose largest intermediate fits population.EVAL_BYTES, and the counts do not change."""
+    lenet, conv2 = get_model("lenet5"), get_model("conv2")
+    assert population.intermediate_bytes(lenet, "patches") == 28 * 28 * 25 * 4  # conv_0's patches
+    assert population.intermediate_bytes(lenet, "xla") == 28 * 28 * 6 * 4  # conv_0's output
+    assert population.intermediate_bytes(conv2, "patches") == 28 * 28 * 9 * 64 * 4
+    mapped = population.Formulation("map", "patches")
+    assert population.eval_microbatch(conv2, mapped, 2500) == 125  # 125 * 1.8 MB <= 256 MiB < 250 * 1.8 MB
+    assert population.eval_microbatch(conv2, mapped, 2500, budget=1) == 1
+    assert population.eval_microbatch(lenet, mapped, 2000) == 2000
+    assert population.eval_microbatch(conv2, population.Formulation("vmap", "patches"), 2500) == 2500
+    x, y = mnist_slice
+    spec = get_model("lenet5_double")  # 120 kB per example
+    assert population.intermediate_bytes(spec, "patches") == 100 * 25 * 12 * 4  # conv_1's patches
+    monkeypatch.setattr(population, "EVAL_BYTES", 40 * 120_000)  # batches of 96 run as 3 micro-batches of 32
+    assert population.eval_microbatch(spec, mapped, 96) == 32
+    v = train.init_population(spec, train.as_keys([0, 1]))
+    with population.override("vmap+patches"):
+        ref = evaluate.evaluate_population(spec, v, x, y, batch_size=96)
+    with population.override("map+patches"):
+        got = evaluate.evaluate_population(spec, v, x, y, batch_size=96)
+    np.testing.assert_array_equal(got.counts, ref.counts)
+    np.testing.assert_allclose(got.mean_confidence, ref.mean_confidence, rtol=1e-6)
+
+
+def test_map_chunks_pad_least_and_small_populations_use_fewer_devices():
+    """Under a map a model's numbers do not depend on its neighbours, so chunks pad only up to the devices' share
+    (LeNet-5: 247 kB of weights, at most 16 resident per device) and a population smaller than the mesh uses as many
+    devices as it has models (one model: no mesh, every core on it)."""
+    lenet = 246_824  # LeNet-5's parameter bytes
+    assert [population.map_chunk(n, lenet, None) for n in (1, 3, 16, 17, 40)] == [1, 3, 16, 9, 14]
+    assert population.map_chunk(5, 17 << 20, None) == 1  # Conv-2: one resident model
+    assert population.map_chunk(6, 1000, None, group=4) == 8  # whole groups
+    assert population.map_mesh(None, 3) is None
+
+    class FakeMesh:  # what map_mesh reads (a sub-mesh of real devices: tests/conv_multidevice_checks.py)
+        shape = {"seed": 4}
+
+    mesh = FakeMesh()
+    assert population.map_mesh(mesh, 1) is None and population.map_mesh(mesh, 4) is mesh
+    assert population.map_mesh(mesh, 9) is mesh
 
 
 # ----------------------------------------------------------------------------------------------- population == alone
