@@ -34,9 +34,10 @@ import pandas as pd
 
 from jax.sharding import Mesh
 
-from fairprune_jax import memory, sharding
+from fairprune_jax import memory, population, sharding
 from fairprune_jax import progress as progress_lib
 from fairprune_jax.models import ModelSpec
+from fairprune_jax.models.layers import conv_lowering
 from fairprune_jax.validation import check_bool_leaves, check_images, check_labels, leading_shape
 
 PyTree = Any
@@ -96,14 +97,17 @@ def _check_sizes(chunk: int | None, batch_size: int | None) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_classes", "ratio", "uncertain_below", "var_lead",
-                                             "mask_lead", "mesh"))
+                                             "mask_lead", "mesh", "form"))
 def _eval_chunk(variables: PyTree, masks: PyTree | None, idx: jax.Array, xb: jax.Array, yb: jax.Array,
                 valid: jax.Array, *, spec: ModelSpec, num_classes: int, ratio: int, uncertain_below: float,
-                var_lead: tuple[int, ...], mask_lead: tuple[int, ...], mesh: Mesh | None = None):
+                var_lead: tuple[int, ...], mask_lead: tuple[int, ...], mesh: Mesh | None = None,
+                form: population.Formulation = population.Formulation("vmap", "xla")):
     """Counts [C, K, K], confidence sums [C] and uncertain counts [C] for the models `idx` of the population.
 
     `variables` and `masks` are the whole population (leading axes `var_lead` / `mask_lead`); the chunk is
-    gathered inside the compiled function so nothing population-sized is copied per call.
+    gathered inside the compiled function so nothing population-sized is copied per call. `form`
+    (`population.choose`): "vmap" evaluates the chunk's models together on every batch, "map" evaluates one
+    model after the other over all batches.
     """
     def gather(leaf: jax.Array, lead: tuple[int, ...], rows: jax.Array) -> jax.Array:
         flat = leaf.reshape((math.prod(lead),) + leaf.shape[len(lead):])
@@ -117,31 +121,44 @@ def _eval_chunk(variables: PyTree, masks: PyTree | None, idx: jax.Array, xb: jax
         chunk_vars["params"] = _apply_mask(chunk_vars["params"], chunk_masks)
     if mesh is not None:  # the chunk's models spread over the mesh's seed axis; everything after follows
         chunk_vars = jax.lax.with_sharding_constraint(chunk_vars, sharding.model_sharding(mesh))
-    c = idx.shape[0]
     k = num_classes
 
     def forward(v: PyTree, x: jax.Array) -> jax.Array:
         logits, _ = spec.apply(v, x, train=False)
         return logits
 
-    def step(carry, batch):
-        counts, conf_sum, n_unc = carry
-        x, y, w = batch
-        logits = jax.vmap(forward, in_axes=(0, None))(chunk_vars, x).astype(jnp.float32)  # [C, B, K']
-        pred = jnp.argmax(logits, axis=-1)
-        conf = jnp.exp(jnp.max(logits, axis=-1) - jax.nn.logsumexp(logits, axis=-1))  # max softmax [C, B]
-        wf = w.astype(jnp.float32)
-        y_oh = jax.nn.one_hot(y, k, dtype=jnp.float32) * wf[:, None]  # [B, K]
-        p_oh = jax.nn.one_hot(pred, k, dtype=jnp.float32)  # [C, B, K]
-        cm = jnp.einsum("bk,cbj->ckj", y_oh, p_oh, precision=jax.lax.Precision.HIGHEST)
-        counts = counts + jnp.round(cm).astype(jnp.int32)
-        conf_sum = conf_sum + jnp.sum(conf * wf, axis=-1)
-        n_unc = n_unc + jnp.sum((conf < uncertain_below) & w, axis=-1).astype(jnp.int32)
-        return (counts, conf_sum, n_unc), None
+    def summaries(logits_of, c: int, batches):
+        """Scan over the batches; `logits_of(x)` gives the logits [c, B, K'] of the c models evaluated."""
+        def step(carry, batch):
+            counts, conf_sum, n_unc = carry
+            x, y, w = batch
+            logits = logits_of(x).astype(jnp.float32)  # [C, B, K]
+            pred = jnp.argmax(logits, axis=-1)
+            conf = jnp.exp(jnp.max(logits, axis=-1) - jax.nn.logsumexp(logits, axis=-1))  # max softmax [C, B]
+            wf = w.astype(jnp.float32)
+            y_oh = jax.nn.one_hot(y, k, dtype=jnp.float32) * wf[:, None]  # [B, K]
+            p_oh = jax.nn.one_hot(pred, k, dtype=jnp.float32)  # [C, B, K]
+            cm = jnp.einsum("bk,cbj->ckj", y_oh, p_oh, precision=jax.lax.Precision.HIGHEST)
+            counts = counts + jnp.round(cm).astype(jnp.int32)
+            conf_sum = conf_sum + jnp.sum(conf * wf, axis=-1)
+            n_unc = n_unc + jnp.sum((conf < uncertain_below) & w, axis=-1).astype(jnp.int32)
+            return (counts, conf_sum, n_unc), None
 
-    init = (jnp.zeros((c, k, k), jnp.int32), jnp.zeros((c,), jnp.float32), jnp.zeros((c,), jnp.int32))
-    (counts, conf_sum, n_unc), _ = jax.lax.scan(step, init, (xb, yb, valid))
-    return counts, conf_sum, n_unc
+        init = (jnp.zeros((c, k, k), jnp.int32), jnp.zeros((c,), jnp.float32), jnp.zeros((c,), jnp.int32))
+        return jax.lax.scan(step, init, batches)[0]
+
+    if form.vectorise == "vmap":
+        with conv_lowering(form.conv):
+            return summaries(lambda x: jax.vmap(forward, in_axes=(0, None))(chunk_vars, x), idx.shape[0],
+                             (xb, yb, valid))
+
+    def one(v: PyTree, batches) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return jax.tree.map(lambda a: a[0], summaries(lambda x: forward(v, x)[None], 1, batches))
+
+    # each model's forward pass runs on micro-batches whose largest intermediate fits population.EVAL_BYTES
+    micro = population.eval_microbatch(spec, form, xb.shape[1])
+    rebatch = lambda a: a.reshape((-1, micro) + a.shape[2:])  # noqa: E731
+    return population.over_models(one, form, mesh)(chunk_vars, (rebatch(xb), rebatch(yb), rebatch(valid)))
 
 
 @functools.partial(jax.jit, static_argnames=("pad", "nb"))
@@ -206,12 +223,15 @@ def evaluate_population(spec: ModelSpec, variables: PyTree, images: Any, labels:
     if n_models == 0:
         return EvalResult(np.zeros(mask_lead + (k, k), np.int64), np.zeros(mask_lead), np.zeros(mask_lead))
     ratio = n_models // math.prod(var_lead)
+    form = population.choose(spec, population.platform_of(mesh))
+    if form.vectorise == "map":  # a population smaller than the mesh uses as many devices as it has models
+        mesh = population.map_mesh(mesh, n_models)
     if mesh is not None:
         variables, masks = sharding.replicate((variables, masks), mesh)
     resident = 0 if mesh is not None else memory.tree_bytes((variables, masks))
     rep_sharding = None if mesh is None else sharding.replicated(mesh)
     statics = dict(spec=spec, num_classes=k, ratio=ratio, uncertain_below=float(uncertain_below), var_lead=var_lead,
-                   mask_lead=mask_lead, mesh=mesh)
+                   mask_lead=mask_lead, mesh=mesh, form=form)
 
     def need_at(c_: int, b_: int | None) -> int | None:
         nb_ = -(-n // b_)
@@ -369,7 +389,8 @@ def _logits_chunk(variables: PyTree, x: jax.Array, *, spec: ModelSpec, mesh: Mes
     """Eval-mode logits [C, B, K'] of a chunk of models on one batch (models spread over the mesh when given)."""
     if mesh is not None:
         variables = jax.lax.with_sharding_constraint(variables, sharding.model_sharding(mesh))
-    return jax.vmap(lambda v: spec.apply(v, x, train=False)[0])(variables).astype(jnp.float32)
+    with conv_lowering(population.choose(spec, population.platform_of(mesh)).conv):  # im2col GEMMs on CPU
+        return jax.vmap(lambda v: spec.apply(v, x, train=False)[0])(variables).astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh"))

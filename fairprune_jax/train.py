@@ -30,7 +30,7 @@ import optax
 
 from jax.sharding import Mesh
 
-from fairprune_jax import evaluate, memory, optim, sharding
+from fairprune_jax import evaluate, memory, optim, population, sharding
 from fairprune_jax import progress as progress_lib
 from fairprune_jax.data import device_images
 from fairprune_jax.train_config import (AUGMENTATIONS, TrainConfig, check_keep_epochs, freeze,  # noqa: F401
@@ -238,21 +238,30 @@ def resolve_chunk(n: int, chunk: int | None, param_bytes: int, mesh: Mesh | None
 
 @functools.lru_cache(maxsize=64)
 def _compiled_epoch(spec: ModelSpec, tx: optax.GradientTransformation, batch_size: int, masked: bool,
-                    capture_step: int | None, augment: str = "none", group: int = 1) -> Callable:
-    """jit(vmap(train_epoch)) over the model axis; the dataset is shared (unbatched). Cached per setting.
+                    capture_step: int | None, augment: str = "none", group: int = 1,
+                    form: population.Formulation | None = None, mesh: Mesh | None = None) -> Callable:
+    """jit of `train_epoch` over the model axis, vectorised by `form` (default `population.choose`; a map over
+    the models needs the `mesh` it splits them over); the dataset is shared (unbatched). Cached per setting.
 
     group > 1: the flat model axis [C] is viewed as [C / group, group] (models sharing a data key are
-    consecutive); the outer vmap runs over groups, each group's epoch is `train_epoch(shared=True)`."""
+    consecutive); the outer vectorisation runs over groups, each group's epoch is `train_epoch(shared=True)`."""
+    form = population.choose(spec, population.platform_of(mesh)) if form is None else form
+
+    def one(per_model, shared):
+        st, m, k, snap = per_model
+        epoch, images, labels = shared
+        return train_epoch(spec, tx, batch_size, st, m if masked else None, k, epoch, images, labels,
+                           capture_step, snap, augment, shared=group > 1)
+
+    over = population.over_models(one, form, mesh)
 
     def run(state, mask, data_keys, epoch, images, labels, snapshot):
-        fn = lambda st, m, k, snap: train_epoch(  # noqa: E731
-            spec, tx, batch_size, st, m if masked else None, k, epoch, images, labels, capture_step, snap,
-            augment, shared=group > 1)
+        shared = (epoch, images, labels)
         if group == 1:
-            return jax.vmap(fn)(state, mask, data_keys, snapshot)
+            return over((state, mask, data_keys, snapshot), shared)
         split = lambda t: jax.tree.map(lambda x: x.reshape(-1, group, *x.shape[1:]), t)  # noqa: E731
         merge = lambda t: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), t)  # noqa: E731
-        out = jax.vmap(fn)(split(state), split(mask), data_keys[::group], split(snapshot))
+        out = over((split(state), split(mask), data_keys[::group], split(snapshot)), shared)
         return merge(out)
 
     return jax.jit(run, donate_argnums=(0, 6))
@@ -374,11 +383,17 @@ def run_population(spec: ModelSpec, tcfg: Any, keys: jax.Array, images: jax.Arra
     progress_lib.check(progress)
     data_keys = jax.vmap(lambda k: purpose_key(k, "data"))(keys)
     group = shared_order_group(data_keys, limit=chunk or n) if fuse else 1
+    form = population.choose(spec, population.platform_of(mesh))
+    map_default = None
+    if form.vectorise == "map":  # no model depends on its neighbours: no padding beyond the devices' share
+        mesh = population.map_mesh(mesh, n)
+        map_default = population.map_chunk(n, param_bytes(variables["params"], n), mesh, group)
     masked = masks is not None or between_epochs is not None
     init_fn = _compiled_init(spec, tx, masked)
-    epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step, cfg.augment, group)
+    epoch_fn = _compiled_epoch(spec, tx, cfg.batch_size, masked, capture_step, cfg.augment, group, form,
+                               mesh if form.vectorise == "map" else None)
     images, labels = sharding.replicate((images, labels), mesh)
-    default = resolve_chunk(n, chunk, param_bytes(variables["params"], n), mesh, group)
+    default = resolve_chunk(n, map_default, param_bytes(variables["params"], n), mesh, group)
     chunk = _fitting_chunk(n, chunk, default, group, variables, data_keys, images, labels, init_fn, epoch_fn,
                            masked=masked, snapshot=capture_step is not None, batch_size=cfg.batch_size, mesh=mesh)
     n_chunks = -(-n // chunk)

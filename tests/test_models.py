@@ -18,10 +18,12 @@ from fairprune_jax.models.layers import BatchNorm, Dense
 CIFAR = {"conv2", "conv4", "conv6", "resnet20", "resnet32", "resnet56", "vgg11", "vgg16"}
 ATTRIBUTE = {"resnet18", "mobilenet_v1"}
 BN = {"resnet20", "resnet32", "resnet56", "vgg11", "vgg16", "resnet18", "mobilenet_v1"}
-EXPECTED = {"lenet_300_100", "mlp_100_30", "lenet5", "conv2", "conv4", "conv6", "resnet20", "resnet32", "resnet56",
-            "vgg11", "vgg16", "resnet18", "mobilenet_v1"}
+EXPECTED = {"lenet_300_100", "mlp_100_30", "lenet5", "lenet5_half", "lenet5_double", "conv2", "conv4", "conv6",
+            "resnet20", "resnet32", "resnet56", "vgg11", "vgg16", "resnet18", "mobilenet_v1"}
 # published parameter counts (10 outputs; ResNet-18/MobileNetV1 with 1000 ImageNet outputs on 224×224×3)
 PARAM_COUNTS = {"lenet_300_100": 266_610, "mlp_100_30": 81_840, "lenet5": 61_706, "conv2": 4_301_642,
+                # LeNet-5 at half / double width, by hand: conv 5x5 1->3->8 (12->32), dense 200-60-42-10 (800-240-168-10)
+                "lenet5_half": 15_738, "lenet5_double": 244_362,
                 "conv4": 2_425_930, "conv6": 2_262_602, "resnet20": 272_474, "vgg16": 14_728_266}
 
 

@@ -210,9 +210,15 @@ def _mlp_100_30(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool
     return ModelSpec("mlp_100_30", mlp.MLP((100, 30), num_outputs), input_shape, num_outputs, multilabel)
 
 
-@register("lenet5")
-def _lenet5(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool) -> ModelSpec:
-    return ModelSpec("lenet5", conv.LeNet5(num_outputs), input_shape, num_outputs, multilabel)
+def _register_lenet5(name: str, width: float) -> None:
+    @register(name)
+    def _lenet5(num_outputs: int, input_shape: tuple[int, ...], multilabel: bool) -> ModelSpec:
+        return ModelSpec(name, conv.LeNet5(num_outputs, width), input_shape, num_outputs, multilabel)
+
+
+# LeNet-5 and its half- and double-width versions: a conv family whose members differ in size only (RQ3)
+for _name, _width in (("lenet5_half", 0.5), ("lenet5", 1.0), ("lenet5_double", 2.0)):
+    _register_lenet5(_name, _width)
 
 
 def _register_conv_n(n: int, stages: tuple[int, ...]) -> None:

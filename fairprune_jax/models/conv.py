@@ -7,21 +7,18 @@ from typing import ClassVar, Sequence
 import flax.linen as nn
 import jax
 
-from fairprune_jax.models.layers import Conv, Dense
-
-
-def _max_pool(x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
-
+from fairprune_jax.models.layers import Conv, Dense, max_pool as _max_pool
 
 class LeNet5(nn.Module):
     """conv5-6 (SAME), max-pool 2, conv5-16 (VALID), max-pool 2, 120, 84, head; ReLU.
 
     On 28×28 inputs the first SAME conv plays the role of LeNet-5's 32×32 padding, so the flattened feature
-    map is 5×5×16 = 400 as in the original.
+    map is 5×5×16 = 400 as in the original. `width` multiplies every hidden width (6, 16, 120, 84, rounded): a
+    family of LeNet-5s that differ in size only (the registry's lenet5_half / lenet5 / lenet5_double).
     """
 
     num_outputs: int = 10
+    width: float = 1.0
     min_size: ClassVar[int] = 12  # pool 2, VALID conv 5, pool 2 must leave at least 1x1
 
     @nn.compact
@@ -30,11 +27,12 @@ class LeNet5(nn.Module):
         if min(x.shape[1:3]) < self.min_size:
             raise ValueError(f"lenet5 needs images of at least {self.min_size}x{self.min_size} pixels, got "
                              f"{x.shape[1]}x{x.shape[2]} (upsample them, or use an MLP such as mlp_100_30)")
-        x = _max_pool(nn.relu(Conv(6, (5, 5), padding="SAME", name="conv_0")(x)))
-        x = _max_pool(nn.relu(Conv(16, (5, 5), padding="VALID", name="conv_1")(x)))
+        w = lambda n: max(1, round(n * self.width))  # noqa: E731
+        x = _max_pool(nn.relu(Conv(w(6), (5, 5), padding="SAME", name="conv_0")(x)))
+        x = _max_pool(nn.relu(Conv(w(16), (5, 5), padding="VALID", name="conv_1")(x)))
         x = x.reshape((x.shape[0], -1))
-        x = nn.relu(Dense(120, name="hidden_0")(x))
-        x = nn.relu(Dense(84, name="hidden_1")(x))
+        x = nn.relu(Dense(w(120), name="hidden_0")(x))
+        x = nn.relu(Dense(w(84), name="hidden_1")(x))
         return Dense(self.num_outputs, name="head")(x)
 
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fairprune_jax.models.layers import BatchNorm, Conv, Dense
+from fairprune_jax.models.layers import BatchNorm, Conv, Dense, max_pool
 
 PLANS: dict[int, tuple[Union[int, str], ...]] = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
@@ -28,7 +28,7 @@ class VGG(nn.Module):
         i = 0
         for item in self.plan:
             if item == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool(x)
                 continue
             x = Conv(int(item), (3, 3), padding=((1, 1), (1, 1)), name=f"conv_{i}")(x)
             x = nn.relu(BatchNorm(train, name=f"bn_{i}")(x))
