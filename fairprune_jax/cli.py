@@ -239,6 +239,15 @@ def report() -> None:
     out = flags.DEFINE_string("out", None, "Output folder (default: the workdir; required for several workdirs).")
     claims = flags.DEFINE_bool("claims", False, "Write the claims table (claims.md) of the two reference studies "
                                "over every given workdir, recall and bias runs alike, into --out.")
+    plan = flags.DEFINE_bool("plan", False, "Print the seed plan of the claims over the given workdirs: the seeds "
+                             "each undecided claim needs and the command that extends each workdir (also written "
+                             "into --out when given).")
+    sequential = flags.DEFINE_bool("sequential", False, "Add seeds to the workdirs in looks of --seed_chunk until "
+                                   "every claim decides or --max_seeds is reached (group-sequential boundaries); "
+                                   "writes sequential.md into --out.")
+    seed_chunk = flags.DEFINE_integer("seed_chunk", 5, "Seeds added per look of --sequential.")
+    max_seeds = flags.DEFINE_integer("max_seeds", 30, "Cap on the seeds per workdir of --sequential (and the "
+                                     "largest seed count --plan proposes a command for is 100 or this, the larger).")
     flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
     flags.mark_flags_as_required(["workdir"])
 
@@ -255,6 +264,18 @@ def report() -> None:
             for p in paths:
                 if not p.exists():
                     raise ValueError(f"workdir {p} does not exist")
+            if plan.value or sequential.value:
+                from fairprune_jax.report import plan as plan_report
+
+                if sequential.value:
+                    if not out.value:
+                        raise ValueError("--out is required with --sequential")
+                    print(plan_report.run_sequential(paths, pathlib.Path(out.value), chunk=seed_chunk.value,
+                                                     cap=max_seeds.value))
+                    return
+                print(plan_report.write_plan(paths, pathlib.Path(out.value) if out.value else None,
+                                             max_seeds=max(100, max_seeds.value)), end="")
+                return
             if claims.value:
                 from fairprune_jax.report import claims as claims_report
 

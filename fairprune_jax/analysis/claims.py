@@ -1,215 +1,178 @@
-"""The claims table: every claim of the two reference studies, tested on stored results (docs/methods.md §13).
+"""The claims table: every claim of the two reference studies, tested on stored results under the protocol of
+docs/methods.md §14 (declared estimands, both nulls, equivalence margins, Holm within each paper, seed plans).
 
-Each row is one claim in one setting: the paper's statement, our setting, our estimate with its 95% interval, a
-verdict and one generated sentence of why. Units are seeds, so intervals are honest with few of them:
-
-- **Paper 1 (recall distortion).** From each recall run's α_t per network (flagged networks excluded):
-  - within a run, the per-seed mean α_t over a regime's networks (high sparsity: requested ≥ 90%; low: ≤ 50%;
-    MP/GP/UP), with a one-sample t-interval against 1;
-  - criteria compared within a run by the paired per-seed difference, against 0;
-  - datasets or models compared across runs by a Welch interval on the per-seed means (scipy).
-  - For RQ2, two scale-controlled variants of the dataset comparison (`scale_table`): the log-ratio of α_t to
-    α_null = (e_t/e_0)(a_0/a_t), the α_t every network would have if every class's error rate grew by the same
-    factor (what a near-ceiling task's tiny δ0 inflates), and the rank correlation ρ(δ0, δt − δ0), which no
-    rescaling of δ0 changes.
-- **Paper 2 (bias).** From a bias run's per-seed metrics: the paired per-seed difference between the highest
-  sparsity at which every bias amplification value is defined and the dense models (uncertainty, interdependence
-  R², bias amplification), or between a calibrated threshold scheme and the default one; the identification
-  AUROC of the dense-model uncertainty with a Hanley–McNeil interval.
-
-Verdict: reproduced when the interval lies on the claimed side of the null, not reproduced when it lies on the other
-side, inconclusive otherwise.
+One row per claim, null and setting. Seeds are the unit: each row reduces every run to one value per seed
+(`analysis.estimands`) and tests those values (`analysis.decisions`); `finalize` adds the Holm-adjusted verdict
+and the seed plan (`analysis.planning`). Inputs are stored tables and a small typed `RunDescription` per run, never
+a config object or a model: the report layer (`report.claims`) builds both from a workdir.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import math
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from fairprune_jax.analysis import decisions as D
+from fairprune_jax.analysis import estimands as E
+from fairprune_jax.analysis import planning
+
 HIGH, LOW = (0.9, 1.0), (0.0, 0.5)  # requested-sparsity regimes (inclusive)
 STRUCTURED = ("mp", "gp", "up")  # random pruning is the control, never part of a claim
-LEVEL = 0.95
+ALPHA = D.ALPHA
+RATIO_MARGIN = math.log(1.25)  # ratios (α_t vs 1, α_t/α_null, UP/MP, harder/easier): within a factor 1.25
+NULL_WORDS = {"one": "α_t = 1", "uniform": "uniform error growth (α_t = α_null)", "zero": "no difference",
+              "same_uniform": "equal α_t/α_null", "chance": "chance (AUROC 0.5)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDescription:
+    """What the claims need to know about a stored run (built by `report.claims` from config.json and tables)."""
+
+    name: str  # the workdir as given
+    study: str  # "recall" or "bias"
+    dataset: str
+    models: tuple[str, ...]
+    protocol: str
+    criteria: tuple[str, ...]
+    sparsities: tuple[float, ...]
+    num_seeds: int
+    weight_decay: float = 0.0
+    epochs: int = 0  # training epochs (per level for the iterative protocol)
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.0
+    chance: float = 1.5
+    n_params: Mapping[str, int] = dataclasses.field(default_factory=dict)  # model -> parameters
+    sizes_note: str = ""  # where the parameter counts come from, when not from the run's `model_sizes` table
+    missing_units: tuple[str, ...] = ()  # units of the run's design with no stored result (a partial workdir)
+
+    def signature(self, without: str) -> tuple:
+        """The design fields two runs must share to be compared on the remaining one (`dataset` or `models`)."""
+        sig = dict(dataset=self.dataset, models=self.models, protocol=self.protocol, seeds=self.num_seeds,
+                   wd=self.weight_decay, epochs=self.epochs, ft=(self.finetune_epochs, self.finetune_lr),
+                   grid=self.sparsities)
+        sig.pop(without)
+        return tuple(sorted(sig.items()))
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """A claim: which paper, its statement, the sign it predicts for the estimate relative to `null`."""
+    """A claim kind: paper, statement, claimed direction, its null (on the shown scale) and how it is estimated."""
 
     paper: str
     statement: str
     direction: str  # ">" or "<"
-    null: float
+    null: str  # key of NULL_WORDS
+    estimand: str  # words for the table
+    log: bool  # tested on the log scale, shown as a ratio (null 1)
+    margin: float  # equivalence margin on the tested scale (NaN: no equivalence test)
 
 
 CLAIMS = {
-    "high": Claim("1", "Pruning intensifies recall distortion at high sparsity (E[α_t] > 1)", ">", 1.0),
-    "low": Claim("1", "At low sparsity pruning de-intensifies it (E[α_t] < 1)", "<", 1.0),
-    "up_mp": Claim("1", "UP intensifies less than MP (α_t of UP − MP < 0)", "<", 0.0),
-    "up_gp": Claim("1", "UP intensifies less than GP (α_t of UP − GP < 0)", "<", 0.0),
-    "harder": Claim("1", "Harder tasks intensify more (harder − easier > 0)", ">", 0.0),
-    "smaller": Claim("1", "Smaller models intensify more (smaller − larger > 0)", ">", 0.0),
-    "uncertainty": Claim("2", "Uncertainty rises with sparsity (pruned − dense > 0)", ">", 0.0),
-    "interdependence": Claim("2", "Output interdependence (R²) rises with sparsity (pruned − dense > 0)", ">", 0.0),
-    "bias": Claim("2", "Bias amplification rises with sparsity (BA pruned − dense > 0)", ">", 0.0),
-    "identify": Claim("2", "Dense-model uncertainty identifies the samples that change (AUROC > 0.5)", ">", 0.5),
-    "calibration": Claim("2", "Threshold calibration reduces the bias (BA calibrated − default < 0)", "<", 0.0),
+    "high": Claim("1", "Pruning intensifies recall distortion at high sparsity (α_t > 1)", ">", "one",
+                  "typical α_t: geometric mean over seeds of each seed's median α_t", True, RATIO_MARGIN),
+    "high_uniform": Claim("1", "At high sparsity it intensifies more than uniform error growth would "
+                          "(α_t > α_null)", ">", "uniform",
+                          "α_t/α_null: exp of the mean over seeds of each seed's mean log(α_t/α_null)", True,
+                          RATIO_MARGIN),
+    "low": Claim("1", "At low sparsity pruning de-intensifies it (α_t < 1)", "<", "one",
+                 "typical α_t: geometric mean over seeds of each seed's median α_t", True, RATIO_MARGIN),
+    "low_uniform": Claim("1", "At low sparsity it distorts less than uniform error growth would (α_t < α_null)",
+                         "<", "uniform", "α_t/α_null: exp of the mean over seeds of each seed's mean "
+                         "log(α_t/α_null)", True, RATIO_MARGIN),
+    "rises": Claim("1", "Recall distortion rises with sparsity (slope of α_t on log 1/(1 − s) > 0)", ">", "zero",
+                   "mean over seeds of each seed's OLS slope of α_t (mean over criteria) on log 1/(1 − s)", False,
+                   np.nan),
+    "up_mp": Claim("1", "UP intensifies less than MP at high sparsity (UP/MP < 1)", "<", "zero",
+                   "ratio of typical α_t, UP over MP, paired by seed", True, RATIO_MARGIN),
+    "up_mp_uniform": Claim("1", "UP intensifies less than MP beyond uniform error growth (UP/MP of α_t/α_null < 1)",
+                           "<", "same_uniform", "ratio of α_t/α_null, UP over MP, paired by seed", True, RATIO_MARGIN),
+    "up_gp": Claim("1", "UP intensifies less than GP at high sparsity (UP/GP < 1)", "<", "zero",
+                   "ratio of typical α_t, UP over GP, paired by seed", True, RATIO_MARGIN),
+    "up_gp_uniform": Claim("1", "UP intensifies less than GP beyond uniform error growth (UP/GP of α_t/α_null < 1)",
+                           "<", "same_uniform", "ratio of α_t/α_null, UP over GP, paired by seed", True, RATIO_MARGIN),
+    "harder": Claim("1", "Harder tasks intensify more (harder/easier > 1)", ">", "zero",
+                    "ratio of typical α_t at high sparsity, harder over easier (Welch on the log)", True,
+                    RATIO_MARGIN),
+    "harder_uniform": Claim("1", "Harder tasks intensify more beyond uniform error growth (ratio of α_t/α_null > 1)",
+                            ">", "same_uniform", "ratio of α_t/α_null, harder over easier (Welch on the log)", True,
+                            RATIO_MARGIN),
+    "harder_rank": Claim("1", "Harder tasks intensify more, by ranks (difference of Spearman ρ(δ0, δt − δ0) > 0)",
+                         ">", "zero", "difference of the mean per-seed ρ, harder − easier (Welch)", False, 0.1),
+    "smaller": Claim("1", "Smaller models intensify more (smaller/larger > 1)", ">", "zero",
+                     "ratio of typical α_t at high sparsity, smaller over larger (Welch on the log)", True,
+                     RATIO_MARGIN),
+    "smaller_uniform": Claim("1", "Smaller models intensify more beyond uniform error growth (ratio of α_t/α_null > 1)",
+                             ">", "same_uniform", "ratio of α_t/α_null, smaller over larger (Welch on the log)", True,
+                             RATIO_MARGIN),
+    "uncertainty": Claim("2", "Uncertainty rises with sparsity (pruned − dense > 0)", ">", "zero",
+                         "mean over seeds of the pruned − dense difference of mean uncertainty", False, 0.02),
+    "interdependence": Claim("2", "Output interdependence (R²) rises with sparsity (pruned − dense > 0)", ">", "zero",
+                             "mean over seeds of the pruned − dense difference of mean R²", False, 0.05),
+    "bias": Claim("2", "Bias amplification rises with sparsity (BA pruned − dense > 0)", ">", "zero",
+                  "mean over seeds of the pruned − dense difference of mean BA", False, 0.02),
+    "identify": Claim("2", "Dense-model uncertainty identifies the samples that change (AUROC > 0.5)", ">", "chance",
+                      "AUROC of the dense-model uncertainty for the CIEs (Hanley–McNeil)", False, 0.05),
+    "calibration": Claim("2", "Threshold calibration reduces the bias (BA calibrated − default < 0)", "<", "zero",
+                         "mean over seeds of the calibrated − default difference of mean BA", False, 0.02),
 }
 
 
+# ---------------------------------------------------------------------------------------------- runs
+
 @dataclasses.dataclass(frozen=True)
 class RecallRun:
-    """One recall run: a name, its stored config, and its α_t table (`intensification.alpha`) with `long`."""
+    """One recall run: its description and its per-network table (`intensification.alpha` with the columns of
+    `scale_table`), diverged networks left out; `agreement` is the run's mask agreement between criteria."""
 
-    name: str
-    config: Any
+    run: RunDescription
     alpha: pd.DataFrame
-    long: pd.DataFrame
-    agreement: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)  # (a, b) -> `mask_agreement`
+    agreement: Mapping[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def seeds(self) -> list:
+        return sorted(self.alpha["seed"].unique())
+
+    def first(self, n: int) -> "RecallRun":
+        """The run restricted to its first `n` seeds (a look of the sequential mode)."""
+        keep = set(self.seeds[:n])
+        return dataclasses.replace(self, alpha=self.alpha[self.alpha["seed"].isin(keep)])
+
+    def criteria(self, among: Sequence[str] = STRUCTURED) -> list[str]:
+        have = set(self.alpha["criterion"])
+        return [c for c in among if c in have]
+
+    def grid(self, regime: tuple[float, float] = (0.0, 1.0)) -> list[float]:
+        s = sorted(self.alpha["requested_sparsity"].unique())
+        return [x for x in s if regime[0] <= x <= regime[1]]
+
+    def per_seed(self, value: str, stat: Callable[[np.ndarray], np.ndarray], *, regime: tuple[float, float],
+                 criteria: Sequence[str]) -> pd.Series:
+        """`stat` of each seed's networks of `criteria` in `regime` (flagged networks excluded), by seed."""
+        seeds, arr = E.network_array(self.alpha, value, criteria=list(criteria), sparsities=self.grid(regime))
+        return pd.Series(stat(arr), index=seeds)
 
 
-def verdict(claim: Claim, low: float, high: float) -> str:
-    """reproduced / not reproduced / inconclusive from a (low, high) interval and the claim's direction."""
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return "inconclusive"
-    above, below = low > claim.null, high < claim.null
-    if claim.direction == ">":
-        return "reproduced" if above else "not reproduced" if below else "inconclusive"
-    return "reproduced" if below else "not reproduced" if above else "inconclusive"
+def recall_run(run: RunDescription, recall: pd.DataFrame, *, agreement: Mapping | None = None) -> RecallRun:
+    """A `RecallRun` from a stored recall table (diverged networks left out)."""
+    from fairprune_jax.analysis import intensification
 
-
-def _why(claim: Claim, est: float, low: float, high: float, n: str, what: str) -> str:
-    side = ("lies above" if low > claim.null else "lies below" if high < claim.null else "includes")
-    return f"{what} = {est:.3g} [{low:.3g}, {high:.3g}] ({n}); the interval {side} {claim.null:g}."
-
-
-def row(key: str, setting: str, est: float, low: float, high: float, n: str, what: str, note: str = "") -> dict:
-    """One claims-table row."""
-    c = CLAIMS[key]
-    why = _why(c, est, low, high, n, what) + (f" {note}" if note else "")
-    return dict(claim=key, paper=c.paper, statement=c.statement, setting=setting, estimate=est, ci_low=low,
-                ci_high=high, n=n, verdict=verdict(c, low, high), why=why)
-
-
-# ---------------------------------------------------------------------------------------------- intervals
-
-def one_sample(x: Sequence[float], null: float, level: float = LEVEL) -> tuple[float, float, float, int]:
-    """(mean, low, high, n): the t-interval of the mean (`stats.tier_a`)."""
-    from fairprune_jax.analysis import stats
-
-    r = stats.tier_a(np.asarray(x, float), level=level, null=null)
-    return r["mean"], r["ci_low"], r["ci_high"], r["n"]
-
-
-def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """(mean(a) − mean(b), low, high): Welch's interval (scipy.stats.ttest_ind, unequal variances)."""
-    from scipy import stats as sps
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) < 2 or len(b) < 2:
-        return float(np.mean(a) - np.mean(b)) if len(a) and len(b) else np.nan, np.nan, np.nan
-    ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=level)
-    return float(a.mean() - b.mean()), float(ci.low), float(ci.high)
-
-
-def hanley_mcneil(auc: float, n_pos: int, n_neg: int, level: float = LEVEL) -> tuple[float, float]:
-    """Normal interval of an AUROC from its numbers of positives and negatives (Hanley & McNeil, 1982)."""
-    from scipy import stats as sps
-
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
-    z = sps.norm.ppf(0.5 + level / 2)
-    half = z * np.sqrt(max(var, 0.0))
-    return auc - half, auc + half
-
-
-# ---------------------------------------------------------------------------------------------- paper 1
-
-def seed_means(alpha: pd.DataFrame, *, regime: tuple[float, float], criteria: Sequence[str] = STRUCTURED,
-               value: str = "alpha") -> pd.Series:
-    """Per-seed mean of `value` over the unflagged networks of `criteria` whose requested sparsity is in `regime`."""
-    lo, hi = regime
-    sel = alpha[alpha["criterion"].isin(criteria) & alpha["requested_sparsity"].between(lo, hi)
-                & ~alpha["flagged"].astype(bool)]
-    sel = sel[np.isfinite(sel[value].to_numpy(float))]
-    return sel.groupby("seed")[value].mean()
-
-
-def describe(run: RecallRun, regime: tuple[float, float] | None = None, criteria: Sequence[str] = STRUCTURED,
-             omit: str = "") -> str:
-    """Our setting in words: dataset · model · protocol · seeds · weight decay · criteria · regime (`omit`
-    "dataset" or "model" leaves that field out, for comparisons that name it already)."""
-    c = run.config
-    wd = float(c.train.optimizer.weight_decay)
-    models = "/".join(sorted(run.alpha["model"].unique()))
-    proto = c.prune.protocol + (f" ({int(c.train.epochs)} epochs/level)" if c.prune.protocol == "iterative" else "")
-    grid = sorted(run.alpha["requested_sparsity"].unique())
-    if regime is not None:
-        grid = [s for s in grid if regime[0] <= s <= regime[1]]
-    span = f"{100 * min(grid):.0f}–{100 * max(grid):.0f}%" if grid else "no sparsity in range"
-    crit = "/".join(x.upper() for x in criteria)
-    fields = {"dataset": c.dataset, "model": models}
-    head = " · ".join(v for k, v in fields.items() if k != omit)
-    return f"{head} · {proto} · {int(c.num_seeds)} seeds · wd {wd:g} · {crit} at {span}"
-
-
-def regime_rows(run: RecallRun) -> list[dict]:
-    """The high- and low-sparsity claims in one run."""
-    out = []
-    for key, regime in (("high", HIGH), ("low", LOW)):
-        crits = [c for c in STRUCTURED if c in set(run.alpha["criterion"])]
-        m = seed_means(run.alpha, regime=regime, criteria=crits)
-        if m.empty:
-            continue
-        est, lo, hi, n = one_sample(m.to_numpy(), CLAIMS[key].null)
-        out.append(row(key, describe(run, regime, crits), est, lo, hi, f"{n} seeds",
-                       "mean over seeds of the mean α_t"))
-    return out
-
-
-def criterion_rows(run: RecallRun) -> list[dict]:
-    """UP − MP and UP − GP at high sparsity, paired by seed."""
-    out = []
-    have = set(run.alpha["criterion"])
-    for key, other in (("up_mp", "mp"), ("up_gp", "gp")):
-        if not {"up", other} <= have:
-            continue
-        up = seed_means(run.alpha, regime=HIGH, criteria=("up",))
-        ref = seed_means(run.alpha, regime=HIGH, criteria=(other,))
-        diff = (up - ref).dropna()
-        if diff.empty:
-            continue
-        est, lo, hi, n = one_sample(diff.to_numpy(), 0.0)
-        note = f"UP {up.mean():.3g} vs {other.upper()} {ref.mean():.3g}."
-        if ("up", other) in run.agreement:
-            note += (f" {100 * run.agreement[('up', other)]:.1f}% of the weights UP keeps are kept by "
-                     f"{other.upper()} too (mean over seeds and sparsities).")
-        out.append(row(key, describe(run, HIGH, ("up", other)), est, lo, hi, f"{n} seeds, paired",
-                       f"E[α_t] UP − {other.upper()}", note))
-    return out
-
-
-def compare_rows(key: str, harder: RecallRun, easier: RecallRun, label: str, *, value: str = "alpha",
-                 table: tuple[pd.DataFrame, pd.DataFrame] | None = None, what: str = "E[α_t]",
-                 omit: str = "dataset") -> dict | None:
-    """A Welch comparison of per-seed high-sparsity means between two runs (harder/smaller minus the other)."""
-    a_h, a_e = table if table is not None else (harder.alpha, easier.alpha)
-    crits = [c for c in STRUCTURED if c in set(a_h["criterion"]) & set(a_e["criterion"])]
-    mh, me = (seed_means(t, regime=HIGH, criteria=crits, value=value) for t in (a_h, a_e))
-    if mh.empty or me.empty:
-        return None
-    est, lo, hi = welch(mh.to_numpy(), me.to_numpy())
-    setting = f"{label} · {describe(harder, HIGH, crits, omit=omit)}"
-    return row(key, setting, est, lo, hi, f"{len(mh)} vs {len(me)} seeds, Welch",
-               f"{what} difference", f"{mh.mean():.3g} vs {me.mean():.3g}.")
+    if "diverged" in recall:
+        recall = recall[~recall["diverged"].astype(bool)]
+    long = intensification.long_table(recall.reset_index(drop=True), chance=run.chance)
+    return RecallRun(run, scale_table(long, intensification.alpha(long)), dict(agreement or {}))
 
 
 def scale_table(long: pd.DataFrame, alpha: pd.DataFrame) -> pd.DataFrame:
-    """α_t with its two scale-controlled companions per network: `log_excess` = log(α_t / α_null) with
-    α_null = (e_t/e_0)(a_0/a_t) (uniform error growth; NaN unless both are positive) and `rank_rho` =
-    Spearman ρ(δ0, δt − δ0) over the network's classes."""
+    """α_t with its two scale-controlled companions per network: `alpha_null` = (e_t/e_0)(a_0/a_t) (uniform error
+    growth), `log_excess` = log(α_t/α_null) (NaN unless both are positive) and `rank_rho` = Spearman
+    ρ(δ0, δt − δ0) over the network's classes."""
     from scipy import stats as sps
 
     keys = ["dataset", "model", "criterion", "seed", "level"]
@@ -231,88 +194,178 @@ def scale_table(long: pd.DataFrame, alpha: pd.DataFrame) -> pd.DataFrame:
     return out.merge(r, on=keys, how="left")
 
 
+# ---------------------------------------------------------------------------------------------- rows
+
+def describe(run: RunDescription, regime: tuple[float, float] | None, criteria: Sequence[str], grid: Sequence[float],
+             omit: str = "") -> str:
+    """Our setting in words: dataset · model · protocol · seeds · weight decay · criteria · regime."""
+    proto = run.protocol + (f" ({run.epochs} epochs/level)" if run.protocol == "iterative" else "")
+    span = (f"{100 * min(grid):.0f}–{100 * max(grid):.0f}%" if grid else "no sparsity in range")
+    fields = {"dataset": run.dataset, "model": "/".join(run.models)}
+    head = " · ".join(v for k, v in fields.items() if k != omit)
+    return f"{head} · {proto} · {{seeds}} seeds · wd {run.weight_decay:g} · {'/'.join(c.upper() for c in criteria)} " \
+           f"at {span}"
+
+
+def _row(key: str, setting: str, test: D.Test, runs: Sequence[RunDescription], n_text: str, note: str = "",
+         values: Mapping[str, pd.Series] | None = None) -> dict:
+    """One row: the claim, our setting, the test on its scale and on the shown scale, the raw verdict."""
+    c = CLAIMS[key]
+    show = np.exp if c.log else (lambda x: x)
+    null_shown = 1.0 if c.log else test.null
+    partial = "; ".join(f"{r.name}: {', '.join(r.missing_units)}" for r in runs if r.missing_units)
+    seeds = test.seeds
+    return dict(claim=key, paper=c.paper, statement=c.statement, null=NULL_WORDS[c.null], estimand=c.estimand,
+                setting=setting.replace("{seeds}", str(seeds)), scale="log" if c.log else "linear",
+                estimate=float(show(test.estimate)), ci_low=float(show(test.ci_low)), ci_high=float(show(test.ci_high)),
+                null_value=null_shown, margin_low=float(show(test.null - c.margin)) if np.isfinite(c.margin) else np.nan,
+                margin_high=float(show(test.null + c.margin)) if np.isfinite(c.margin) else np.nan,
+                mean=test.estimate, sd=planning.spread(test), seeds=seeds, n=n_text, test=test.kind, p=test.p,
+                p_tost=test.p_tost,
+                verdict_raw=D.verdict(c.direction, test.estimate, test.null, test.p, test.p_tost),
+                workdirs=" | ".join(r.name for r in runs), partial=partial, note=note,
+                _test=test, _values=dict(values or {}))
+
+
+def _paired(key: str, run: RecallRun, a: pd.Series, b: pd.Series, setting: str, note: str = "") -> dict | None:
+    d = (a - b).replace([np.inf, -np.inf], np.nan).dropna()
+    if d.empty:
+        return None
+    c = CLAIMS[key]
+    test = D.t_test(d.to_numpy(), 0.0, c.margin)
+    return _row(key, setting, test, [run.run], f"{test.seeds} seeds, paired", note, {run.name: d})
+
+
+def regime_rows(run: RecallRun) -> list[dict]:
+    """High and low sparsity against α_t = 1 and against uniform error growth, and the trend over sparsity."""
+    out = []
+    crits = run.criteria()
+    for key, regime in (("high", HIGH), ("low", LOW)):
+        grid = run.grid(regime)
+        if not grid or not crits:
+            continue
+        setting = describe(run.run, regime, crits, grid)
+        for k, value, stat in ((key, "alpha", E.seed_log_median), (f"{key}_uniform", "log_excess", E.seed_mean)):
+            v = run.per_seed(value, stat, regime=regime, criteria=crits).replace([np.inf, -np.inf], np.nan).dropna()
+            if v.empty:
+                continue
+            test = D.t_test(v.to_numpy(), 0.0, CLAIMS[k].margin)
+            out.append(_row(k, setting, test, [run.run], f"{test.seeds} seeds", values={run.name: v}))
+    grid = run.grid()
+    if len(grid) >= 3 and crits:
+        v = run.per_seed("alpha", lambda a: E.seed_trend_ols(a, grid), regime=(0.0, 1.0), criteria=crits).dropna()
+        if not v.empty:
+            test = D.t_test(v.to_numpy(), 0.0, CLAIMS["rises"].margin)
+            out.append(_row("rises", describe(run.run, None, crits, grid), test, [run.run], f"{test.seeds} seeds",
+                            values={run.name: v}))
+    return out
+
+
+def criterion_rows(run: RecallRun) -> list[dict]:
+    """UP against MP and against GP at high sparsity, paired by seed, on α_t and on α_t/α_null."""
+    out = []
+    for key, other in (("up_mp", "mp"), ("up_gp", "gp")):
+        if not {"up", other} <= set(run.criteria()):
+            continue
+        grid = run.grid(HIGH)
+        if not grid:
+            continue
+        setting = describe(run.run, HIGH, ("up", other), grid)
+        up, ref = (run.per_seed("alpha", E.seed_log_median, regime=HIGH, criteria=(c,)) for c in ("up", other))
+        note = f"Typical α_t UP {np.exp(up.mean()):.3g} vs {other.upper()} {np.exp(ref.mean()):.3g}."
+        if ("up", other) in run.agreement:
+            note += (f" {100 * run.agreement[('up', other)]:.1f}% of the weights UP keeps are kept by "
+                     f"{other.upper()} too (mean over seeds and sparsities).")
+        elif run.run.protocol == "one_shot":
+            note += " Mask agreement not stored in this workdir."
+        row = _paired(key, run, up, ref, setting, note)
+        out += [row] if row else []
+        up_u, ref_u = (run.per_seed("log_excess", E.seed_mean, regime=HIGH, criteria=(c,)) for c in ("up", other))
+        row = _paired(f"{key}_uniform", run, up_u, ref_u, setting)
+        out += [row] if row else []
+    return out
+
+
+def _pairs(runs: Sequence[RecallRun], *, differ: str) -> list[tuple[RecallRun, RecallRun]]:
+    """Pairs of runs equal in every design field but `differ` ("dataset" or "models")."""
+    out = []
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            if a.run.signature(differ) == b.run.signature(differ) and getattr(a.run, differ) != getattr(b.run, differ):
+                out.append((a, b))
+    return out
+
+
+def _welch(key: str, first: RecallRun, second: RecallRun, value: str, stat, label: str, omit: str,
+           note: str = "") -> dict | None:
+    crits = [c for c in STRUCTURED if c in set(first.criteria()) & set(second.criteria())]
+    a, b = (r.per_seed(value, stat, regime=HIGH, criteria=crits).replace([np.inf, -np.inf], np.nan).dropna()
+            for r in (first, second))
+    if a.empty or b.empty:
+        return None
+    test = D.welch_test(a.to_numpy(), b.to_numpy(), CLAIMS[key].margin)
+    setting = f"{label} · {describe(first.run, HIGH, crits, first.grid(HIGH), omit=omit)}"
+    return _row(key, setting, test, [first.run, second.run], f"{len(a)} vs {len(b)} seeds, Welch", note,
+                {first.name: a, second.name: b})
+
+
 def dataset_rows(runs: Sequence[RecallRun]) -> list[dict]:
-    """RQ2: runs alike but for the dataset, the harder one (lower dense accuracy) minus the easier; raw α_t and
-    the two scale-controlled measures of `scale_table`."""
+    """RQ2: runs alike but for the dataset, the harder one (lower dense accuracy) against the easier."""
     out = []
     for a, b in _pairs(runs, differ="dataset"):
         hard, easy = (a, b) if _dense_accuracy(a) < _dense_accuracy(b) else (b, a)
-        label = f"{hard.config.dataset} (dense acc {_dense_accuracy(hard):.3f}) vs {easy.config.dataset} " \
-                f"({_dense_accuracy(easy):.3f})"
-        out.append(compare_rows("harder", hard, easy, label))
-        scaled = (scale_table(hard.long, hard.alpha), scale_table(easy.long, easy.alpha))
-        out.append(compare_rows("harder", hard, easy, label + " · δ0-scale controlled: log(α_t / α_null)",
-                                value="log_excess", table=scaled, what="mean log(α_t/α_null)"))
-        out.append(compare_rows("harder", hard, easy, label + " · rank-based: Spearman ρ(δ0, δt − δ0)",
-                                value="rank_rho", table=scaled, what="mean ρ"))
+        label = (f"{hard.run.dataset} (dense acc {_dense_accuracy(hard):.3f}) vs {easy.run.dataset} "
+                 f"({_dense_accuracy(easy):.3f})")
+        out += [_welch("harder", hard, easy, "alpha", E.seed_log_median, label, "dataset"),
+                _welch("harder_uniform", hard, easy, "log_excess", E.seed_mean, label, "dataset"),
+                _welch("harder_rank", hard, easy, "rank_rho", E.seed_mean, label, "dataset")]
     return [r for r in out if r is not None]
 
 
 def model_rows(runs: Sequence[RecallRun]) -> list[dict]:
-    """RQ3: runs alike but for the model, the smaller one (fewer parameters) minus the larger."""
+    """RQ3: runs alike but for the model, the smaller one (fewer parameters) against the larger."""
     out = []
     for a, b in _pairs(runs, differ="models"):
-        small, large = (a, b) if _n_params(a) < _n_params(b) else (b, a)
-        label = f"{small.alpha['model'].iloc[0]} ({_n_params(small):,} parameters) vs {large.alpha['model'].iloc[0]} " \
-                f"({_n_params(large):,})"
-        out.append(compare_rows("smaller", small, large, label, omit="model"))
+        na, nb = _n_params(a), _n_params(b)
+        if na is None or nb is None or na == nb:
+            continue
+        small, large = (a, b) if na < nb else (b, a)
+        label = (f"{'/'.join(small.run.models)} ({_n_params(small):,} parameters) vs {'/'.join(large.run.models)} "
+                 f"({_n_params(large):,})")
+        note = " ".join(dict.fromkeys(r.run.sizes_note for r in (small, large) if r.run.sizes_note))
+        out += [_welch("smaller", small, large, "alpha", E.seed_log_median, label, "model", note),
+                _welch("smaller_uniform", small, large, "log_excess", E.seed_mean, label, "model", note)]
     return [r for r in out if r is not None]
-
-
-def _signature(run: RecallRun, without: str) -> tuple:
-    c = run.config
-    sig = dict(dataset=c.dataset, models=tuple(c.models), protocol=c.prune.protocol, seeds=int(c.num_seeds),
-               wd=float(c.train.optimizer.weight_decay), epochs=int(c.train.epochs),
-               ft=(int(c.finetune.epochs), float(c.finetune.optimizer.lr)), grid=tuple(c.prune.sparsities))
-    sig.pop(without)
-    return tuple(sorted(sig.items()))
-
-
-def _pairs(runs: Sequence[RecallRun], *, differ: str) -> list[tuple[RecallRun, RecallRun]]:
-    """Pairs of runs equal in every design field but `differ` (dataset or models)."""
-    out = []
-    for i, a in enumerate(runs):
-        for b in runs[i + 1:]:
-            if _signature(a, differ) == _signature(b, differ) and (
-                    a.config.dataset != b.config.dataset if differ == "dataset"
-                    else tuple(a.config.models) != tuple(b.config.models)):
-                out.append((a, b))
-    return out
 
 
 def _dense_accuracy(run: RecallRun) -> float:
     return float(run.alpha.groupby("seed")["a0"].first().mean())
 
 
-def model_spec(config: Any) -> Any:
-    """The ModelSpec of a recall run's (first) model on its dataset."""
-    from fairprune_jax import data as data_lib
-    from fairprune_jax import models as models_lib
-
-    info = data_lib.info(config.dataset)
-    return models_lib.get_model(config.models[0], num_outputs=info.num_classes, input_shape=info.image_shape)
-
-
-def _n_params(run: RecallRun) -> int:
-    """Parameters of the run's (first) model, from its shapes."""
-    import jax
-
-    params = jax.eval_shape(model_spec(run.config).init, jax.random.key(0))["params"]
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+def _n_params(run: RecallRun) -> int | None:
+    counts = [run.run.n_params.get(m) for m in run.run.models]
+    return None if any(c is None for c in counts) else int(sum(counts))
 
 
 # ---------------------------------------------------------------------------------------------- paper 2
 
-def bias_rows(config: Any, metrics: pd.DataFrame, identification: pd.DataFrame) -> list[dict]:
-    """Paper 2's claims in one bias run: the highest sparsity with every BA value defined vs the dense models."""
+def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC from its numbers of positives and negatives (Hanley & McNeil, 1982)."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+def bias_rows(run: RunDescription, metrics: pd.DataFrame, identification: pd.DataFrame) -> list[dict]:
+    """Paper 2's claims in one bias run: the highest sparsity with every BA value defined against the dense models."""
     m = metrics
     ba = m[(m["metric"] == "ba") & (m["scheme"] == "default") & (m["population"] == "sparse")]
     full = [s for s, g in ba.groupby("sparsity") if g["value"].notna().all()]
     if not full:
         return []
     s_high = float(max(full))
-    setting = (f"{config.dataset} · {config.model} · {config.prune.protocol} {config.prune.criterion.upper()} · "
-               f"{int(config.num_seeds)} seeds · {100 * s_high:.0f}% (highest sparsity with every BA defined)")
+    setting = (f"{run.dataset} · {'/'.join(run.models)} · {run.protocol} {'/'.join(c.upper() for c in run.criteria)}"
+               f" · {{seeds}} seeds · {100 * s_high:.0f}% (highest sparsity with every BA defined)")
 
     def per_seed(metric: str, population: str, scheme: str = "default") -> pd.Series:
         sel = m[(m["metric"] == metric) & (m["scheme"] == scheme) & (m["population"] == population)]
@@ -321,75 +374,87 @@ def bias_rows(config: Any, metrics: pd.DataFrame, identification: pd.DataFrame) 
         return sel.groupby("seed")["value"].mean()
 
     out = []
-    for key, metric, what in (("uncertainty", "uncertainty", "mean uncertainty"),
-                              ("interdependence", "r2", "mean interdependence R²"),
-                              ("bias", "ba", "mean BA")):
+    for key, metric, what in (("uncertainty", "uncertainty", "uncertainty"), ("interdependence", "r2", "R²"),
+                              ("bias", "ba", "BA")):
         sp, de = per_seed(metric, "sparse"), per_seed(metric, "dense")
         d = (sp - de).dropna()
-        est, lo, hi, n = one_sample(d.to_numpy(), 0.0)
-        out.append(row(key, setting + " vs dense", est, lo, hi, f"{n} seeds, paired", f"{what}, pruned − dense",
-                       f"{sp.mean():.3g} vs {de.mean():.3g}."))
+        test = D.t_test(d.to_numpy(), 0.0, CLAIMS[key].margin)
+        out.append(_row(key, setting + " vs dense", test, [run], f"{test.seeds} seeds, paired",
+                        f"Mean {what} {sp.mean():.3g} pruned vs {de.mean():.3g} dense.", {run.name: d}))
     ident = identification[np.isclose(identification["sparsity"].astype(float), s_high)
                            & (identification["subset"] == "all")]
     unc, rnd = ident[ident["criterion"] == "uncertainty"], ident[ident["criterion"] == "random"]
     if not unc.empty:
         r = unc.iloc[0]
-        lo, hi = hanley_mcneil(float(r["auroc"]), int(r["n_cie"]), int(r["n"] - r["n_cie"]))
+        auc, n_pos, n = float(r["auroc"]), int(r["n_cie"]), int(r["n"])
+        test = D.normal_test(auc, hanley_mcneil_se(auc, n_pos, n - n_pos), 0.5, CLAIMS["identify"].margin,
+                             n=run.num_seeds)
         note = (f"Random score: {float(rnd.iloc[0]['auroc']):.3f}. " if not rnd.empty else "") + \
-               "Units are sample × attribute pairs pooled over seeds, so the interval is optimistic."
-        out.append(row("identify", setting, float(r["auroc"]), lo, hi, f"{int(r['n_cie'])} changed of {int(r['n'])}",
-                       "AUROC of the dense uncertainty for the CIEs", note))
+            f"{n_pos} changed of {n} sample × attribute pairs, pooled over seeds, so the interval is optimistic."
+        out.append(_row("identify", setting, test, [run], f"{n_pos} changed of {n}", note))
     base = per_seed("ba", "sparse")
     for scheme in ("global", "group"):
         d = (per_seed("ba", "sparse", scheme) - base).dropna()
         if d.empty:
             continue
-        est, lo, hi, n = one_sample(d.to_numpy(), 0.0)
-        out.append(row("calibration", f"{setting}, {scheme} thresholds", est, lo, hi, f"{n} seeds, paired",
-                       f"mean BA, {scheme} − default thresholds"))
+        test = D.t_test(d.to_numpy(), 0.0, CLAIMS["calibration"].margin)
+        out.append(_row("calibration", f"{setting}, {scheme} thresholds", test, [run], f"{test.seeds} seeds, paired",
+                        values={run.name: d}))
     return out
 
 
 # ---------------------------------------------------------------------------------------------- table
 
-def recall_run(name: str, config: Any, recall: pd.DataFrame, *, chance: float = 1.5,
-               agreement: dict[tuple[str, str], float] | None = None) -> RecallRun:
-    """α_t and the long table of a stored recall table (diverged networks left out)."""
-    from fairprune_jax.analysis import intensification
-
-    if "diverged" in recall:
-        recall = recall[~recall["diverged"].astype(bool)]
-    long = intensification.long_table(recall.reset_index(drop=True), chance=chance)
-    return RecallRun(name, config, intensification.alpha(long), long, dict(agreement or {}))
+PUBLIC = ("claim", "paper", "statement", "null", "estimand", "setting", "scale", "estimate", "ci_low", "ci_high",
+          "null_value", "margin_low", "margin_high", "mean", "sd", "seeds", "n", "test", "p", "p_holm", "p_tost",
+          "p_tost_holm", "verdict_raw", "verdict", "alpha_plan", "mde", "seeds_needed", "route", "workdirs",
+          "partial", "note")
 
 
-def mask_agreement(masks: dict[str, Any], sparsities: Sequence[float], prunable: Any,
-                   pairs: Sequence[tuple[str, str]] = (("up", "mp"), ("up", "gp"))) -> dict[tuple[str, str], float]:
-    """Mean `masks.agreement` over seeds and the high-sparsity grid points, for each pair of criteria whose masks
-    [S, 1, P, ...] are given."""
-    from fairprune_jax import masks as masks_lib
-
-    high = [i for i, s in enumerate(sparsities) if HIGH[0] <= s <= HIGH[1]]
-    out = {}
-    for a, b in pairs:
-        if a in masks and b in masks and high:
-            agree = np.asarray(masks_lib.agreement(masks[a], masks[b], prunable, lead=3))
-            out[(a, b)] = float(np.nanmean(agree[:, :, high]))
-    return out
-
-
-def build(recall_runs: Sequence[RecallRun], bias_runs: Sequence[tuple[Any, pd.DataFrame, pd.DataFrame]]
-          ) -> pd.DataFrame:
-    """The claims table, ordered by claim: every applicable run for within-run claims, every comparable pair of runs
-    for RQ2/RQ3, every bias run (config, metrics table, identification table) for paper 2."""
+def build(recall_runs: Sequence[RecallRun], bias_runs: Sequence[tuple[RunDescription, pd.DataFrame, pd.DataFrame]],
+          *, with_values: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """The claims table (columns `PUBLIC`), ordered by claim: every applicable run for within-run claims, every
+    comparable pair of runs for RQ2/RQ3, every bias run (description, metrics, identification) for paper 2; then
+    `finalize`d. With `with_values`, also the per-seed values behind each row (`row`, `workdir`, `seed`, `value`)."""
     rows: list[dict] = []
     for run in recall_runs:
         rows += regime_rows(run) + criterion_rows(run)
     rows += dataset_rows(recall_runs) + model_rows(recall_runs)
-    for config, metrics, ident in bias_runs:
-        rows += bias_rows(config, metrics, ident)
+    for run, metrics, ident in bias_runs:
+        rows += bias_rows(run, metrics, ident)
     if not rows:
         raise ValueError("claims: no claim could be tested on these workdirs (give recall and/or bias runs)")
     order = {k: i for i, k in enumerate(CLAIMS)}
-    df = pd.DataFrame(rows)
-    return df.sort_values("claim", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    rows = sorted(rows, key=lambda r: order[r["claim"]])  # stable: runs keep their order within a claim
+    table = finalize(pd.DataFrame(rows))
+    if not with_values:
+        return table[list(PUBLIC)]
+    vals = [pd.DataFrame({"row": i, "workdir": wd, "seed": v.index, "value": v.to_numpy(float)})
+            for i, r in enumerate(rows) for wd, v in r["_values"].items()]
+    return table[list(PUBLIC)], (pd.concat(vals, ignore_index=True) if vals else pd.DataFrame(
+        columns=["row", "workdir", "seed", "value"]))
+
+
+def finalize(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Holm within each paper (difference and TOST p separately), the adjusted verdict, and the seed plan at the
+    level Holm would give each row next: α / (rows of its paper not rejected after adjustment)."""
+    out = table.copy()
+    out["p_holm"], out["p_tost_holm"], out["verdict"] = np.nan, np.nan, D.UNDECIDED
+    for _, idx in out.groupby("paper", sort=False).groups.items():
+        out.loc[idx, "p_holm"] = D.holm(out.loc[idx, "p"].to_numpy(float))
+        out.loc[idx, "p_tost_holm"] = D.holm(out.loc[idx, "p_tost"].to_numpy(float))
+    out["verdict"] = [D.verdict(CLAIMS[k].direction, t.estimate, t.null, p, q, alpha)
+                      for k, t, p, q in zip(out["claim"], out["_test"], out["p_holm"], out["p_tost_holm"])]
+    plans = []
+    for paper, g in out.groupby("paper", sort=False):
+        open_rows = int((~g["verdict"].isin([D.REPRODUCED, D.NOT_REPRODUCED])).sum())
+        level = alpha / max(open_rows, 1)
+        for i in g.index:
+            decided = out.at[i, "verdict"] != D.UNDECIDED
+            pl = planning.plan(out.at[i, "_test"], level)
+            plans.append((i, level, pl.mde, np.nan if decided else pl.seeds_needed, "" if decided else pl.route))
+    for i, level, mde, need, route in plans:
+        out.loc[i, ["alpha_plan", "mde", "seeds_needed", "route"]] = [level, mde, need, route]
+    log = out["scale"] == "log"
+    out.loc[log, "mde"] = np.exp(out.loc[log, "mde"].astype(float))  # shown as a factor, like the estimate
+    return out
