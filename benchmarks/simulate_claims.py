@@ -23,6 +23,7 @@ from tqdm import tqdm
 from fairprune_jax import results
 from fairprune_jax.analysis import estimand_study as ES
 from fairprune_jax.analysis import intensification
+from fairprune_jax.analysis import sequential as S
 from fairprune_jax.analysis import simulation as SIM
 from fairprune_jax.report import writer as W
 
@@ -43,6 +44,38 @@ def _load(path: str) -> tuple[str, str, pd.DataFrame, pd.DataFrame]:
     return name, str(wd.config.dataset), long, intensification.alpha(long)
 
 
+DESIGN = S.Design(5, 5, 30)
+
+
+def _sequential(sel: pd.DataFrame, pops, args) -> pd.DataFrame:
+    """Type-I error of the sequential mode on exact nulls, and its seeds and power on the fitted populations, for the
+    kept estimand of each one-sample claim kind (and UP against GP on an exchangeable pair, an exact null)."""
+    chosen = {r.claim: r.candidate for r in sel.itertuples() if r.chosen}
+    cands = {(c.claim, c.name): c for c in ES.candidates()}
+    rows = []
+    for gi, pop in enumerate(tqdm(pops, desc="sequential", unit="population")):
+        for claim in ("high", "low", "up_mp", "up_gp"):
+            cand = cands.get((claim, chosen.get(claim, "")))
+            if cand is None or cand.test not in ("t", "cells"):
+                continue
+            rng = np.random.default_rng([args.seed, 3, gi, len(rows)])
+            truth = ES._truths([cand], [pop], rng, ES.TRUTH_SEEDS)[0][0]
+            null = ES.sequential_study(cand, pop, DESIGN, args.sequential_reps, rng, null=truth)
+            alt = ES.sequential_study(cand, pop, DESIGN, args.sequential_reps, rng)
+            rows.append(dict(claim=claim, candidate=cand.name, population=pop.name, case="null (the truth)",
+                             truth=float(np.mean(truth)), **null))
+            rows.append(dict(claim=claim, candidate=cand.name, population=pop.name, case="fitted",
+                             truth=float(np.mean(truth)), **alt))
+        cand = cands.get(("up_gp", chosen.get("up_gp", "")))
+        if cand is not None and cand.test in ("t", "cells") and {"gp", "up"} <= set(pop.criteria):
+            exch = pop.with_criterion_as("up", "gp")
+            rng = np.random.default_rng([args.seed, 4, gi])
+            res = ES.sequential_study(cand, exch, DESIGN, args.sequential_reps, rng)
+            rows.append(dict(claim="up_gp", candidate=cand.name, population=pop.name + " (UP exchangeable with GP)",
+                             case="null (exchangeable)", truth=0.0, **res))
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, help="a stored recall workdir (repeatable)")
@@ -53,7 +86,6 @@ def main() -> None:
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     t0 = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
     runs = [_load(p) for p in args.run]
     pops, calib = [], []
     for name, _, long, alpha in runs:
@@ -67,7 +99,7 @@ def main() -> None:
     by_name = {pop.name: pop for pop in pops}
     cands = ES.candidates()
     groups = [((p,), [c for c in cands if c.test != "welch"]) for p in pops + stress]
-    groups.append(((planted_up,), [c for c in cands if c.claim == "up_gp"]))
+    groups.append(((planted_up,), [c for c in cands if c.claim.startswith("up_gp")]))
     welch = [c for c in cands if c.test == "welch"]
     if {"fashion_mnist · lenet_300_100", "mnist · lenet_300_100"} <= set(by_name):
         groups.append(((by_name["fashion_mnist · lenet_300_100"], by_name["mnist · lenet_300_100"]),
@@ -80,10 +112,16 @@ def main() -> None:
         parts.append(ES.study(cs, group, SEEDS, args.reps, np.random.default_rng([args.seed, 1, gi])))
     table = pd.concat(parts, ignore_index=True)
     sel = ES.select(table)
+    seq = _sequential(sel, pops, args)
     W.atomic_write(out / "populations.csv", pd.concat([SIM.describe(p) for p in pops]).to_csv(index=False).encode())
     W.atomic_write(out / "calibration.csv", pd.concat(calib).to_csv(index=False).encode())
+    pairs = pd.DataFrame([dict(population=pop.name, **dict(zip(("q10", "median", "q90"), np.quantile(
+        SIM.dense_pair_alpha(long), [0.1, 0.5, 0.9]))), mean=float(np.mean(SIM.dense_pair_alpha(long))),
+        kappa_mean=float(np.mean(pop.kappa))) for (_, _, long, _), pop in zip(runs, pops)])
+    W.atomic_write(out / "dense_pairs.csv", pairs.to_csv(index=False).encode())
     W.atomic_write(out / "candidates.csv", table.to_csv(index=False).encode())
     W.atomic_write(out / "selection.csv", sel.to_csv(index=False).encode())
+    W.atomic_write(out / "sequential.csv", seq.to_csv(index=False).encode())
     text = ["# Simulation of the claims' estimands", "",
             f"`python -m benchmarks.simulate_claims {' '.join(sys.argv[1:])}`", "",
             f"{args.reps} simulated runs per candidate × population × seed count; truths from {ES.TRUTH_SEEDS} "
@@ -91,7 +129,13 @@ def main() -> None:
             "truth's side), with Monte-Carlo standard errors.", "", "## Candidates", "",
             W.markdown_table(table.assign(**{c: table[c].round(4) for c in ("truth", "coverage", "coverage_mcse",
                                                                            "power", "power_mcse", "width")})), "",
-            "## Kept estimand per claim kind", "", W.markdown_table(sel), ""]
+            "## Kept estimand per claim kind", "", W.markdown_table(sel), "",
+            "## α_t between dense networks of two seeds (regression to the mean)", "",
+            W.markdown_table(pairs.round(4)), "",
+            "## Sequential mode", "", f"Looks at {list(DESIGN.looks)} seeds, one claim, α = {DESIGN.alpha}; "
+            f"{args.sequential_reps} simulated sequences per row. Null rows test the candidate's own truth "
+            "(an exact null); `fixed_power` is the power of a single test at the cap.", "",
+            W.markdown_table(seq.round(4)), ""]
     W.atomic_write(out / "summary.md", "\n".join(text).encode())
     print(f"simulate_claims: {out} ({len(table)} rows, {time.perf_counter() - t0:.0f} s)")
     print(sel.to_string(index=False))

@@ -9,8 +9,7 @@ a config object or a model: the report layer (`report.claims`) builds both from 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,106 +17,10 @@ import pandas as pd
 from fairprune_jax.analysis import decisions as D
 from fairprune_jax.analysis import estimands as E
 from fairprune_jax.analysis import planning
+from fairprune_jax.analysis.claim_kinds import (CLAIMS, ESTIMANDS, HIGH, LOW, NULL_WORDS, RATIO_MARGIN,  # noqa: F401
+                                                STRUCTURED, Claim, Estimand, RunDescription)
 
-HIGH, LOW = (0.9, 1.0), (0.0, 0.5)  # requested-sparsity regimes (inclusive)
-STRUCTURED = ("mp", "gp", "up")  # random pruning is the control, never part of a claim
 ALPHA = D.ALPHA
-RATIO_MARGIN = math.log(1.25)  # ratios (α_t vs 1, α_t/α_null, UP/MP, harder/easier): within a factor 1.25
-NULL_WORDS = {"one": "α_t = 1", "uniform": "uniform error growth (α_t = α_null)", "zero": "no difference",
-              "same_uniform": "equal α_t/α_null", "chance": "chance (AUROC 0.5)"}
-
-
-@dataclasses.dataclass(frozen=True)
-class RunDescription:
-    """What the claims need to know about a stored run (built by `report.claims` from config.json and tables)."""
-
-    name: str  # the workdir as given
-    study: str  # "recall" or "bias"
-    dataset: str
-    models: tuple[str, ...]
-    protocol: str
-    criteria: tuple[str, ...]
-    sparsities: tuple[float, ...]
-    num_seeds: int
-    weight_decay: float = 0.0
-    epochs: int = 0  # training epochs (per level for the iterative protocol)
-    finetune_epochs: int = 0
-    finetune_lr: float = 0.0
-    chance: float = 1.5
-    n_params: Mapping[str, int] = dataclasses.field(default_factory=dict)  # model -> parameters
-    sizes_note: str = ""  # where the parameter counts come from, when not from the run's `model_sizes` table
-    missing_units: tuple[str, ...] = ()  # units of the run's design with no stored result (a partial workdir)
-
-    def signature(self, without: str) -> tuple:
-        """The design fields two runs must share to be compared on the remaining one (`dataset` or `models`)."""
-        sig = dict(dataset=self.dataset, models=self.models, protocol=self.protocol, seeds=self.num_seeds,
-                   wd=self.weight_decay, epochs=self.epochs, ft=(self.finetune_epochs, self.finetune_lr),
-                   grid=self.sparsities)
-        sig.pop(without)
-        return tuple(sorted(sig.items()))
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """A claim kind: paper, statement, claimed direction, its null (on the shown scale) and how it is estimated."""
-
-    paper: str
-    statement: str
-    direction: str  # ">" or "<"
-    null: str  # key of NULL_WORDS
-    estimand: str  # words for the table
-    log: bool  # tested on the log scale, shown as a ratio (null 1)
-    margin: float  # equivalence margin on the tested scale (NaN: no equivalence test)
-
-
-CLAIMS = {
-    "high": Claim("1", "Pruning intensifies recall distortion at high sparsity (α_t > 1)", ">", "one",
-                  "typical α_t: geometric mean over seeds of each seed's median α_t", True, RATIO_MARGIN),
-    "high_uniform": Claim("1", "At high sparsity it intensifies more than uniform error growth would "
-                          "(α_t > α_null)", ">", "uniform",
-                          "α_t/α_null: exp of the mean over seeds of each seed's mean log(α_t/α_null)", True,
-                          RATIO_MARGIN),
-    "low": Claim("1", "At low sparsity pruning de-intensifies it (α_t < 1)", "<", "one",
-                 "typical α_t: geometric mean over seeds of each seed's median α_t", True, RATIO_MARGIN),
-    "low_uniform": Claim("1", "At low sparsity it distorts less than uniform error growth would (α_t < α_null)",
-                         "<", "uniform", "α_t/α_null: exp of the mean over seeds of each seed's mean "
-                         "log(α_t/α_null)", True, RATIO_MARGIN),
-    "rises": Claim("1", "Recall distortion rises with sparsity (slope of α_t on log 1/(1 − s) > 0)", ">", "zero",
-                   "mean over seeds of each seed's OLS slope of α_t (mean over criteria) on log 1/(1 − s)", False,
-                   np.nan),
-    "up_mp": Claim("1", "UP intensifies less than MP at high sparsity (UP/MP < 1)", "<", "zero",
-                   "ratio of typical α_t, UP over MP, paired by seed", True, RATIO_MARGIN),
-    "up_mp_uniform": Claim("1", "UP intensifies less than MP beyond uniform error growth (UP/MP of α_t/α_null < 1)",
-                           "<", "same_uniform", "ratio of α_t/α_null, UP over MP, paired by seed", True, RATIO_MARGIN),
-    "up_gp": Claim("1", "UP intensifies less than GP at high sparsity (UP/GP < 1)", "<", "zero",
-                   "ratio of typical α_t, UP over GP, paired by seed", True, RATIO_MARGIN),
-    "up_gp_uniform": Claim("1", "UP intensifies less than GP beyond uniform error growth (UP/GP of α_t/α_null < 1)",
-                           "<", "same_uniform", "ratio of α_t/α_null, UP over GP, paired by seed", True, RATIO_MARGIN),
-    "harder": Claim("1", "Harder tasks intensify more (harder/easier > 1)", ">", "zero",
-                    "ratio of typical α_t at high sparsity, harder over easier (Welch on the log)", True,
-                    RATIO_MARGIN),
-    "harder_uniform": Claim("1", "Harder tasks intensify more beyond uniform error growth (ratio of α_t/α_null > 1)",
-                            ">", "same_uniform", "ratio of α_t/α_null, harder over easier (Welch on the log)", True,
-                            RATIO_MARGIN),
-    "harder_rank": Claim("1", "Harder tasks intensify more, by ranks (difference of Spearman ρ(δ0, δt − δ0) > 0)",
-                         ">", "zero", "difference of the mean per-seed ρ, harder − easier (Welch)", False, 0.1),
-    "smaller": Claim("1", "Smaller models intensify more (smaller/larger > 1)", ">", "zero",
-                     "ratio of typical α_t at high sparsity, smaller over larger (Welch on the log)", True,
-                     RATIO_MARGIN),
-    "smaller_uniform": Claim("1", "Smaller models intensify more beyond uniform error growth (ratio of α_t/α_null > 1)",
-                             ">", "same_uniform", "ratio of α_t/α_null, smaller over larger (Welch on the log)", True,
-                             RATIO_MARGIN),
-    "uncertainty": Claim("2", "Uncertainty rises with sparsity (pruned − dense > 0)", ">", "zero",
-                         "mean over seeds of the pruned − dense difference of mean uncertainty", False, 0.02),
-    "interdependence": Claim("2", "Output interdependence (R²) rises with sparsity (pruned − dense > 0)", ">", "zero",
-                             "mean over seeds of the pruned − dense difference of mean R²", False, 0.05),
-    "bias": Claim("2", "Bias amplification rises with sparsity (BA pruned − dense > 0)", ">", "zero",
-                  "mean over seeds of the pruned − dense difference of mean BA", False, 0.02),
-    "identify": Claim("2", "Dense-model uncertainty identifies the samples that change (AUROC > 0.5)", ">", "chance",
-                      "AUROC of the dense-model uncertainty for the CIEs (Hanley–McNeil)", False, 0.05),
-    "calibration": Claim("2", "Threshold calibration reduces the bias (BA calibrated − default < 0)", "<", "zero",
-                         "mean over seeds of the calibrated − default difference of mean BA", False, 0.02),
-}
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -152,11 +55,26 @@ class RecallRun:
         s = sorted(self.alpha["requested_sparsity"].unique())
         return [x for x in s if regime[0] <= x <= regime[1]]
 
-    def per_seed(self, value: str, stat: Callable[[np.ndarray], np.ndarray], *, regime: tuple[float, float],
-                 criteria: Sequence[str]) -> pd.Series:
-        """`stat` of each seed's networks of `criteria` in `regime` (flagged networks excluded), by seed."""
-        seeds, arr = E.network_array(self.alpha, value, criteria=list(criteria), sparsities=self.grid(regime))
-        return pd.Series(stat(arr), index=seeds)
+    def per_seed(self, est: Estimand, *, regime: tuple[float, float],
+                 criteria: Sequence[str]) -> pd.Series | pd.DataFrame:
+        """The estimand's value per seed (a frame of one column per sparsity for cells) over the networks of
+        `criteria` in `regime`, flagged networks excluded; ±∞ become NaN."""
+        grid = self.grid(regime)
+        seeds, arr = E.network_array(self.alpha, est.value, criteria=list(criteria), sparsities=grid)
+        return _frame(est.reduce(arr, grid), seeds, grid)
+
+    def compare(self, est: Estimand, a: str, b: str, regime: tuple[float, float]) -> pd.Series | pd.DataFrame:
+        """The estimand's paired comparison of criterion `a` with `b`, per seed."""
+        grid = self.grid(regime)
+        seeds, arr = E.network_array(self.alpha, est.value, criteria=[a, b], sparsities=grid)
+        return _frame(est.compare(arr[:, :1], arr[:, 1:]), seeds, grid)
+
+
+def _frame(v: np.ndarray, seeds: np.ndarray, grid: Sequence[float]) -> pd.Series | pd.DataFrame:
+    v = np.where(np.isfinite(v), v, np.nan)
+    if v.ndim == 2:
+        return pd.DataFrame(v, index=seeds, columns=[f"{100 * s:.0f}%" for s in grid])
+    return pd.Series(v, index=seeds)
 
 
 def recall_run(run: RunDescription, recall: pd.DataFrame, *, agreement: Mapping | None = None) -> RecallRun:
@@ -207,19 +125,45 @@ def describe(run: RunDescription, regime: tuple[float, float] | None, criteria: 
            f"at {span}"
 
 
+def _null(claim: Claim) -> float:
+    """The null on the tested scale: 0 for logs, differences and slopes; 1 for α_t itself on the linear scale."""
+    return 1.0 if claim.null == "one" and not claim.log else 0.0
+
+
+def _test(key: str, values: pd.Series | pd.DataFrame) -> D.Test:
+    c = CLAIMS[key]
+    if isinstance(values, pd.DataFrame):
+        return D.cells_test(values.to_numpy(float), list(values.columns), _null(c), c.margin)
+    return D.t_test(values.dropna().to_numpy(float), _null(c), c.margin)
+
+
+def _words(key: str, how: str = "", pair: str = "") -> str:
+    c = CLAIMS[key]
+    if not c.estimand:
+        return c.words
+    est = ESTIMANDS[c.estimand]
+    if how == "paired":
+        return f"{est.compare_words}, {pair}, paired by seed"
+    if how == "welch":
+        return f"{est.words}; {pair} (Welch)"
+    return est.words
+
+
 def _row(key: str, setting: str, test: D.Test, runs: Sequence[RunDescription], n_text: str, note: str = "",
-         values: Mapping[str, pd.Series] | None = None) -> dict:
+         values: Mapping[str, pd.Series | pd.DataFrame] | None = None, words: str = "") -> dict:
     """One row: the claim, our setting, the test on its scale and on the shown scale, the raw verdict."""
     c = CLAIMS[key]
     show = np.exp if c.log else (lambda x: x)
-    null_shown = 1.0 if c.log else test.null
     partial = "; ".join(f"{r.name}: {', '.join(r.missing_units)}" for r in runs if r.missing_units)
-    seeds = test.seeds
-    return dict(claim=key, paper=c.paper, statement=c.statement, null=NULL_WORDS[c.null], estimand=c.estimand,
-                setting=setting.replace("{seeds}", str(seeds)), scale="log" if c.log else "linear",
+    seeds = max([_n_seeds(v) for v in (values or {}).values()] or [test.seeds])
+    if test.kind == "cells" and test.seeds < seeds:
+        n_text += f"; {test.seeds} with a value at {test.cell}"
+    margin = np.isfinite(c.margin)
+    return dict(claim=key, paper=c.paper, statement=c.statement, null=NULL_WORDS[c.null], estimand=words or _words(key),
+                setting=setting.replace("{seeds}", str(seeds)), scale="log" if c.log else "linear", cell=test.cell,
                 estimate=float(show(test.estimate)), ci_low=float(show(test.ci_low)), ci_high=float(show(test.ci_high)),
-                null_value=null_shown, margin_low=float(show(test.null - c.margin)) if np.isfinite(c.margin) else np.nan,
-                margin_high=float(show(test.null + c.margin)) if np.isfinite(c.margin) else np.nan,
+                null_value=float(show(test.null)), margin_low=float(show(test.null - c.margin)) if margin else np.nan,
+                margin_high=float(show(test.null + c.margin)) if margin else np.nan,
                 mean=test.estimate, sd=planning.spread(test), seeds=seeds, n=n_text, test=test.kind, p=test.p,
                 p_tost=test.p_tost,
                 verdict_raw=D.verdict(c.direction, test.estimate, test.null, test.p, test.p_tost),
@@ -227,13 +171,14 @@ def _row(key: str, setting: str, test: D.Test, runs: Sequence[RunDescription], n
                 _test=test, _values=dict(values or {}))
 
 
-def _paired(key: str, run: RecallRun, a: pd.Series, b: pd.Series, setting: str, note: str = "") -> dict | None:
-    d = (a - b).replace([np.inf, -np.inf], np.nan).dropna()
-    if d.empty:
-        return None
-    c = CLAIMS[key]
-    test = D.t_test(d.to_numpy(), 0.0, c.margin)
-    return _row(key, setting, test, [run.run], f"{test.seeds} seeds, paired", note, {run.name: d})
+def _n_seeds(v: pd.Series | pd.DataFrame) -> int:
+    """Seeds with at least one finite value."""
+    x = v.to_numpy(float).reshape(len(v), -1)
+    return int(np.isfinite(x).any(1).sum())
+
+
+def _usable(v: pd.Series | pd.DataFrame) -> bool:
+    return bool(np.isfinite(v.to_numpy(float)).any())
 
 
 def regime_rows(run: RecallRun) -> list[dict]:
@@ -245,18 +190,17 @@ def regime_rows(run: RecallRun) -> list[dict]:
         if not grid or not crits:
             continue
         setting = describe(run.run, regime, crits, grid)
-        for k, value, stat in ((key, "alpha", E.seed_log_median), (f"{key}_uniform", "log_excess", E.seed_mean)):
-            v = run.per_seed(value, stat, regime=regime, criteria=crits).replace([np.inf, -np.inf], np.nan).dropna()
-            if v.empty:
-                continue
-            test = D.t_test(v.to_numpy(), 0.0, CLAIMS[k].margin)
-            out.append(_row(k, setting, test, [run.run], f"{test.seeds} seeds", values={run.name: v}))
+        for k in (key, f"{key}_uniform"):
+            v = run.per_seed(ESTIMANDS[CLAIMS[k].estimand], regime=regime, criteria=crits)
+            if _usable(v):
+                test = _test(k, v)
+                out.append(_row(k, setting, test, [run.run], f"{_n_seeds(v)} seeds", values={run.name: v}))
     grid = run.grid()
     if len(grid) >= 3 and crits:
-        v = run.per_seed("alpha", lambda a: E.seed_trend_ols(a, grid), regime=(0.0, 1.0), criteria=crits).dropna()
-        if not v.empty:
-            test = D.t_test(v.to_numpy(), 0.0, CLAIMS["rises"].margin)
-            out.append(_row("rises", describe(run.run, None, crits, grid), test, [run.run], f"{test.seeds} seeds",
+        v = run.per_seed(ESTIMANDS[CLAIMS["rises"].estimand], regime=(0.0, 1.0), criteria=crits)
+        if _usable(v):
+            test = _test("rises", v)
+            out.append(_row("rises", describe(run.run, None, crits, grid), test, [run.run], f"{_n_seeds(v)} seeds",
                             values={run.name: v}))
     return out
 
@@ -265,24 +209,24 @@ def criterion_rows(run: RecallRun) -> list[dict]:
     """UP against MP and against GP at high sparsity, paired by seed, on α_t and on α_t/α_null."""
     out = []
     for key, other in (("up_mp", "mp"), ("up_gp", "gp")):
-        if not {"up", other} <= set(run.criteria()):
-            continue
         grid = run.grid(HIGH)
-        if not grid:
+        if not {"up", other} <= set(run.criteria()) or not grid:
             continue
         setting = describe(run.run, HIGH, ("up", other), grid)
-        up, ref = (run.per_seed("alpha", E.seed_log_median, regime=HIGH, criteria=(c,)) for c in ("up", other))
+        typical = ESTIMANDS["log_median"]
+        up, ref = (run.per_seed(typical, regime=HIGH, criteria=(c,)) for c in ("up", other))
         note = f"Typical α_t UP {np.exp(up.mean()):.3g} vs {other.upper()} {np.exp(ref.mean()):.3g}."
         if ("up", other) in run.agreement:
             note += (f" {100 * run.agreement[('up', other)]:.1f}% of the weights UP keeps are kept by "
                      f"{other.upper()} too (mean over seeds and sparsities).")
         elif run.run.protocol == "one_shot":
             note += " Mask agreement not stored in this workdir."
-        row = _paired(key, run, up, ref, setting, note)
-        out += [row] if row else []
-        up_u, ref_u = (run.per_seed("log_excess", E.seed_mean, regime=HIGH, criteria=(c,)) for c in ("up", other))
-        row = _paired(f"{key}_uniform", run, up_u, ref_u, setting)
-        out += [row] if row else []
+        for k, n in ((key, note), (f"{key}_uniform", "")):
+            v = run.compare(ESTIMANDS[CLAIMS[k].estimand], "up", other, HIGH)
+            if _usable(v):
+                test = _test(k, v)
+                out.append(_row(k, setting, test, [run.run], f"{_n_seeds(v)} seeds, paired", n, {run.name: v},
+                                _words(k, "paired", f"UP over {other.upper()}")))
     return out
 
 
@@ -296,17 +240,17 @@ def _pairs(runs: Sequence[RecallRun], *, differ: str) -> list[tuple[RecallRun, R
     return out
 
 
-def _welch(key: str, first: RecallRun, second: RecallRun, value: str, stat, label: str, omit: str,
+def _welch(key: str, first: RecallRun, second: RecallRun, label: str, omit: str, pair: str,
            note: str = "") -> dict | None:
     crits = [c for c in STRUCTURED if c in set(first.criteria()) & set(second.criteria())]
-    a, b = (r.per_seed(value, stat, regime=HIGH, criteria=crits).replace([np.inf, -np.inf], np.nan).dropna()
-            for r in (first, second))
+    est = ESTIMANDS[CLAIMS[key].estimand]
+    a, b = (r.per_seed(est, regime=HIGH, criteria=crits).dropna() for r in (first, second))
     if a.empty or b.empty:
         return None
     test = D.welch_test(a.to_numpy(), b.to_numpy(), CLAIMS[key].margin)
     setting = f"{label} · {describe(first.run, HIGH, crits, first.grid(HIGH), omit=omit)}"
     return _row(key, setting, test, [first.run, second.run], f"{len(a)} vs {len(b)} seeds, Welch", note,
-                {first.name: a, second.name: b})
+                {first.name: a, second.name: b}, _words(key, "welch", pair))
 
 
 def dataset_rows(runs: Sequence[RecallRun]) -> list[dict]:
@@ -316,9 +260,8 @@ def dataset_rows(runs: Sequence[RecallRun]) -> list[dict]:
         hard, easy = (a, b) if _dense_accuracy(a) < _dense_accuracy(b) else (b, a)
         label = (f"{hard.run.dataset} (dense acc {_dense_accuracy(hard):.3f}) vs {easy.run.dataset} "
                  f"({_dense_accuracy(easy):.3f})")
-        out += [_welch("harder", hard, easy, "alpha", E.seed_log_median, label, "dataset"),
-                _welch("harder_uniform", hard, easy, "log_excess", E.seed_mean, label, "dataset"),
-                _welch("harder_rank", hard, easy, "rank_rho", E.seed_mean, label, "dataset")]
+        pair = f"{hard.run.dataset} over {easy.run.dataset}"
+        out += [_welch(k, hard, easy, label, "dataset", pair) for k in ("harder", "harder_uniform", "harder_rank")]
     return [r for r in out if r is not None]
 
 
@@ -330,11 +273,11 @@ def model_rows(runs: Sequence[RecallRun]) -> list[dict]:
         if na is None or nb is None or na == nb:
             continue
         small, large = (a, b) if na < nb else (b, a)
-        label = (f"{'/'.join(small.run.models)} ({_n_params(small):,} parameters) vs {'/'.join(large.run.models)} "
-                 f"({_n_params(large):,})")
+        ms, ml = "/".join(small.run.models), "/".join(large.run.models)
+        label = f"{ms} ({_n_params(small):,} parameters) vs {ml} ({_n_params(large):,})"
         note = " ".join(dict.fromkeys(r.run.sizes_note for r in (small, large) if r.run.sizes_note))
-        out += [_welch("smaller", small, large, "alpha", E.seed_log_median, label, "model", note),
-                _welch("smaller_uniform", small, large, "log_excess", E.seed_mean, label, "model", note)]
+        out += [_welch(k, small, large, label, "model", f"{ms} over {ml}", note)
+                for k in ("smaller", "smaller_uniform")]
     return [r for r in out if r is not None]
 
 
@@ -405,17 +348,18 @@ def bias_rows(run: RunDescription, metrics: pd.DataFrame, identification: pd.Dat
 
 # ---------------------------------------------------------------------------------------------- table
 
-PUBLIC = ("claim", "paper", "statement", "null", "estimand", "setting", "scale", "estimate", "ci_low", "ci_high",
-          "null_value", "margin_low", "margin_high", "mean", "sd", "seeds", "n", "test", "p", "p_holm", "p_tost",
-          "p_tost_holm", "verdict_raw", "verdict", "alpha_plan", "mde", "seeds_needed", "route", "workdirs",
-          "partial", "note")
+PUBLIC = ("claim", "paper", "statement", "null", "estimand", "setting", "scale", "cell", "estimate", "ci_low",
+          "ci_high", "null_value", "margin_low", "margin_high", "mean", "sd", "seeds", "n", "test", "p", "p_holm",
+          "p_tost", "p_tost_holm", "verdict_raw", "verdict", "alpha_plan", "mde", "seeds_needed", "route",
+          "workdirs", "partial", "note")
 
 
 def build(recall_runs: Sequence[RecallRun], bias_runs: Sequence[tuple[RunDescription, pd.DataFrame, pd.DataFrame]],
           *, with_values: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """The claims table (columns `PUBLIC`), ordered by claim: every applicable run for within-run claims, every
     comparable pair of runs for RQ2/RQ3, every bias run (description, metrics, identification) for paper 2; then
-    `finalize`d. With `with_values`, also the per-seed values behind each row (`row`, `workdir`, `seed`, `value`)."""
+    `finalize`d. With `with_values`, also the per-seed values behind each row (`row`, `workdir`, `seed`, `cell`
+    (the sparsity of a cells estimand, else empty), `value`)."""
     rows: list[dict] = []
     for run in recall_runs:
         rows += regime_rows(run) + criterion_rows(run)
@@ -429,10 +373,14 @@ def build(recall_runs: Sequence[RecallRun], bias_runs: Sequence[tuple[RunDescrip
     table = finalize(pd.DataFrame(rows))
     if not with_values:
         return table[list(PUBLIC)]
-    vals = [pd.DataFrame({"row": i, "workdir": wd, "seed": v.index, "value": v.to_numpy(float)})
-            for i, r in enumerate(rows) for wd, v in r["_values"].items()]
+    vals = []
+    for i, r in enumerate(rows):
+        for wd, v in r["_values"].items():
+            frame = v.to_frame("") if isinstance(v, pd.Series) else v
+            long = frame.rename_axis("seed").reset_index().melt("seed", var_name="cell", value_name="value")
+            vals.append(long.assign(row=i, workdir=wd)[["row", "workdir", "seed", "cell", "value"]])
     return table[list(PUBLIC)], (pd.concat(vals, ignore_index=True) if vals else pd.DataFrame(
-        columns=["row", "workdir", "seed", "value"]))
+        columns=["row", "workdir", "seed", "cell", "value"]))
 
 
 def finalize(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:

@@ -4,8 +4,9 @@ equivalence test (TOST) within the claim kind's margin, four verdicts, and Holm'
 Every test works on per-seed values (seeds are the unit): one-sample or paired t (`scipy.stats.ttest_1samp`; TOST
 by `statsmodels` `DescrStatsW.ttost_mean`), Welch between two runs (`scipy.stats.ttest_ind(equal_var=False)`; TOST
 by `statsmodels.stats.weightstats.ttost_ind(usevar="unequal")`), a normal test from an estimate and its standard
-error (the AUROC), and per-sparsity cells (each a t; the claim's p is Bonferroni's m·min p, its TOST p the largest
-of the cells' — equivalence needs every cell).
+error (the AUROC), and per-sparsity cells (each a t; the claim's p is Bonferroni's m·min p, shown with the most
+significant cell's interval at level 1 − .05/m; its TOST p the largest of the cells' — equivalence needs every
+cell).
 
 Verdicts at level α: **reproduced** (difference p < α, estimate on the claimed side), **not reproduced** (p < α, on
 the other side), **equivalent** (no difference shown and TOST p < α: the effect lies within ±margin of the null),
@@ -49,6 +50,7 @@ class Test:
     t_high: float = np.nan
     cells: tuple["Test", ...] = ()
     labels: tuple[str, ...] = ()  # cell names
+    cell: str = ""  # the cell shown (the most significant one)
 
     @property
     def seeds(self) -> int:
@@ -139,9 +141,12 @@ def cells_test(values: np.ndarray, labels: Sequence[str], null: float, margin: f
                                    labels=tuple(labels))
     best = int(np.nanargmin(ps))
     wide = t_test(values[:, best], null, margin, 1 - (1 - level) / m)
-    p_tost = float(np.max([c.p_tost for c in cells])) if all(np.isfinite(c.p_tost) for c in cells) else np.nan
-    return dataclasses.replace(wide, kind="cells", p=float(min(1.0, m * ps[best])), p_tost=p_tost, cells=cells,
-                               labels=tuple(labels))
+    ok = all(np.isfinite(c.p_tost) for c in cells)
+    p_tost = float(np.max([c.p_tost for c in cells])) if ok else np.nan
+    t_low = float(np.min([c.t_low for c in cells])) if ok else np.nan  # equivalence needs every cell: the worst
+    t_high = float(np.max([c.t_high for c in cells])) if ok else np.nan
+    return dataclasses.replace(wide, kind="cells", p=float(min(1.0, m * ps[best])), p_tost=p_tost, t_low=t_low,
+                               t_high=t_high, cells=cells, labels=tuple(labels), cell=str(labels[best]))
 
 
 def verdict(direction: str, test_estimate: float, null: float, p: float, p_tost: float,

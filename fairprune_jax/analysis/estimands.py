@@ -17,7 +17,7 @@ Candidates (the simulation's names), for a regime's sparsities and structured cr
   undefined for the mean and ranks lowest (−∞) for the median;
 - comparisons of criteria a − b, paired by seed: ``mean_diff``, ``median_diff`` (difference of the two medians),
   ``median_of_diffs`` (median over sparsities of the difference at each sparsity), ``log_ratio`` (log of the ratio
-  of the two medians), ``cells_diff``.
+  of the two medians), ``cells_diff`` and ``cells_log_ratio`` (the difference, or the log ratio, at each sparsity).
 """
 from __future__ import annotations
 
@@ -145,12 +145,19 @@ def diff_mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def diff_median(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return seed_median(a) - seed_median(b)
+    """[..., S]: the seed's median of a minus its median of b (−∞ − −∞ is NaN: left out)."""
+    with np.errstate(invalid="ignore"):
+        return seed_median(a) - seed_median(b)
 
 
 def log_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[..., S]: log of the seed's median of a over its median of b (NaN unless both are positive)."""
     return seed_log_median(a) - seed_log_median(b)
+
+
+def cells_log_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[..., S, J]: log(a/b) at each sparsity (one criterion each; NaN unless both are positive)."""
+    return seed_cells_log(a) - seed_cells_log(b)
 
 
 def median_of_diffs(a: np.ndarray, b: np.ndarray) -> np.ndarray:

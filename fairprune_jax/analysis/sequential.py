@@ -182,13 +182,14 @@ class Design:
 
 @dataclasses.dataclass(frozen=True)
 class Hypothesis:
-    """One claim in a sequential family: its statistic at each look so far (t, df) and, with a margin, the two
-    TOST statistics (t_low: against −margin, t_high: against +margin)."""
+    """One claim in a sequential family: its statistic at each look so far and, with a margin, the two TOST
+    statistics (t_low: against −margin, t_high: against +margin; for cells the worst cell's)."""
 
     key: str
     t: Sequence[float]
     t_low: Sequence[float] = ()
     t_high: Sequence[float] = ()
+    cells: int = 1  # a per-sparsity claim: its most significant cell, at its level / cells (Bonferroni)
 
 
 def decide(design: Design, hyps: Sequence[Hypothesis]) -> dict[str, tuple[str, int]]:
@@ -205,10 +206,10 @@ def decide(design: Design, hyps: Sequence[Hypothesis]) -> dict[str, tuple[str, i
             changed = False
             rejected = sum(1 for d, _ in state.values() if d == "reject")
             level = design.alpha / max(m - rejected, 1)
-            tb = design.t_bounds(level, sides=2)
             for h in hyps:
                 if state[h.key][0] != "open" or k >= len(h.t):
                     continue
+                tb = design.t_bounds(level / max(h.cells, 1), sides=2)
                 if np.isfinite(h.t[k]) and abs(h.t[k]) >= tb[k]:
                     state[h.key] = ("reject", k)
                     changed = True

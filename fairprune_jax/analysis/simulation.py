@@ -6,7 +6,8 @@ the same formulas as on real runs (`alpha_arrays` is `intensification.alpha` on 
 
 - **dense network** of seed s: log e_{0,s,k} = m_k + σ0 η_{s,k} (e = 1 − recall, η ~ N(0, 1));
 - **pruned network** (seed s, criterion c, sparsity j):
-  log e_{t,s,c,j,k} = log e_{0,s,k} + μ_{c,j} + γ_{c,j,k} + κ_{c,j} (log e_{0,s,k} − m_k) + u_{s,c,j} + σ_{c,j} ε_{s,c,j,k},
+  log e_{t,s,c,j,k} = log e_{0,s,k} + μ_{c,j} + γ_{c,j,k} + κ_{c,j} (log e_{0,s,k} − m_k) + u_{s,c,j}
+  + σ_{c,j} ε_{s,c,j,k},
   with γ a fixed class profile (Σ_k γ = 0: some classes lose more of their accuracy than others, the same in every
   seed), κ ≤ 0 the share of the dense network's own class-error deviations that pruning undoes (regression to the
   class means: with γ, what makes α_t differ from α_null), u ~ N(0, τ²_{c,j}) a network-level shift
@@ -259,3 +260,17 @@ def describe(pop: Population) -> pd.DataFrame:
                              gamma_sd=float(np.std(pop.gamma[ci, jj])), kappa=pop.kappa[ci, jj],
                              sigma=pop.sigma[ci, jj], nu=pop.nu[jj]))
     return pd.DataFrame(rows)
+
+
+def dense_pair_alpha(long: pd.DataFrame) -> np.ndarray:
+    """α_t of one dense network against the dense network of another seed, for every ordered pair of seeds: what
+    α_t is when nothing but the training seed changes (regression to the mean of the class deviations)."""
+    dense = long.drop_duplicates(["seed", "class"]).sort_values(["seed", "class"])
+    r = dense.pivot(index="seed", columns="class", values="r0").to_numpy(float)
+    n = dense.groupby("class")["n"].first().to_numpy(float)
+    out = []
+    for s in range(len(r)):
+        for t in range(len(r)):
+            if s != t:
+                out.append(alpha_arrays(r[s], r[t], n / n.sum())[0])
+    return np.asarray(out, float)

@@ -86,7 +86,10 @@ def verdict_clause(row) -> str:
 def why(row) -> str:
     """One row's sentence: the estimate with its interval and seeds, the verdict and why, then the row's notes."""
     what = WHAT[KIND[row.claim]]
-    head = f"{what} = {g(row.estimate)} [{g(row.ci_low)}, {g(row.ci_high)}] ({row.n})"
+    cell = getattr(row, "cell", "")
+    at = f" at {cell} (the most significant sparsity; interval Bonferroni-adjusted)" if isinstance(cell, str) \
+        and cell else ""
+    head = f"{what}{at} = {g(row.estimate)} [{g(row.ci_low)}, {g(row.ci_high)}] ({row.n})"
     tail = [row.note] if isinstance(row.note, str) and row.note else []
     if isinstance(row.partial, str) and row.partial:
         tail.append(f"Built on a partial workdir ({row.partial}).")
@@ -100,7 +103,11 @@ def _short(row) -> str:
 
 
 def _listing(rows: pd.DataFrame) -> str:
-    return "; ".join(f"{_short(r)} ({g(r.estimate)} [{g(r.ci_low)}, {g(r.ci_high)}])" for r in rows.itertuples())
+    def at(r) -> str:
+        cell = getattr(r, "cell", "")
+        return f" at {cell}" if isinstance(cell, str) and cell else ""
+    return "; ".join(f"{_short(r)} ({g(r.estimate)} [{g(r.ci_low)}, {g(r.ci_high)}]{at(r)})"
+                     for r in rows.itertuples())
 
 
 def summary_lines(table: pd.DataFrame) -> list[str]:

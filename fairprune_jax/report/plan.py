@@ -152,7 +152,7 @@ def looks_table(recall_runs: Sequence[C.RecallRun], bias_runs: Sequence, design:
         for r in rows:
             t = r["_test"]
             frames.append(dict(key=_row_key(pd.Series(r)), paper=r["paper"], look=k, seeds=n, t=t.t, t_low=t.t_low,
-                               t_high=t.t_high))
+                               t_high=t.t_high, cells=max(len(t.cells), 1)))
     return pd.DataFrame(frames)
 
 
@@ -163,7 +163,8 @@ def replay(looks: pd.DataFrame, design: S.Design) -> pd.DataFrame:
         hyps = []
         for key, h in g.groupby("key", sort=False):
             h = h.sort_values("look")
-            hyps.append(S.Hypothesis(key, h["t"].tolist(), h["t_low"].tolist(), h["t_high"].tolist()))
+            hyps.append(S.Hypothesis(key, h["t"].tolist(), h["t_low"].tolist(), h["t_high"].tolist(),
+                                     int(h["cells"].max())))
         for key, (decision, k) in S.decide(design, hyps).items():
             out.append(dict(key=key, paper=paper, decision=decision, look=k,
                             seeds=design.looks[k] if k >= 0 else np.nan))
