@@ -102,9 +102,11 @@ def _independent(run: C.RecallRun, key: str, crits, lo: float, hi: float) -> pd.
     if est == "log_median":
         return np.log(sel.groupby("seed")["alpha"].median()).to_frame()
     if est == "log_excess_mean":
-        return sel.groupby("seed")["log_excess"].mean().to_frame()
+        ok = sel[np.isfinite(sel["log_excess"])]
+        return ok.groupby("seed")["log_excess"].mean().to_frame()
     if est == "log_excess_median":
-        return sel.groupby("seed")["log_excess"].apply(lambda x: x.fillna(-np.inf).median()).to_frame()
+        ex = np.where(sel["alpha"] > 0, np.log(sel["alpha"].abs() / sel["alpha_null"]), -np.inf)
+        return sel.assign(x=ex).groupby("seed")["x"].median().to_frame()
     raise AssertionError(f"no independent check for {est}")
 
 

@@ -49,9 +49,9 @@ def test_every_sentence_follows_its_row():
     counts = table["verdict"].value_counts()
     assert all(f"{int(counts.get(v, 0))} {v}" in summary[0] for v in P.MARK)
     for claim, rows in table.groupby("claim", sort=False):
-        line = next(s for s in summary if s.startswith(rows["statement"].iloc[0]))
-        for v in rows["verdict"].unique():
-            assert f"{v} in " in line
+        line = next(s for s in summary if s.startswith(P.TITLE[claim] + ":"))
+        for v, r in rows.groupby("verdict"):
+            assert (f"{v} in {len(r)} of {len(rows)} setting" if len(rows) > 1 else v) in line
 
 
 def test_plan_lists_rows_seeds_and_commands():

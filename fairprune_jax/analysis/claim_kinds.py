@@ -15,7 +15,7 @@ from fairprune_jax.analysis import estimands as E
 HIGH, LOW = (0.9, 1.0), (0.0, 0.5)  # requested-sparsity regimes (inclusive)
 STRUCTURED = ("mp", "gp", "up")  # random pruning is the control, never part of a claim
 RATIO_MARGIN = math.log(1.25)  # ratios (α_t vs 1, α_t/α_null, UP/MP, harder/easier): within a factor 1.25
-NULL_WORDS = {"one": "α_t = 1", "uniform": "uniform error growth (α_t = α_null)", "zero": "no difference",
+NULL_WORDS = {"one": "α_t = 1", "uniform": "uniform error growth (α_t = α_null)", "zero": "difference 0",
               "same_uniform": "equal α_t/α_null", "chance": "chance (AUROC 0.5)"}
 
 
@@ -112,11 +112,17 @@ class Claim:
     def log(self) -> bool:
         return bool(self.estimand) and ESTIMANDS[self.estimand].log
 
+    @property
+    def null_words(self) -> str:
+        if self.null != "zero":
+            return NULL_WORDS[self.null]
+        return "ratio 1" if self.log else "slope 0" if self.estimand == "trend_ols" else "difference 0"
+
 
 # The estimand of each kind is the one the simulation kept (docs/methods.md §14, benchmarks/simulate_claims.py).
 CHOSEN = {"high": "cells_log", "high_uniform": "log_excess_mean", "low": "log_median",
           "low_uniform": "log_excess_mean", "rises": "trend_ols", "up_mp": "cells_log", "up_mp_uniform":
-          "log_excess_mean", "up_gp": "cells_log", "up_gp_uniform": "log_excess_mean", "harder": "log_median",
+          "log_excess_median", "up_gp": "cells_log", "up_gp_uniform": "log_excess_median", "harder": "log_median",
           "harder_uniform": "log_excess_mean", "smaller": "log_median", "smaller_uniform": "log_excess_median"}
 LINEAR_MARGIN = 0.25  # α_t units, for an estimand on the linear scale
 

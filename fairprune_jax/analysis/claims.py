@@ -89,8 +89,8 @@ def recall_run(run: RunDescription, recall: pd.DataFrame, *, agreement: Mapping 
 
 def scale_table(long: pd.DataFrame, alpha: pd.DataFrame) -> pd.DataFrame:
     """α_t with its two scale-controlled companions per network: `alpha_null` = (e_t/e_0)(a_0/a_t) (uniform error
-    growth), `log_excess` = log(α_t/α_null) (NaN unless both are positive) and `rank_rho` = Spearman
-    ρ(δ0, δt − δ0) over the network's classes."""
+    growth), `log_excess` = log(α_t/α_null) (−∞ for α_t ≤ 0, NaN unless α_null > 0 and α_t is defined) and
+    `rank_rho` = Spearman ρ(δ0, δt − δ0) over the network's classes."""
     from scipy import stats as sps
 
     keys = ["dataset", "model", "criterion", "seed", "level"]
@@ -100,7 +100,10 @@ def scale_table(long: pd.DataFrame, alpha: pd.DataFrame) -> pd.DataFrame:
         null = (et / e0) * (out["a0"].to_numpy(float) / out["at"].to_numpy(float))
         a = out["alpha"].to_numpy(float)
         out["alpha_null"] = null
-        out["log_excess"] = np.where((a > 0) & (null > 0), np.log(a / null), np.nan)
+        # α_t ≤ 0 < α_null: less distortion than any uniform growth; −∞ ranks it lowest for a median, a mean
+        # leaves it out (`analysis.estimands`)
+        out["log_excess"] = np.where((null > 0) & np.isfinite(a), np.where(a > 0, np.log(np.abs(a) / null), -np.inf),
+                                     np.nan)
     ok = long[np.isfinite(long["d0"].to_numpy(float)) & np.isfinite(long["dt"].to_numpy(float))]
 
     def rho(g: pd.DataFrame) -> float:
@@ -159,7 +162,7 @@ def _row(key: str, setting: str, test: D.Test, runs: Sequence[RunDescription], n
     if test.kind == "cells" and test.seeds < seeds:
         n_text += f"; {test.seeds} with a value at {test.cell}"
     margin = np.isfinite(c.margin)
-    return dict(claim=key, paper=c.paper, statement=c.statement, null=NULL_WORDS[c.null], estimand=words or _words(key),
+    return dict(claim=key, paper=c.paper, statement=c.statement, null=c.null_words, estimand=words or _words(key),
                 setting=setting.replace("{seeds}", str(seeds)), scale="log" if c.log else "linear", cell=test.cell,
                 estimate=float(show(test.estimate)), ci_low=float(show(test.ci_low)), ci_high=float(show(test.ci_high)),
                 null_value=float(show(test.null)), margin_low=float(show(test.null - c.margin)) if margin else np.nan,

@@ -43,8 +43,9 @@ def g(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _p(p: float) -> str:
-    return "nan" if not np.isfinite(p) else ("< 0.0001" if p < 1e-4 else f"{p:.2g}")
+def _p(p: float, name: str = "p") -> str:
+    """'p = 0.012', 'p < 0.0001' (or with another name, e.g. 'Holm p')."""
+    return f"{name} = nan" if not np.isfinite(p) else (f"{name} < 0.0001" if p < 1e-4 else f"{name} = {p:.2g}")
 
 
 def seeds_text(row) -> str:
@@ -63,23 +64,26 @@ def verdict_clause(row) -> str:
     v, raw = row.verdict, row.verdict_raw
     if v == "reproduced":
         side = "above" if row.estimate > null else "below"
-        text = f"the estimate lies {side} {g(null)} as claimed (Holm p = {_p(row.p_holm)}): reproduced"
+        text = f"the estimate lies {side} {g(null)} as claimed ({_p(row.p_holm, 'Holm p')}): reproduced"
     elif v == "not reproduced":
         side = "above" if row.estimate > null else "below"
-        text = f"the estimate lies {side} {g(null)}, against the claim (Holm p = {_p(row.p_holm)}): not reproduced"
+        text = f"the estimate lies {side} {g(null)}, against the claim ({_p(row.p_holm, 'Holm p')}): not reproduced"
     elif v == "equivalent":
         text = (f"no difference from {g(null)}: the effect lies within the margin [{g(row.margin_low)}, "
-                f"{g(row.margin_high)}] (TOST Holm p = {_p(row.p_tost_holm)})")
+                f"{g(row.margin_high)}] ({_p(row.p_tost_holm, 'TOST Holm p')})")
     elif raw in ("reproduced", "not reproduced"):
         text = (f"undecided: the difference from {g(null)} is significant before the Holm adjustment only "
-                f"(p = {_p(row.p)}, Holm p = {_p(row.p_holm)}); {seeds_text(row)}")
+                f"({_p(row.p)}, {_p(row.p_holm, 'Holm p')}); {seeds_text(row)}")
     elif raw == "equivalent":
         text = (f"undecided: equivalence within [{g(row.margin_low)}, {g(row.margin_high)}] holds before the Holm "
-                f"adjustment only (TOST p = {_p(row.p_tost)}, Holm p = {_p(row.p_tost_holm)}); {seeds_text(row)}")
+                f"adjustment only ({_p(row.p_tost, 'TOST p')}, {_p(row.p_tost_holm, 'Holm p')}); {seeds_text(row)}")
     else:
-        eq = (f" nor equivalence within [{g(row.margin_low)}, {g(row.margin_high)}] (TOST p = {_p(row.p_tost)})"
-              if np.isfinite(row.margin_low) else "")
-        text = f"undecided: neither a difference from {g(null)} (p = {_p(row.p)}){eq} is shown; {seeds_text(row)}"
+        if np.isfinite(row.margin_low):
+            text = (f"undecided: neither a difference from {g(null)} ({_p(row.p)}) nor equivalence within "
+                    f"[{g(row.margin_low)}, {g(row.margin_high)}] ({_p(row.p_tost, 'TOST p')}) is shown; "
+                    f"{seeds_text(row)}")
+        else:
+            text = f"undecided: a difference from {g(null)} is not shown ({_p(row.p)}); {seeds_text(row)}"
     return text
 
 
@@ -111,14 +115,17 @@ def _listing(rows: pd.DataFrame) -> str:
 
 
 def summary_lines(table: pd.DataFrame) -> list[str]:
-    """The short summary: the verdict counts, then one sentence per claim grouping its settings by verdict."""
+    """The short summary (a README's few lines): the verdict counts, then per claim how many of its settings each
+    verdict holds (the findings name them)."""
     counts = table["verdict"].value_counts()
     papers = ", ".join(f"paper {p}: {n}" for p, n in table.groupby("paper", sort=False).size().items())
     lines = [f"{len(table)} rows ({papers}); after Holm within each paper: "
              + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in MARK) + "."]
     for claim, rows in table.groupby("claim", sort=False):
-        parts = [f"{v} in {_listing(r)}" for v, r in rows.groupby("verdict", sort=False)]
-        lines.append(f"{rows['statement'].iloc[0]}: " + "; ".join(parts) + ".")
+        n = len(rows)
+        parts = [f"{v} in {len(r)} of {n} setting{'s' if n > 1 else ''}" if n > 1 else v
+                 for v, r in rows.groupby("verdict", sort=False)]
+        lines.append(f"{TITLE.get(claim, claim)}: {', '.join(parts)}.")
     return lines
 
 
@@ -157,11 +164,13 @@ def _two_nulls(one, uni) -> str:
 
 
 def findings_lines(table: pd.DataFrame) -> list[str]:
-    """The findings section: per claim a heading and one bullet per setting (its `why`)."""
+    """The findings section: per claim a heading, the settings grouped by verdict, one bullet per setting (its
+    `why`)."""
     lines: list[str] = []
     for claim, rows in table.groupby("claim", sort=False):
         lines += [f"### {TITLE.get(claim, claim)}", "", f"*{rows['statement'].iloc[0]}*; estimand: "
                   f"{rows['estimand'].iloc[0]}; null: {rows['null'].iloc[0]}.", ""]
+        lines += [" ".join(f"{v.capitalize()} in {_listing(r)}." for v, r in rows.groupby("verdict", sort=False)), ""]
         lines += [f"- {_short(r)}: {why(r)}" for r in rows.itertuples()]
         lines.append("")
     both = two_nulls_lines(table)

@@ -46,6 +46,15 @@ def _cli_value(text: str) -> str:
     return str(v)
 
 
+def _quote(text: str) -> str:
+    """A shell word: as is when safe, in double quotes when that suffices (tuples: ``"('a',)"``), else shlex."""
+    if re.fullmatch(r"[A-Za-z0-9_./:=,+-]+", text):
+        return text
+    if not any(ch in text for ch in '"$`\\!'):
+        return f'"{text}"'
+    return shlex.quote(text)
+
+
 def config_file(cfg: Any) -> str:
     """The config file (and variant) a stored run was made with, as ``--config=`` takes it."""
     variant = str(cfg.get("variant", "") or "")
@@ -71,10 +80,10 @@ def rerun_command(path: str | Path, num_seeds: int) -> str:
         base = cli._config_by_path(spec)
         ignore = tuple(doc.get("ignore", ())) + ("num_seeds", "variant", "workdir")
         for field, _, new in config_diff(base, cfg.to_dict(), ignore=ignore):
-            overrides.append(f"--config.{field}={shlex.quote(_cli_value(new))}")
+            overrides.append(_quote(f"--config.{field}={_cli_value(new)}"))
     except (OSError, ImportError, AttributeError, ValueError, KeyError):
         overrides.append("<the --config.* overrides this workdir was made with>")
-    return " ".join(["python", "-m", f"experiments.{study}", f"--config={spec}", f"--workdir={shlex.quote(str(path))}",
+    return " ".join(["python", "-m", f"experiments.{study}", f"--config={spec}", _quote(f"--workdir={path}"),
                      *overrides, f"--config.num_seeds={int(num_seeds)}"])
 
 
@@ -172,8 +181,14 @@ def replay(looks: pd.DataFrame, design: S.Design) -> pd.DataFrame:
 
 
 def _subprocess(cmd: str) -> None:
+    """Run a planned command with this interpreter (its output shows the sweep's progress)."""
     print(f"sequential: {cmd}", file=sys.stderr, flush=True)
-    subprocess.run(shlex.split(cmd), check=True)
+    args = shlex.split(cmd)
+    if args and args[0] == "python":
+        args[0] = sys.executable
+    done = subprocess.run(args)
+    if done.returncode:
+        raise ValueError(f"sequential: the command exited {done.returncode}: {cmd}")
 
 
 def run_sequential(workdirs: Sequence[Path], out: Path, *, chunk: int, cap: int, alpha: float = D.ALPHA,
