@@ -295,3 +295,15 @@ def test_partial_workdirs_and_mask_agreement_from_tables(tmp_path):
     note = table[table["claim"] == "up_mp"]["note"].item()
     assert "30.0% of the weights UP keeps are kept by MP too" in note
     assert "Incomplete inputs" in R.claims_markdown(table)
+
+
+def test_analysis_reads_stored_tables_only():
+    """The claims analysis imports neither JAX nor a model (it works from stored tables and a run description)."""
+    import subprocess as sp
+
+    code = ("import sys; import fairprune_jax.analysis.claims, fairprune_jax.analysis.sequential, "
+            "fairprune_jax.analysis.planning, fairprune_jax.analysis.estimand_study; "
+            "print(sorted(m for m in sys.modules if m == 'jax' or m.startswith(('jax.', 'flax', 'orbax'))))")
+    out = sp.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

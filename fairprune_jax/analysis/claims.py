@@ -73,7 +73,7 @@ class RecallRun:
 def _frame(v: np.ndarray, seeds: np.ndarray, grid: Sequence[float]) -> pd.Series | pd.DataFrame:
     v = np.where(np.isfinite(v), v, np.nan)
     if v.ndim == 2:
-        return pd.DataFrame(v, index=seeds, columns=[f"{100 * s:.0f}%" for s in grid])
+        return pd.DataFrame(v, index=seeds, columns=[f"{100 * s:.3g}%" for s in grid])
     return pd.Series(v, index=seeds)
 
 
@@ -388,7 +388,8 @@ def build(recall_runs: Sequence[RecallRun], bias_runs: Sequence[tuple[RunDescrip
 
 def finalize(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """Holm within each paper (difference and TOST p separately), the adjusted verdict, and the seed plan at the
-    level Holm would give each row next: α / (rows of its paper not rejected after adjustment)."""
+    level Holm would give each row next: α / (rows of its paper not rejected after adjustment); an undecided row
+    needs at least one seed more than it has."""
     out = table.copy()
     out["p_holm"], out["p_tost_holm"], out["verdict"] = np.nan, np.nan, D.UNDECIDED
     for _, idx in out.groupby("paper", sort=False).groups.items():
@@ -403,7 +404,8 @@ def finalize(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         for i in g.index:
             decided = out.at[i, "verdict"] != D.UNDECIDED
             pl = planning.plan(out.at[i, "_test"], level)
-            plans.append((i, level, pl.mde, np.nan if decided else pl.seeds_needed, "" if decided else pl.route))
+            need = max(pl.seeds_needed, out.at[i, "seeds"] + 1) if np.isfinite(pl.seeds_needed) else pl.seeds_needed
+            plans.append((i, level, pl.mde, np.nan if decided else need, "" if decided else pl.route))
     for i, level, mde, need, route in plans:
         out.loc[i, ["alpha_plan", "mde", "seeds_needed", "route"]] = [level, mde, need, route]
     log = out["scale"] == "log"

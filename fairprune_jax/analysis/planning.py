@@ -7,7 +7,8 @@ in its family: α / (rows of the family not yet rejected)):
 - one-sample / paired t: `statsmodels.stats.power.TTestPower` with effect size d = |estimate − null| / sd;
 - Welch between two runs: `TTestIndPower` (equal seeds in both runs) with d = |difference| / √((sd_a² + sd_b²)/2);
 - a normal statistic (the AUROC): its standard error scales as 1/√seeds;
-- per-sparsity cells: the most promising cell at α_plan / m.
+- per-sparsity cells: the most promising cell at α_plan / m, its seeds scaled up by the share of the run's seeds
+  that have a value in that cell.
 
 A row whose observed effect lies inside its equivalence margin can also decide by TOST: its seeds are the fewest
 with TOST power ≥ 80% at the observed effect (the noncentral-t approximation P(T_low > c) + P(T_high < −c) − 1);
@@ -104,7 +105,13 @@ def plan(test: Test, alpha: float, power: float = POWER) -> Plan:
 
     if test.kind == "cells":
         m = max(len(test.cells), 1)
-        plans = [plan(c, alpha / m, power) for c in test.cells]
+        full = max((c.seeds for c in test.cells), default=0)
+        plans = []
+        for c in test.cells:  # a cell missing some seeds' values (α_t ≤ 0 on a log scale) needs more seeds per run
+            p = plan(c, alpha / m, power)
+            scale = full / c.seeds if c.seeds else np.nan
+            plans.append(p._replace(seeds_needed=_ceil(p.seeds_needed * scale) if np.isfinite(scale)
+                                    else np.nan))
         need = [p.seeds_needed for p in plans if np.isfinite(p.seeds_needed)]
         best = min(plans, key=lambda p: p.seeds_needed if np.isfinite(p.seeds_needed) else np.inf) if plans \
             else Plan(np.nan, np.nan, "")
