@@ -161,6 +161,10 @@ def _row(key: str, setting: str, test: D.Test, runs: Sequence[RunDescription], n
     seeds = max([_n_seeds(v) for v in (values or {}).values()] or [test.seeds])
     if test.kind == "cells" and test.seeds < seeds:
         n_text += f"; {test.seeds} with a value at {test.cell}"
+    if test.kind == "cells":
+        cells = ", ".join(f"{lab} {float(show(t.estimate)):.3g} (p = {t.p:.2g})"
+                          for lab, t in zip(test.labels, test.cells) if np.isfinite(t.estimate))
+        note = f"Per sparsity: {cells}." + (f" {note}" if note else "")
     margin = np.isfinite(c.margin)
     return dict(claim=key, paper=c.paper, statement=c.statement, null=c.null_words, estimand=words or _words(key),
                 setting=setting.replace("{seeds}", str(seeds)), scale="log" if c.log else "linear", cell=test.cell,
