@@ -73,6 +73,17 @@ def _sequential(sel: pd.DataFrame, pops, args) -> pd.DataFrame:
             res = ES.sequential_study(cand, exch, DESIGN, args.sequential_reps, rng)
             rows.append(dict(claim="up_gp", candidate=cand.name, population=pop.name + " (UP exchangeable with GP)",
                              case="null (exchangeable)", truth=0.0, **res))
+    rng = np.random.default_rng([args.seed, 5])
+    hits = 0
+    for start in range(0, args.sequential_reps, 1000):  # normal per-seed values: the boundaries' own level
+        x = rng.standard_normal((min(1000, args.sequential_reps - start), DESIGN.cap))
+        tb = DESIGN.t_bounds(DESIGN.alpha)
+        t = np.stack([x[:, :n].mean(1) / (x[:, :n].std(1, ddof=1) / np.sqrt(n)) for n in DESIGN.looks], 1)
+        hits += int((np.abs(t) >= tb).any(1).sum())
+    p = hits / args.sequential_reps
+    rows.append(dict(claim="any", candidate="normal per-seed values", population="N(0, 1)", case="null (exact)",
+                     truth=0.0, reject=p, reject_mcse=float(np.sqrt(p * (1 - p) / args.sequential_reps)),
+                     mean_seeds=np.nan, fixed_power=np.nan, reps=args.sequential_reps))
     return pd.DataFrame(rows)
 
 

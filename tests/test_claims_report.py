@@ -149,3 +149,19 @@ def test_sequential_mode_extends_until_the_claims_decide_and_replays_from_tables
     with pytest.raises(ValueError, match="another sequential design"):
         PL.run_sequential([wd], out, chunk=3, cap=20, runner=runner, command=lambda p, n: f"extend {p} {n}")
     assert json.loads((out / "sequential.json").read_text())["chunk"] == 5
+
+
+def test_deprecated_names_warn_once_and_still_work():
+    import warnings
+
+    from fairprune_jax.analysis import claims as C
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lo, hi = C.hanley_mcneil(0.8, 50, 50)
+        C.hanley_mcneil(0.8, 50, 50)
+        text = R.markdown(_golden_table())
+        R.markdown(_golden_table())
+    assert (lo, hi) == pytest.approx((0.8 - 1.959964 * 0.04450, 0.8 + 1.959964 * 0.04450), abs=1e-4)
+    assert text.startswith("| paper | claim | null |")
+    assert sum(issubclass(w.category, DeprecationWarning) for w in caught) <= 2

@@ -306,6 +306,23 @@ def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
     return float(np.sqrt(max(var, 0.0)))
 
 
+_WARNED: set[str] = set()
+
+
+def hanley_mcneil(auc: float, n_pos: int, n_neg: int, level: float = D.LEVEL) -> tuple[float, float]:
+    """Deprecated (warns once): the normal interval of an AUROC; use `hanley_mcneil_se` (or `decisions.normal_test`)."""
+    import warnings
+
+    from scipy import stats as sps
+
+    if "hanley_mcneil" not in _WARNED:
+        _WARNED.add("hanley_mcneil")
+        warnings.warn("claims.hanley_mcneil is deprecated; use claims.hanley_mcneil_se or decisions.normal_test",
+                      DeprecationWarning, stacklevel=2)
+    half = sps.norm.isf((1 - level) / 2) * hanley_mcneil_se(auc, n_pos, n_neg)
+    return auc - half, auc + half
+
+
 def bias_rows(run: RunDescription, metrics: pd.DataFrame, identification: pd.DataFrame) -> list[dict]:
     """Paper 2's claims in one bias run: the highest sparsity with every BA value defined against the dense models."""
     m = metrics

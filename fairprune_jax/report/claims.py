@@ -178,6 +178,21 @@ def table_view(table: pd.DataFrame) -> pd.DataFrame:
         "why": [P.why(r) for r in rows]})
 
 
+_WARNED: set[str] = set()
+
+
+def markdown(claims: pd.DataFrame) -> str:
+    """Deprecated (warns once): the claims as one markdown table; use `claims_markdown` (the document) or
+    `table_view`."""
+    import warnings
+
+    if "markdown" not in _WARNED:
+        _WARNED.add("markdown")
+        warnings.warn("report.claims.markdown is deprecated; use report.claims.claims_markdown or table_view",
+                      DeprecationWarning, stacklevel=2)
+    return W.markdown_table(table_view(claims))
+
+
 def protocol_lines() -> list[str]:
     """What the verdicts mean (the constants of the protocol, docs/methods.md §14)."""
     return [
