@@ -118,13 +118,15 @@ def scale_table(long: pd.DataFrame, alpha: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- rows
 
 def describe(run: RunDescription, regime: tuple[float, float] | None, criteria: Sequence[str], grid: Sequence[float],
-             omit: str = "") -> str:
-    """Our setting in words: dataset · model · protocol · seeds · weight decay · criteria · regime."""
+             omit: str = "", seeds: int | None = None) -> str:
+    """Our setting in words: dataset · model · protocol · seeds (stored; `{seeds}` when not given) · weight decay ·
+    criteria · regime."""
     proto = run.protocol + (f" ({run.epochs} epochs/level)" if run.protocol == "iterative" else "")
     span = (f"{100 * min(grid):.0f}–{100 * max(grid):.0f}%" if grid else "no sparsity in range")
     fields = {"dataset": run.dataset, "model": "/".join(run.models)}
     head = " · ".join(v for k, v in fields.items() if k != omit)
-    return f"{head} · {proto} · {{seeds}} seeds · wd {run.weight_decay:g} · {'/'.join(c.upper() for c in criteria)} " \
+    n = "{seeds}" if seeds is None else str(seeds)
+    return f"{head} · {proto} · {n} seeds · wd {run.weight_decay:g} · {'/'.join(c.upper() for c in criteria)} " \
            f"at {span}"
 
 
@@ -196,7 +198,7 @@ def regime_rows(run: RecallRun) -> list[dict]:
         grid = run.grid(regime)
         if not grid or not crits:
             continue
-        setting = describe(run.run, regime, crits, grid)
+        setting = describe(run.run, regime, crits, grid, seeds=len(run.seeds))
         for k in (key, f"{key}_uniform"):
             v = run.per_seed(ESTIMANDS[CLAIMS[k].estimand], regime=regime, criteria=crits)
             if _usable(v):
@@ -207,7 +209,8 @@ def regime_rows(run: RecallRun) -> list[dict]:
         v = run.per_seed(ESTIMANDS[CLAIMS["rises"].estimand], regime=(0.0, 1.0), criteria=crits)
         if _usable(v):
             test = _test("rises", v)
-            out.append(_row("rises", describe(run.run, None, crits, grid), test, [run.run], f"{_n_seeds(v)} seeds",
+            out.append(_row("rises", describe(run.run, None, crits, grid, seeds=len(run.seeds)), test, [run.run],
+                            f"{_n_seeds(v)} seeds",
                             values={run.name: v}))
     return out
 
@@ -219,7 +222,7 @@ def criterion_rows(run: RecallRun) -> list[dict]:
         grid = run.grid(HIGH)
         if not {"up", other} <= set(run.criteria()) or not grid:
             continue
-        setting = describe(run.run, HIGH, ("up", other), grid)
+        setting = describe(run.run, HIGH, ("up", other), grid, seeds=len(run.seeds))
         typical = ESTIMANDS["log_median"]
         up, ref = (run.per_seed(typical, regime=HIGH, criteria=(c,)) for c in ("up", other))
         note = f"Typical α_t UP {np.exp(up.mean()):.3g} vs {other.upper()} {np.exp(ref.mean()):.3g}."
@@ -255,7 +258,7 @@ def _welch(key: str, first: RecallRun, second: RecallRun, label: str, omit: str,
     if a.empty or b.empty:
         return None
     test = D.welch_test(a.to_numpy(), b.to_numpy(), CLAIMS[key].margin)
-    setting = f"{label} · {describe(first.run, HIGH, crits, first.grid(HIGH), omit=omit)}"
+    setting = f"{label} · {describe(first.run, HIGH, crits, first.grid(HIGH), omit=omit, seeds=len(first.seeds))}"
     return _row(key, setting, test, [first.run, second.run], f"{len(a)} vs {len(b)} seeds, Welch", note,
                 {first.name: a, second.name: b}, _words(key, "welch", pair))
 
@@ -332,7 +335,7 @@ def bias_rows(run: RunDescription, metrics: pd.DataFrame, identification: pd.Dat
         return []
     s_high = float(max(full))
     setting = (f"{run.dataset} · {'/'.join(run.models)} · {run.protocol} {'/'.join(c.upper() for c in run.criteria)}"
-               f" · {{seeds}} seeds · {100 * s_high:.0f}% (highest sparsity with every BA defined)")
+               f" · {m['seed'].nunique()} seeds · {100 * s_high:.0f}% (highest sparsity with every BA defined)")
 
     def per_seed(metric: str, population: str, scheme: str = "default") -> pd.Series:
         sel = m[(m["metric"] == metric) & (m["scheme"] == scheme) & (m["population"] == population)]
