@@ -31,6 +31,7 @@ from ml_collections import config_flags
 from fairprune_jax import configs, deprecation, multihost, pipeline, sharding
 from fairprune_jax import launch as launch_lib
 from fairprune_jax.report import claims as claims_report
+from fairprune_jax.report import plan as plan_report
 from fairprune_jax.report import recall as recall_report
 from fairprune_jax.report import results_doc, runs
 from fairprune_jax.studies import schema, spine
@@ -352,6 +353,15 @@ def report() -> None:
                                "over every given workdir, recall and bias runs alike, into --out.")
     results = flags.DEFINE_bool("results", False, "Write the results document (e.g. --out=docs/results.md) from "
                                 "the given workdirs' reports (each rebuilt first) and their claims table.")
+    plan = flags.DEFINE_bool("plan", False, "Print the seed plan of the claims over the given workdirs: the seeds "
+                             "each undecided claim needs and the command that extends each workdir (also written "
+                             "into --out when given).")
+    sequential = flags.DEFINE_bool("sequential", False, "Add seeds to the workdirs in looks of --seed_chunk until "
+                                   "every claim decides or --max_seeds is reached (group-sequential boundaries); "
+                                   "writes sequential.md into --out.")
+    seed_chunk = flags.DEFINE_integer("seed_chunk", 5, "Seeds added per look of --sequential.")
+    max_seeds = flags.DEFINE_integer("max_seeds", 30, "Cap on the seeds per workdir of --sequential (and the "
+                                     "largest seed count --plan proposes a command for is 100 or this, the larger).")
     flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
     flags.mark_flags_as_required(["workdir"])
 
@@ -370,6 +380,16 @@ def report() -> None:
                 if not out.value:
                     raise ValueError("--out is required with --results (the document's file, e.g. docs/results.md)")
                 print(results_doc.write(paths, pathlib.Path(out.value)))
+                return
+            if plan.value or sequential.value:
+                if sequential.value:
+                    if not out.value:
+                        raise ValueError("--out is required with --sequential")
+                    print(plan_report.run_sequential(paths, pathlib.Path(out.value), chunk=seed_chunk.value,
+                                                     cap=max_seeds.value))
+                    return
+                print(plan_report.write_plan(paths, pathlib.Path(out.value) if out.value else None,
+                                             max_seeds=max(100, max_seeds.value)), end="")
                 return
             if claims.value:
                 if not out.value:

@@ -12,7 +12,10 @@ the package pulls in neither statsmodels nor matplotlib:
 - ``bias_identification``: CIEs over populations and the dense-only criteria (flags, attenuation, regression).
 - ``recall_tiers``, ``bias_tables``: every statistic of one recall or bias study, as the reports use them.
 - ``budget``: the recovery budget as a moderator (stacked long tables, pooled fits with the budget as a factor).
-- ``claims``: the claims table of both papers over several stored runs (§13), with the scale-free RQ2 measures.
+- ``claims``: the claims table of both papers over several stored runs (§13), under the protocol of §14 declared in
+  ``claim_kinds``: per-seed ``estimands``, tests and verdicts (``decisions``), seed plans (``planning``),
+  group-sequential boundaries (``sequential``), and the simulation that chose the estimands (``simulation``,
+  ``estimand_study``).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import importlib
 from typing import Any
 
 _SUBMODULES = ("intensification", "stats", "plots", "bias", "bias_softmax", "bias_identification", "recall_tiers",
-               "bias_tables", "budget", "claims")
+               "bias_tables", "budget", "claims", "claim_kinds", "estimands", "decisions", "planning", "sequential",
+               "simulation", "estimand_study")
 __all__ = list(_SUBMODULES)
 
 

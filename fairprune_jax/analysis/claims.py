@@ -1,215 +1,96 @@
-"""The claims table: every claim of the two reference studies, tested on stored results (docs/methods.md §13).
+"""The claims table: every claim of the two reference studies, tested on stored results under the protocol of
+docs/methods.md §14 (declared estimands, both nulls, equivalence margins, Holm within each paper, seed plans).
 
-Each row is one claim in one setting: the paper's statement, our setting, our estimate with its 95% interval, a
-verdict and one generated sentence of why. Units are seeds, so intervals are honest with few of them:
-
-- **Paper 1 (recall distortion).** From each recall run's α_t per network (flagged networks excluded):
-  - within a run, the per-seed mean α_t over a regime's networks (high sparsity: requested ≥ 90%; low: ≤ 50%;
-    MP/GP/UP), with a one-sample t-interval against 1;
-  - criteria compared within a run by the paired per-seed difference, against 0;
-  - datasets or models compared across runs by a Welch interval on the per-seed means (scipy).
-  - For RQ2, two scale-controlled variants of the dataset comparison (`scale_table`): the log-ratio of α_t to
-    α_null = (e_t/e_0)(a_0/a_t), the α_t every network would have if every class's error rate grew by the same
-    factor (what a near-ceiling task's tiny δ0 inflates), and the rank correlation ρ(δ0, δt − δ0), which no
-    rescaling of δ0 changes.
-- **Paper 2 (bias).** From a bias run's per-seed metrics: the paired per-seed difference between the highest
-  sparsity at which every bias amplification value is defined and the dense models (uncertainty, interdependence
-  R², bias amplification), or between a calibrated threshold scheme and the default one; the identification
-  AUROC of the dense-model uncertainty with a Hanley–McNeil interval.
-
-Verdict: reproduced when the interval lies on the claimed side of the null, not reproduced when it lies on the other
-side, inconclusive otherwise.
+One row per claim, null and setting. Seeds are the unit: each row reduces every run to one value per seed
+(`analysis.estimands`) and tests those values (`analysis.decisions`); `finalize` adds the Holm-adjusted verdict
+and the seed plan (`analysis.planning`). Inputs are stored tables and a small typed `RunDescription` per run, never
+a config object or a model: the report layer (`report.claims`) builds both from a workdir.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-HIGH, LOW = (0.9, 1.0), (0.0, 0.5)  # requested-sparsity regimes (inclusive)
-STRUCTURED = ("mp", "gp", "up")  # random pruning is the control, never part of a claim
-LEVEL = 0.95
+from fairprune_jax.analysis import decisions as D
+from fairprune_jax.analysis import estimands as E
+from fairprune_jax.analysis import planning
+from fairprune_jax.analysis.claim_kinds import (CLAIMS, ESTIMANDS, HIGH, LOW, NULL_WORDS, RATIO_MARGIN,  # noqa: F401
+                                                STRUCTURED, Claim, Estimand, RunDescription)
+
+ALPHA = D.ALPHA
 
 
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """A claim: which paper, its statement, the sign it predicts for the estimate relative to `null`."""
-
-    paper: str
-    statement: str
-    direction: str  # ">" or "<"
-    null: float
-
-
-CLAIMS = {
-    "high": Claim("1", "Pruning intensifies recall distortion at high sparsity (E[α_t] > 1)", ">", 1.0),
-    "low": Claim("1", "At low sparsity pruning de-intensifies it (E[α_t] < 1)", "<", 1.0),
-    "up_mp": Claim("1", "UP intensifies less than MP (α_t of UP − MP < 0)", "<", 0.0),
-    "up_gp": Claim("1", "UP intensifies less than GP (α_t of UP − GP < 0)", "<", 0.0),
-    "harder": Claim("1", "Harder tasks intensify more (harder − easier > 0)", ">", 0.0),
-    "smaller": Claim("1", "Smaller models intensify more (smaller − larger > 0)", ">", 0.0),
-    "uncertainty": Claim("2", "Uncertainty rises with sparsity (pruned − dense > 0)", ">", 0.0),
-    "interdependence": Claim("2", "Output interdependence (R²) rises with sparsity (pruned − dense > 0)", ">", 0.0),
-    "bias": Claim("2", "Bias amplification rises with sparsity (BA pruned − dense > 0)", ">", 0.0),
-    "identify": Claim("2", "Dense-model uncertainty identifies the samples that change (AUROC > 0.5)", ">", 0.5),
-    "calibration": Claim("2", "Threshold calibration reduces the bias (BA calibrated − default < 0)", "<", 0.0),
-}
-
+# ---------------------------------------------------------------------------------------------- runs
 
 @dataclasses.dataclass(frozen=True)
 class RecallRun:
-    """One recall run: a name, its stored config, and its α_t table (`intensification.alpha`) with `long`."""
+    """One recall run: its description and its per-network table (`intensification.alpha` with the columns of
+    `scale_table`), diverged networks left out; `agreement` is the run's mask agreement between criteria."""
 
-    name: str
-    config: Any
+    run: RunDescription
     alpha: pd.DataFrame
-    long: pd.DataFrame
-    agreement: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)  # (a, b) -> `mask_agreement`
+    agreement: Mapping[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.run.name
+
+    @property
+    def seeds(self) -> list:
+        return sorted(self.alpha["seed"].unique())
+
+    def first(self, n: int) -> "RecallRun":
+        """The run restricted to its first `n` seeds (a look of the sequential mode)."""
+        keep = set(self.seeds[:n])
+        return dataclasses.replace(self, alpha=self.alpha[self.alpha["seed"].isin(keep)])
+
+    def criteria(self, among: Sequence[str] = STRUCTURED) -> list[str]:
+        have = set(self.alpha["criterion"])
+        return [c for c in among if c in have]
+
+    def grid(self, regime: tuple[float, float] = (0.0, 1.0)) -> list[float]:
+        s = sorted(self.alpha["requested_sparsity"].unique())
+        return [x for x in s if regime[0] <= x <= regime[1]]
+
+    def per_seed(self, est: Estimand, *, regime: tuple[float, float],
+                 criteria: Sequence[str]) -> pd.Series | pd.DataFrame:
+        """The estimand's value per seed (a frame of one column per sparsity for cells) over the networks of
+        `criteria` in `regime`, flagged networks excluded; ±∞ become NaN."""
+        grid = self.grid(regime)
+        seeds, arr = E.network_array(self.alpha, est.value, criteria=list(criteria), sparsities=grid)
+        return _frame(est.reduce(arr, grid), seeds, grid)
+
+    def compare(self, est: Estimand, a: str, b: str, regime: tuple[float, float]) -> pd.Series | pd.DataFrame:
+        """The estimand's paired comparison of criterion `a` with `b`, per seed."""
+        grid = self.grid(regime)
+        seeds, arr = E.network_array(self.alpha, est.value, criteria=[a, b], sparsities=grid)
+        return _frame(est.compare(arr[:, :1], arr[:, 1:]), seeds, grid)
 
 
-def verdict(claim: Claim, low: float, high: float) -> str:
-    """reproduced / not reproduced / inconclusive from a (low, high) interval and the claim's direction."""
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return "inconclusive"
-    above, below = low > claim.null, high < claim.null
-    if claim.direction == ">":
-        return "reproduced" if above else "not reproduced" if below else "inconclusive"
-    return "reproduced" if below else "not reproduced" if above else "inconclusive"
+def _frame(v: np.ndarray, seeds: np.ndarray, grid: Sequence[float]) -> pd.Series | pd.DataFrame:
+    v = np.where(np.isfinite(v), v, np.nan)
+    if v.ndim == 2:
+        return pd.DataFrame(v, index=seeds, columns=[f"{100 * s:.3g}%" for s in grid])
+    return pd.Series(v, index=seeds)
 
 
-def _why(claim: Claim, est: float, low: float, high: float, n: str, what: str) -> str:
-    side = ("lies above" if low > claim.null else "lies below" if high < claim.null else "includes")
-    return f"{what} = {est:.3g} [{low:.3g}, {high:.3g}] ({n}); the interval {side} {claim.null:g}."
+def recall_run(run: RunDescription, recall: pd.DataFrame, *, agreement: Mapping | None = None) -> RecallRun:
+    """A `RecallRun` from a stored recall table (diverged networks left out)."""
+    from fairprune_jax.analysis import intensification
 
-
-def row(key: str, setting: str, est: float, low: float, high: float, n: str, what: str, note: str = "") -> dict:
-    """One claims-table row."""
-    c = CLAIMS[key]
-    why = _why(c, est, low, high, n, what) + (f" {note}" if note else "")
-    return dict(claim=key, paper=c.paper, statement=c.statement, setting=setting, estimate=est, ci_low=low,
-                ci_high=high, n=n, verdict=verdict(c, low, high), why=why)
-
-
-# ---------------------------------------------------------------------------------------------- intervals
-
-def one_sample(x: Sequence[float], null: float, level: float = LEVEL) -> tuple[float, float, float, int]:
-    """(mean, low, high, n): the t-interval of the mean (`stats.tier_a`)."""
-    from fairprune_jax.analysis import stats
-
-    r = stats.tier_a(np.asarray(x, float), level=level, null=null)
-    return r["mean"], r["ci_low"], r["ci_high"], r["n"]
-
-
-def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
-    """(mean(a) − mean(b), low, high): Welch's interval (scipy.stats.ttest_ind, unequal variances)."""
-    from scipy import stats as sps
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) < 2 or len(b) < 2:
-        return float(np.mean(a) - np.mean(b)) if len(a) and len(b) else np.nan, np.nan, np.nan
-    ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=level)
-    return float(a.mean() - b.mean()), float(ci.low), float(ci.high)
-
-
-def hanley_mcneil(auc: float, n_pos: int, n_neg: int, level: float = LEVEL) -> tuple[float, float]:
-    """Normal interval of an AUROC from its numbers of positives and negatives (Hanley & McNeil, 1982)."""
-    from scipy import stats as sps
-
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
-    z = sps.norm.ppf(0.5 + level / 2)
-    half = z * np.sqrt(max(var, 0.0))
-    return auc - half, auc + half
-
-
-# ---------------------------------------------------------------------------------------------- paper 1
-
-def seed_means(alpha: pd.DataFrame, *, regime: tuple[float, float], criteria: Sequence[str] = STRUCTURED,
-               value: str = "alpha") -> pd.Series:
-    """Per-seed mean of `value` over the unflagged networks of `criteria` whose requested sparsity is in `regime`."""
-    lo, hi = regime
-    sel = alpha[alpha["criterion"].isin(criteria) & alpha["requested_sparsity"].between(lo, hi)
-                & ~alpha["flagged"].astype(bool)]
-    sel = sel[np.isfinite(sel[value].to_numpy(float))]
-    return sel.groupby("seed")[value].mean()
-
-
-def describe(run: RecallRun, regime: tuple[float, float] | None = None, criteria: Sequence[str] = STRUCTURED,
-             omit: str = "") -> str:
-    """Our setting in words: dataset · model · protocol · seeds · weight decay · criteria · regime (`omit`
-    "dataset" or "model" leaves that field out, for comparisons that name it already)."""
-    c = run.config
-    wd = float(c.train.optimizer.weight_decay)
-    models = "/".join(sorted(run.alpha["model"].unique()))
-    proto = c.prune.protocol + (f" ({int(c.train.epochs)} epochs/level)" if c.prune.protocol == "iterative" else "")
-    grid = sorted(run.alpha["requested_sparsity"].unique())
-    if regime is not None:
-        grid = [s for s in grid if regime[0] <= s <= regime[1]]
-    span = f"{100 * min(grid):.0f}–{100 * max(grid):.0f}%" if grid else "no sparsity in range"
-    crit = "/".join(x.upper() for x in criteria)
-    fields = {"dataset": c.dataset, "model": models}
-    head = " · ".join(v for k, v in fields.items() if k != omit)
-    return f"{head} · {proto} · {int(c.num_seeds)} seeds · wd {wd:g} · {crit} at {span}"
-
-
-def regime_rows(run: RecallRun) -> list[dict]:
-    """The high- and low-sparsity claims in one run."""
-    out = []
-    for key, regime in (("high", HIGH), ("low", LOW)):
-        crits = [c for c in STRUCTURED if c in set(run.alpha["criterion"])]
-        m = seed_means(run.alpha, regime=regime, criteria=crits)
-        if m.empty:
-            continue
-        est, lo, hi, n = one_sample(m.to_numpy(), CLAIMS[key].null)
-        out.append(row(key, describe(run, regime, crits), est, lo, hi, f"{n} seeds",
-                       "mean over seeds of the mean α_t"))
-    return out
-
-
-def criterion_rows(run: RecallRun) -> list[dict]:
-    """UP − MP and UP − GP at high sparsity, paired by seed."""
-    out = []
-    have = set(run.alpha["criterion"])
-    for key, other in (("up_mp", "mp"), ("up_gp", "gp")):
-        if not {"up", other} <= have:
-            continue
-        up = seed_means(run.alpha, regime=HIGH, criteria=("up",))
-        ref = seed_means(run.alpha, regime=HIGH, criteria=(other,))
-        diff = (up - ref).dropna()
-        if diff.empty:
-            continue
-        est, lo, hi, n = one_sample(diff.to_numpy(), 0.0)
-        note = f"UP {up.mean():.3g} vs {other.upper()} {ref.mean():.3g}."
-        if ("up", other) in run.agreement:
-            note += (f" {100 * run.agreement[('up', other)]:.1f}% of the weights UP keeps are kept by "
-                     f"{other.upper()} too (mean over seeds and sparsities).")
-        out.append(row(key, describe(run, HIGH, ("up", other)), est, lo, hi, f"{n} seeds, paired",
-                       f"E[α_t] UP − {other.upper()}", note))
-    return out
-
-
-def compare_rows(key: str, harder: RecallRun, easier: RecallRun, label: str, *, value: str = "alpha",
-                 table: tuple[pd.DataFrame, pd.DataFrame] | None = None, what: str = "E[α_t]",
-                 omit: str = "dataset") -> dict | None:
-    """A Welch comparison of per-seed high-sparsity means between two runs (harder/smaller minus the other)."""
-    a_h, a_e = table if table is not None else (harder.alpha, easier.alpha)
-    crits = [c for c in STRUCTURED if c in set(a_h["criterion"]) & set(a_e["criterion"])]
-    mh, me = (seed_means(t, regime=HIGH, criteria=crits, value=value) for t in (a_h, a_e))
-    if mh.empty or me.empty:
-        return None
-    est, lo, hi = welch(mh.to_numpy(), me.to_numpy())
-    setting = f"{label} · {describe(harder, HIGH, crits, omit=omit)}"
-    return row(key, setting, est, lo, hi, f"{len(mh)} vs {len(me)} seeds, Welch",
-               f"{what} difference", f"{mh.mean():.3g} vs {me.mean():.3g}.")
+    if "diverged" in recall:
+        recall = recall[~recall["diverged"].astype(bool)]
+    long = intensification.long_table(recall.reset_index(drop=True), chance=run.chance)
+    return RecallRun(run, scale_table(long, intensification.alpha(long)), dict(agreement or {}))
 
 
 def scale_table(long: pd.DataFrame, alpha: pd.DataFrame) -> pd.DataFrame:
-    """α_t with its two scale-controlled companions per network: `log_excess` = log(α_t / α_null) with
-    α_null = (e_t/e_0)(a_0/a_t) (uniform error growth; NaN unless both are positive) and `rank_rho` =
-    Spearman ρ(δ0, δt − δ0) over the network's classes."""
+    """α_t with its two scale-controlled companions per network: `alpha_null` = (e_t/e_0)(a_0/a_t) (uniform error
+    growth), `log_excess` = log(α_t/α_null) (−∞ for α_t ≤ 0, NaN unless α_null > 0 and α_t is defined) and
+    `rank_rho` = Spearman ρ(δ0, δt − δ0) over the network's classes."""
     from scipy import stats as sps
 
     keys = ["dataset", "model", "criterion", "seed", "level"]
@@ -219,7 +100,10 @@ def scale_table(long: pd.DataFrame, alpha: pd.DataFrame) -> pd.DataFrame:
         null = (et / e0) * (out["a0"].to_numpy(float) / out["at"].to_numpy(float))
         a = out["alpha"].to_numpy(float)
         out["alpha_null"] = null
-        out["log_excess"] = np.where((a > 0) & (null > 0), np.log(a / null), np.nan)
+        # α_t ≤ 0 < α_null: less distortion than any uniform growth; −∞ ranks it lowest for a median, a mean
+        # leaves it out (`analysis.estimands`)
+        out["log_excess"] = np.where((null > 0) & np.isfinite(a), np.where(a > 0, np.log(np.abs(a) / null), -np.inf),
+                                     np.nan)
     ok = long[np.isfinite(long["d0"].to_numpy(float)) & np.isfinite(long["dt"].to_numpy(float))]
 
     def rho(g: pd.DataFrame) -> float:
@@ -231,90 +115,227 @@ def scale_table(long: pd.DataFrame, alpha: pd.DataFrame) -> pd.DataFrame:
     return out.merge(r, on=keys, how="left")
 
 
+# ---------------------------------------------------------------------------------------------- rows
+
+def describe(run: RunDescription, regime: tuple[float, float] | None, criteria: Sequence[str], grid: Sequence[float],
+             omit: str = "", seeds: int | None = None) -> str:
+    """Our setting in words: dataset · model · protocol · seeds (stored; `{seeds}` when not given) · weight decay ·
+    criteria · regime."""
+    proto = run.protocol + (f" ({run.epochs} epochs/level)" if run.protocol == "iterative" else "")
+    span = (f"{100 * min(grid):.0f}–{100 * max(grid):.0f}%" if grid else "no sparsity in range")
+    fields = {"dataset": run.dataset, "model": "/".join(run.models)}
+    head = " · ".join(v for k, v in fields.items() if k != omit)
+    n = "{seeds}" if seeds is None else str(seeds)
+    return f"{head} · {proto} · {n} seeds · wd {run.weight_decay:g} · {'/'.join(c.upper() for c in criteria)} " \
+           f"at {span}"
+
+
+def _null(claim: Claim) -> float:
+    """The null on the tested scale: 0 for logs, differences and slopes; 1 for α_t itself on the linear scale."""
+    return 1.0 if claim.null == "one" and not claim.log else 0.0
+
+
+def _test(key: str, values: pd.Series | pd.DataFrame) -> D.Test:
+    c = CLAIMS[key]
+    if isinstance(values, pd.DataFrame):
+        return D.cells_test(values.to_numpy(float), list(values.columns), _null(c), c.margin)
+    return D.t_test(values.dropna().to_numpy(float), _null(c), c.margin)
+
+
+def _words(key: str, how: str = "", pair: str = "") -> str:
+    c = CLAIMS[key]
+    if not c.estimand:
+        return c.words
+    est = ESTIMANDS[c.estimand]
+    if how == "paired":
+        return f"{est.compare_words}, {pair}, paired by seed"
+    if how == "welch":
+        return f"{est.words}; {pair} (Welch)"
+    return est.words
+
+
+def _row(key: str, setting: str, test: D.Test, runs: Sequence[RunDescription], n_text: str, note: str = "",
+         values: Mapping[str, pd.Series | pd.DataFrame] | None = None, words: str = "") -> dict:
+    """One row: the claim, our setting, the test on its scale and on the shown scale, the raw verdict."""
+    c = CLAIMS[key]
+    show = np.exp if c.log else (lambda x: x)
+    partial = "; ".join(f"{r.name}: {', '.join(r.missing_units)}" for r in runs if r.missing_units)
+    seeds = max([_n_seeds(v) for v in (values or {}).values()] or [test.seeds])
+    if test.kind == "cells" and test.seeds < seeds:
+        n_text += f"; {test.seeds} with a value at {test.cell}"
+    if test.kind == "cells":
+        cells = ", ".join(f"{lab} {float(show(t.estimate)):.3g} (p = {t.p:.2g})"
+                          for lab, t in zip(test.labels, test.cells) if np.isfinite(t.estimate))
+        note = f"Per sparsity: {cells}." + (f" {note}" if note else "")
+    margin = np.isfinite(c.margin)
+    return dict(claim=key, paper=c.paper, statement=c.statement, null=c.null_words, estimand=words or _words(key),
+                setting=setting.replace("{seeds}", str(seeds)), scale="log" if c.log else "linear", cell=test.cell,
+                estimate=float(show(test.estimate)), ci_low=float(show(test.ci_low)), ci_high=float(show(test.ci_high)),
+                null_value=float(show(test.null)), margin_low=float(show(test.null - c.margin)) if margin else np.nan,
+                margin_high=float(show(test.null + c.margin)) if margin else np.nan,
+                mean=test.estimate, sd=planning.spread(test), seeds=seeds, n=n_text, test=test.kind, p=test.p,
+                p_tost=test.p_tost,
+                verdict_raw=D.verdict(c.direction, test.estimate, test.null, test.p, test.p_tost),
+                workdirs=" | ".join(r.name for r in runs), partial=partial, note=note,
+                _test=test, _values=dict(values or {}))
+
+
+def _n_seeds(v: pd.Series | pd.DataFrame) -> int:
+    """Seeds with at least one finite value."""
+    x = v.to_numpy(float).reshape(len(v), -1)
+    return int(np.isfinite(x).any(1).sum())
+
+
+def _usable(v: pd.Series | pd.DataFrame) -> bool:
+    return bool(np.isfinite(v.to_numpy(float)).any())
+
+
+def regime_rows(run: RecallRun) -> list[dict]:
+    """High and low sparsity against α_t = 1 and against uniform error growth, and the trend over sparsity."""
+    out = []
+    crits = run.criteria()
+    for key, regime in (("high", HIGH), ("low", LOW)):
+        grid = run.grid(regime)
+        if not grid or not crits:
+            continue
+        setting = describe(run.run, regime, crits, grid, seeds=len(run.seeds))
+        for k in (key, f"{key}_uniform"):
+            v = run.per_seed(ESTIMANDS[CLAIMS[k].estimand], regime=regime, criteria=crits)
+            if _usable(v):
+                test = _test(k, v)
+                out.append(_row(k, setting, test, [run.run], f"{_n_seeds(v)} seeds", values={run.name: v}))
+    grid = run.grid()
+    if len(grid) >= 3 and crits:
+        v = run.per_seed(ESTIMANDS[CLAIMS["rises"].estimand], regime=(0.0, 1.0), criteria=crits)
+        if _usable(v):
+            test = _test("rises", v)
+            out.append(_row("rises", describe(run.run, None, crits, grid, seeds=len(run.seeds)), test, [run.run],
+                            f"{_n_seeds(v)} seeds",
+                            values={run.name: v}))
+    return out
+
+
+def criterion_rows(run: RecallRun) -> list[dict]:
+    """UP against MP and against GP at high sparsity, paired by seed, on α_t and on α_t/α_null."""
+    out = []
+    for key, other in (("up_mp", "mp"), ("up_gp", "gp")):
+        grid = run.grid(HIGH)
+        if not {"up", other} <= set(run.criteria()) or not grid:
+            continue
+        setting = describe(run.run, HIGH, ("up", other), grid, seeds=len(run.seeds))
+        typical = ESTIMANDS["log_median"]
+        up, ref = (run.per_seed(typical, regime=HIGH, criteria=(c,)) for c in ("up", other))
+        note = f"Typical α_t UP {np.exp(up.mean()):.3g} vs {other.upper()} {np.exp(ref.mean()):.3g}."
+        if ("up", other) in run.agreement:
+            note += (f" {100 * run.agreement[('up', other)]:.1f}% of the weights UP keeps are kept by "
+                     f"{other.upper()} too (mean over seeds and sparsities).")
+        elif run.run.protocol == "one_shot":
+            note += " Mask agreement not stored in this workdir."
+        for k, n in ((key, note), (f"{key}_uniform", "")):
+            v = run.compare(ESTIMANDS[CLAIMS[k].estimand], "up", other, HIGH)
+            if _usable(v):
+                test = _test(k, v)
+                out.append(_row(k, setting, test, [run.run], f"{_n_seeds(v)} seeds, paired", n, {run.name: v},
+                                _words(k, "paired", f"UP over {other.upper()}")))
+    return out
+
+
+def _pairs(runs: Sequence[RecallRun], *, differ: str) -> list[tuple[RecallRun, RecallRun]]:
+    """Pairs of runs equal in every design field but `differ` ("dataset" or "models")."""
+    out = []
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            if a.run.signature(differ) == b.run.signature(differ) and getattr(a.run, differ) != getattr(b.run, differ):
+                out.append((a, b))
+    return out
+
+
+def _welch(key: str, first: RecallRun, second: RecallRun, label: str, omit: str, pair: str,
+           note: str = "") -> dict | None:
+    crits = [c for c in STRUCTURED if c in set(first.criteria()) & set(second.criteria())]
+    est = ESTIMANDS[CLAIMS[key].estimand]
+    a, b = (r.per_seed(est, regime=HIGH, criteria=crits).dropna() for r in (first, second))
+    if a.empty or b.empty:
+        return None
+    test = D.welch_test(a.to_numpy(), b.to_numpy(), CLAIMS[key].margin)
+    setting = f"{label} · {describe(first.run, HIGH, crits, first.grid(HIGH), omit=omit, seeds=len(first.seeds))}"
+    return _row(key, setting, test, [first.run, second.run], f"{len(a)} vs {len(b)} seeds, Welch", note,
+                {first.name: a, second.name: b}, _words(key, "welch", pair))
+
+
 def dataset_rows(runs: Sequence[RecallRun]) -> list[dict]:
-    """RQ2: runs alike but for the dataset, the harder one (lower dense accuracy) minus the easier; raw α_t and
-    the two scale-controlled measures of `scale_table`."""
+    """RQ2: runs alike but for the dataset, the harder one (lower dense accuracy) against the easier."""
     out = []
     for a, b in _pairs(runs, differ="dataset"):
         hard, easy = (a, b) if _dense_accuracy(a) < _dense_accuracy(b) else (b, a)
-        label = f"{hard.config.dataset} (dense acc {_dense_accuracy(hard):.3f}) vs {easy.config.dataset} " \
-                f"({_dense_accuracy(easy):.3f})"
-        out.append(compare_rows("harder", hard, easy, label))
-        scaled = (scale_table(hard.long, hard.alpha), scale_table(easy.long, easy.alpha))
-        out.append(compare_rows("harder", hard, easy, label + " · δ0-scale controlled: log(α_t / α_null)",
-                                value="log_excess", table=scaled, what="mean log(α_t/α_null)"))
-        out.append(compare_rows("harder", hard, easy, label + " · rank-based: Spearman ρ(δ0, δt − δ0)",
-                                value="rank_rho", table=scaled, what="mean ρ"))
+        label = (f"{hard.run.dataset} (dense acc {_dense_accuracy(hard):.3f}) vs {easy.run.dataset} "
+                 f"({_dense_accuracy(easy):.3f})")
+        pair = f"{hard.run.dataset} over {easy.run.dataset}"
+        out += [_welch(k, hard, easy, label, "dataset", pair) for k in ("harder", "harder_uniform", "harder_rank")]
     return [r for r in out if r is not None]
 
 
 def model_rows(runs: Sequence[RecallRun]) -> list[dict]:
-    """RQ3: runs alike but for the model, the smaller one (fewer parameters) minus the larger."""
+    """RQ3: runs alike but for the model, the smaller one (fewer parameters) against the larger."""
     out = []
     for a, b in _pairs(runs, differ="models"):
-        small, large = (a, b) if _n_params(a) < _n_params(b) else (b, a)
-        label = f"{small.alpha['model'].iloc[0]} ({_n_params(small):,} parameters) vs {large.alpha['model'].iloc[0]} " \
-                f"({_n_params(large):,})"
-        out.append(compare_rows("smaller", small, large, label, omit="model"))
+        na, nb = _n_params(a), _n_params(b)
+        if na is None or nb is None or na == nb:
+            continue
+        small, large = (a, b) if na < nb else (b, a)
+        ms, ml = "/".join(small.run.models), "/".join(large.run.models)
+        label = f"{ms} ({_n_params(small):,} parameters) vs {ml} ({_n_params(large):,})"
+        note = " ".join(dict.fromkeys(r.run.sizes_note for r in (small, large) if r.run.sizes_note))
+        out += [_welch(k, small, large, label, "model", f"{ms} over {ml}", note)
+                for k in ("smaller", "smaller_uniform")]
     return [r for r in out if r is not None]
-
-
-def _signature(run: RecallRun, without: str) -> tuple:
-    c = run.config
-    sig = dict(dataset=c.dataset, models=tuple(c.models), protocol=c.prune.protocol, seeds=int(c.num_seeds),
-               wd=float(c.train.optimizer.weight_decay), epochs=int(c.train.epochs),
-               ft=(int(c.finetune.epochs), float(c.finetune.optimizer.lr)), grid=tuple(c.prune.sparsities))
-    sig.pop(without)
-    return tuple(sorted(sig.items()))
-
-
-def _pairs(runs: Sequence[RecallRun], *, differ: str) -> list[tuple[RecallRun, RecallRun]]:
-    """Pairs of runs equal in every design field but `differ` (dataset or models)."""
-    out = []
-    for i, a in enumerate(runs):
-        for b in runs[i + 1:]:
-            if _signature(a, differ) == _signature(b, differ) and (
-                    a.config.dataset != b.config.dataset if differ == "dataset"
-                    else tuple(a.config.models) != tuple(b.config.models)):
-                out.append((a, b))
-    return out
 
 
 def _dense_accuracy(run: RecallRun) -> float:
     return float(run.alpha.groupby("seed")["a0"].first().mean())
 
 
-def model_spec(config: Any) -> Any:
-    """The ModelSpec of a recall run's (first) model on its dataset."""
-    from fairprune_jax import data as data_lib
-    from fairprune_jax import models as models_lib
-
-    info = data_lib.info(config.dataset)
-    return models_lib.get_model(config.models[0], num_outputs=info.num_classes, input_shape=info.image_shape)
-
-
-def _n_params(run: RecallRun) -> int:
-    """Parameters of the run's (first) model, from its shapes."""
-    import jax
-
-    params = jax.eval_shape(model_spec(run.config).init, jax.random.key(0))["params"]
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+def _n_params(run: RecallRun) -> int | None:
+    counts = [run.run.n_params.get(m) for m in run.run.models]
+    return None if any(c is None for c in counts) else int(sum(counts))
 
 
 # ---------------------------------------------------------------------------------------------- paper 2
 
-def bias_rows(config: Any, metrics: pd.DataFrame, identification: pd.DataFrame) -> list[dict]:
-    """Paper 2's claims in one bias run: the highest sparsity with every BA value defined vs the dense models."""
+def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC from its numbers of positives and negatives (Hanley & McNeil, 1982)."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+_WARNED: set[str] = set()
+
+
+def hanley_mcneil(auc: float, n_pos: int, n_neg: int, level: float = D.LEVEL) -> tuple[float, float]:
+    """Deprecated (warns once): the normal interval of an AUROC; use `hanley_mcneil_se` (or `decisions.normal_test`)."""
+    import warnings
+
+    from scipy import stats as sps
+
+    if "hanley_mcneil" not in _WARNED:
+        _WARNED.add("hanley_mcneil")
+        warnings.warn("claims.hanley_mcneil is deprecated; use claims.hanley_mcneil_se or decisions.normal_test",
+                      DeprecationWarning, stacklevel=2)
+    half = sps.norm.isf((1 - level) / 2) * hanley_mcneil_se(auc, n_pos, n_neg)
+    return auc - half, auc + half
+
+
+def bias_rows(run: RunDescription, metrics: pd.DataFrame, identification: pd.DataFrame) -> list[dict]:
+    """Paper 2's claims in one bias run: the highest sparsity with every BA value defined against the dense models."""
     m = metrics
     ba = m[(m["metric"] == "ba") & (m["scheme"] == "default") & (m["population"] == "sparse")]
     full = [s for s, g in ba.groupby("sparsity") if g["value"].notna().all()]
     if not full:
         return []
     s_high = float(max(full))
-    model = (config.get("models", None) or [config.get("model")])[0]  # plural names; earlier configs: singular
-    crit = (config.prune.get("criteria", None) or [config.prune.get("criterion")])[0]
-    setting = (f"{config.dataset} · {model} · {config.prune.protocol} {crit.upper()} · "
-               f"{int(config.num_seeds)} seeds · {100 * s_high:.0f}% (highest sparsity with every BA defined)")
+    setting = (f"{run.dataset} · {'/'.join(run.models)} · {run.protocol} {'/'.join(c.upper() for c in run.criteria)}"
+               f" · {m['seed'].nunique()} seeds · {100 * s_high:.0f}% (highest sparsity with every BA defined)")
 
     def per_seed(metric: str, population: str, scheme: str = "default") -> pd.Series:
         sel = m[(m["metric"] == metric) & (m["scheme"] == scheme) & (m["population"] == population)]
@@ -323,75 +344,94 @@ def bias_rows(config: Any, metrics: pd.DataFrame, identification: pd.DataFrame) 
         return sel.groupby("seed")["value"].mean()
 
     out = []
-    for key, metric, what in (("uncertainty", "uncertainty", "mean uncertainty"),
-                              ("interdependence", "r2", "mean interdependence R²"),
-                              ("bias", "ba", "mean BA")):
+    for key, metric, what in (("uncertainty", "uncertainty", "uncertainty"), ("interdependence", "r2", "R²"),
+                              ("bias", "ba", "BA")):
         sp, de = per_seed(metric, "sparse"), per_seed(metric, "dense")
         d = (sp - de).dropna()
-        est, lo, hi, n = one_sample(d.to_numpy(), 0.0)
-        out.append(row(key, setting + " vs dense", est, lo, hi, f"{n} seeds, paired", f"{what}, pruned − dense",
-                       f"{sp.mean():.3g} vs {de.mean():.3g}."))
+        test = D.t_test(d.to_numpy(), 0.0, CLAIMS[key].margin)
+        out.append(_row(key, setting + " vs dense", test, [run], f"{test.seeds} seeds, paired",
+                        f"Mean {what} {sp.mean():.3g} pruned vs {de.mean():.3g} dense.", {run.name: d}))
     ident = identification[np.isclose(identification["sparsity"].astype(float), s_high)
                            & (identification["subset"] == "all")]
     unc, rnd = ident[ident["criterion"] == "uncertainty"], ident[ident["criterion"] == "random"]
     if not unc.empty:
         r = unc.iloc[0]
-        lo, hi = hanley_mcneil(float(r["auroc"]), int(r["n_cie"]), int(r["n"] - r["n_cie"]))
+        auc, n_pos, n = float(r["auroc"]), int(r["n_cie"]), int(r["n"])
+        test = D.normal_test(auc, hanley_mcneil_se(auc, n_pos, n - n_pos), 0.5, CLAIMS["identify"].margin,
+                             n=run.num_seeds)
         note = (f"Random score: {float(rnd.iloc[0]['auroc']):.3f}. " if not rnd.empty else "") + \
-               "Units are sample × attribute pairs pooled over seeds, so the interval is optimistic."
-        out.append(row("identify", setting, float(r["auroc"]), lo, hi, f"{int(r['n_cie'])} changed of {int(r['n'])}",
-                       "AUROC of the dense uncertainty for the CIEs", note))
+            f"{n_pos} changed of {n} sample × attribute pairs, pooled over seeds, so the interval is optimistic."
+        out.append(_row("identify", setting, test, [run], f"{n_pos} changed of {n}", note))
     base = per_seed("ba", "sparse")
     for scheme in ("global", "group"):
         d = (per_seed("ba", "sparse", scheme) - base).dropna()
         if d.empty:
             continue
-        est, lo, hi, n = one_sample(d.to_numpy(), 0.0)
-        out.append(row("calibration", f"{setting}, {scheme} thresholds", est, lo, hi, f"{n} seeds, paired",
-                       f"mean BA, {scheme} − default thresholds"))
+        test = D.t_test(d.to_numpy(), 0.0, CLAIMS["calibration"].margin)
+        out.append(_row("calibration", f"{setting}, {scheme} thresholds", test, [run], f"{test.seeds} seeds, paired",
+                        values={run.name: d}))
     return out
 
 
 # ---------------------------------------------------------------------------------------------- table
 
-def recall_run(name: str, config: Any, recall: pd.DataFrame, *, chance: float = 1.5,
-               agreement: dict[tuple[str, str], float] | None = None) -> RecallRun:
-    """α_t and the long table of a stored recall table (diverged networks left out)."""
-    from fairprune_jax.analysis import intensification
-
-    if "diverged" in recall:
-        recall = recall[~recall["diverged"].astype(bool)]
-    long = intensification.long_table(recall.reset_index(drop=True), chance=chance)
-    return RecallRun(name, config, intensification.alpha(long), long, dict(agreement or {}))
+PUBLIC = ("claim", "paper", "statement", "null", "estimand", "setting", "scale", "cell", "estimate", "ci_low",
+          "ci_high", "null_value", "margin_low", "margin_high", "mean", "sd", "seeds", "n", "test", "p", "p_holm",
+          "p_tost", "p_tost_holm", "verdict_raw", "verdict", "alpha_plan", "mde", "seeds_needed", "route",
+          "workdirs", "partial", "note")
 
 
-def mask_agreement(masks: dict[str, Any], sparsities: Sequence[float], prunable: Any,
-                   pairs: Sequence[tuple[str, str]] = (("up", "mp"), ("up", "gp"))) -> dict[tuple[str, str], float]:
-    """Mean `masks.agreement` over seeds and the high-sparsity grid points, for each pair of criteria whose masks
-    [S, 1, P, ...] are given."""
-    from fairprune_jax import masks as masks_lib
-
-    high = [i for i, s in enumerate(sparsities) if HIGH[0] <= s <= HIGH[1]]
-    out = {}
-    for a, b in pairs:
-        if a in masks and b in masks and high:
-            agree = np.asarray(masks_lib.agreement(masks[a], masks[b], prunable, lead=3))
-            out[(a, b)] = float(np.nanmean(agree[:, :, high]))
-    return out
-
-
-def build(recall_runs: Sequence[RecallRun], bias_runs: Sequence[tuple[Any, pd.DataFrame, pd.DataFrame]]
-          ) -> pd.DataFrame:
-    """The claims table, ordered by claim: every applicable run for within-run claims, every comparable pair of runs
-    for RQ2/RQ3, every bias run (config, metrics table, identification table) for paper 2."""
+def build(recall_runs: Sequence[RecallRun], bias_runs: Sequence[tuple[RunDescription, pd.DataFrame, pd.DataFrame]],
+          *, with_values: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """The claims table (columns `PUBLIC`), ordered by claim: every applicable run for within-run claims, every
+    comparable pair of runs for RQ2/RQ3, every bias run (description, metrics, identification) for paper 2; then
+    `finalize`d. With `with_values`, also the per-seed values behind each row (`row`, `workdir`, `seed`, `cell`
+    (the sparsity of a cells estimand, else empty), `value`)."""
     rows: list[dict] = []
     for run in recall_runs:
         rows += regime_rows(run) + criterion_rows(run)
     rows += dataset_rows(recall_runs) + model_rows(recall_runs)
-    for config, metrics, ident in bias_runs:
-        rows += bias_rows(config, metrics, ident)
+    for run, metrics, ident in bias_runs:
+        rows += bias_rows(run, metrics, ident)
     if not rows:
         raise ValueError("claims: no claim could be tested on these workdirs (give recall and/or bias runs)")
     order = {k: i for i, k in enumerate(CLAIMS)}
-    df = pd.DataFrame(rows)
-    return df.sort_values("claim", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    rows = sorted(rows, key=lambda r: order[r["claim"]])  # stable: runs keep their order within a claim
+    table = finalize(pd.DataFrame(rows))
+    if not with_values:
+        return table[list(PUBLIC)]
+    vals = []
+    for i, r in enumerate(rows):
+        for wd, v in r["_values"].items():
+            frame = v.to_frame("") if isinstance(v, pd.Series) else v
+            long = frame.rename_axis("seed").reset_index().melt("seed", var_name="cell", value_name="value")
+            vals.append(long.assign(row=i, workdir=wd)[["row", "workdir", "seed", "cell", "value"]])
+    return table[list(PUBLIC)], (pd.concat(vals, ignore_index=True) if vals else pd.DataFrame(
+        columns=["row", "workdir", "seed", "cell", "value"]))
+
+
+def finalize(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Holm within each paper (difference and TOST p separately), the adjusted verdict, and the seed plan at the
+    level Holm would give each row next: α / (rows of its paper not rejected after adjustment); an undecided row
+    needs at least one seed more than it has."""
+    out = table.copy()
+    out["p_holm"], out["p_tost_holm"], out["verdict"] = np.nan, np.nan, D.UNDECIDED
+    for _, idx in out.groupby("paper", sort=False).groups.items():
+        out.loc[idx, "p_holm"] = D.holm(out.loc[idx, "p"].to_numpy(float))
+        out.loc[idx, "p_tost_holm"] = D.holm(out.loc[idx, "p_tost"].to_numpy(float))
+    out["verdict"] = [D.verdict(CLAIMS[k].direction, t.estimate, t.null, p, q, alpha)
+                      for k, t, p, q in zip(out["claim"], out["_test"], out["p_holm"], out["p_tost_holm"])]
+    plans = []
+    for paper, g in out.groupby("paper", sort=False):
+        open_rows = int((~g["verdict"].isin([D.REPRODUCED, D.NOT_REPRODUCED])).sum())
+        level = alpha / max(open_rows, 1)
+        for i in g.index:
+            decided = out.at[i, "verdict"] != D.UNDECIDED
+            pl = planning.plan(out.at[i, "_test"], level)
+            need = max(pl.seeds_needed, out.at[i, "seeds"] + 1) if np.isfinite(pl.seeds_needed) else pl.seeds_needed
+            plans.append((i, level, pl.mde, np.nan if decided else need, "" if decided else pl.route))
+    for i, level, mde, need, route in plans:
+        out.loc[i, ["alpha_plan", "mde", "seeds_needed", "route"]] = [level, mde, need, route]
+    log = out["scale"] == "log"
+    out.loc[log, "mde"] = np.exp(out.loc[log, "mde"].astype(float))  # shown as a factor, like the estimate
+    return out

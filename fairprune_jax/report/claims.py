@@ -1,91 +1,214 @@
-"""The claims report: `analysis.claims.build` over several stored runs → `claims.md` + `tables/claims.csv`
-(`python -m experiments.report --claims --workdir=... --workdir=... --out=...`)."""
+"""The claims report: `analysis.claims.build` over several stored runs → `claims.md`, `tables/claims.csv` and
+`tables/claims_seeds.csv` (`python -m experiments.report --claims --workdir=... --workdir=... --out=...`).
+
+The report builds each run's typed `RunDescription` from its config.json and stored tables (`model_sizes` and
+`mask_agreement` when the run wrote them), and every sentence from the table (`report.claims_prose`):
+`claims_markdown(table)` is the document, `summary_lines(table)` its short summary.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from fairprune_jax import results
+from fairprune_jax.analysis import claims as C
+from fairprune_jax.report import claims_prose as P
 from fairprune_jax.report import runs
 from fairprune_jax.report import writer as W
 from fairprune_jax.studies import recall_layout
 
-MARK = {"reproduced": "✅ reproduced", "not reproduced": "❌ not reproduced", "inconclusive": "➖ inconclusive"}
 RECALL_TABLE = recall_layout.RECALL
+summary_lines = P.summary_lines
+findings_lines = P.findings_lines
 
 
-def markdown(claims: pd.DataFrame) -> str:
-    """The claims as one markdown table (estimate with its 95% interval, verdict, why)."""
-    view = pd.DataFrame({
-        "paper": claims["paper"], "claim": claims["statement"], "our setting": claims["setting"],
-        "estimate [95% CI]": [f"{e:.3g} [{lo:.3g}, {hi:.3g}]" for e, lo, hi in
-                              zip(claims["estimate"], claims["ci_low"], claims["ci_high"])],
-        "verdict": claims["verdict"].map(MARK), "why": claims["why"]})
-    return W.markdown_table(view)
+# ---------------------------------------------------------------------------------------------- runs
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node.keys():
+            return default
+        node = node[part]
+    return node
+
+
+def _plural(cfg: Any, plural: str, singular: str) -> tuple[str, ...]:
+    """A list field under its plural name, or the bias study's older singular one."""
+    v = _get(cfg, plural)
+    if v is None:
+        v = _get(cfg, singular)
+    if v is None:
+        return ()
+    return (str(v),) if isinstance(v, str) else tuple(str(x) for x in v)
+
+
+def describe_run(name: str, wd: Any) -> C.RunDescription:
+    """The `RunDescription` of a stored workdir: design fields from config.json, parameter counts from its
+    `model_sizes` table (a run without that table says so in `sizes_note`), missing units from its tables."""
+    cfg = runs.config_of(wd)  # today's names, also for workdirs of earlier versions
+    study = str(_get(cfg, "study", "recall"))
+    models = _plural(cfg, "models", "model")
+    criteria = _plural(cfg, "prune.criteria", "prune.criterion")
+    desc = dict(name=name, study=study, dataset=str(cfg.dataset), models=models,
+                protocol=str(_get(cfg, "prune.protocol", "")), criteria=criteria,
+                sparsities=tuple(float(s) for s in _get(cfg, "prune.sparsities", ())),
+                num_seeds=int(cfg.num_seeds), weight_decay=float(_get(cfg, "train.optimizer.weight_decay", 0.0)),
+                epochs=int(_get(cfg, "train.epochs", 0)), finetune_epochs=int(_get(cfg, "finetune.epochs", 0)),
+                finetune_lr=float(_get(cfg, "finetune.optimizer.lr", 0.0)),
+                chance=float(_get(cfg, "analysis.chance_factor", 1.5)))
+    if study == "recall":
+        sizes, note = _model_sizes(wd, models, str(cfg.dataset))
+        desc.update(n_params=sizes, sizes_note=note)
+    return C.RunDescription(**desc)
+
+
+def _model_sizes(wd: Any, models: Sequence[str], dataset: str) -> tuple[dict[str, int], str]:
+    """Parameter counts from the run's `model_sizes` table. A run written before that table existed has none: the
+    claims that need sizes say so (resuming the run with its sweep command adds the table without retraining)."""
+    table = wd.read_table("model_sizes") if "model_sizes" in wd.tables() else pd.DataFrame()
+    if not table.empty:
+        return {str(m): int(n) for m, n in zip(table["model"], table["n_params"])}, ""
+    return {}, ("No parameter counts: the workdir has no model_sizes table (resume it with its sweep command to add "
+                "the table).")
+
+
+def _agreement(wd: Any) -> dict[tuple[str, str], float]:
+    """Mean mask agreement over seeds and high-sparsity grid points per pair of criteria, from the run's
+    `mask_agreement` table (empty when the run has none)."""
+    if "mask_agreement" not in wd.tables():
+        return {}
+    t = wd.read_table("mask_agreement")
+    if t.empty:
+        return {}
+    t = t[t["requested_sparsity"].between(*C.HIGH)]
+    out = {}
+    for (a, b), g in t.groupby(["criterion_a", "criterion_b"]):
+        out[(str(a), str(b))] = out[(str(b), str(a))] = float(np.nanmean(g["agreement"].to_numpy(float)))
+    return out
+
+
+def _missing_recall(desc: C.RunDescription, recall: pd.DataFrame) -> tuple[str, ...]:
+    """Units of the design (model × criterion × seed) with no stored row."""
+    have = set(zip(recall["model"], recall["criterion"], recall["seed"]))
+    out = []
+    for m in desc.models:
+        for c in ("dense", *desc.criteria):
+            miss = [s for s in range(desc.num_seeds) if (m, c, s) not in have]
+            if miss:
+                out.append(f"{m}.{c} seed{'s' if len(miss) > 1 else ''} {_ranges(miss)}")
+    return tuple(out)
+
+
+def _missing_bias(desc: C.RunDescription, metrics: pd.DataFrame) -> tuple[str, ...]:
+    have = {round(float(s), 6) for s in metrics.loc[metrics["population"] == "sparse", "sparsity"]}
+    return tuple(f"sparsity {s:g}" for s in desc.sparsities if round(s, 6) not in have)
+
+
+def _ranges(xs: Sequence[int]) -> str:
+    xs = sorted(xs)
+    parts, start = [], xs[0]
+    for a, b in zip(xs, xs[1:] + [None]):
+        if b != a + 1:
+            parts.append(f"{start}" if start == a else f"{start}–{a}")
+            start = b
+    return ", ".join(parts)
 
 
 def load(workdirs: Sequence[Path]):
     """(recall runs, bias runs) of the workdirs; budget-protocol runs are left out (they test no paper claim)."""
-    from fairprune_jax.analysis import claims as C
-
-    recall_runs, bias_runs = [], []
     runs.check_distinct(workdirs)
+    recall_runs, bias_runs = [], []
     for path in workdirs:
         wd = results.Workdir.existing(path)
-        cfg = runs.config_of(wd)
-        if cfg.get("study", "recall") == "bias":
+        desc = describe_run(str(path), wd)
+        if desc.study == "bias":
             metrics, ident = wd.read_table("metrics"), wd.read_table("identification")
             if metrics.empty:
                 raise ValueError(f"{path}: the bias run has no stored metrics yet")
-            bias_runs.append((cfg, metrics, ident))
+            desc = C.dataclasses.replace(desc, missing_units=_missing_bias(desc, metrics))
+            bias_runs.append((desc, metrics, ident))
             continue
-        if cfg.prune.protocol == "budget":
+        if desc.protocol == "budget":
             continue
         recall = wd.read_table(RECALL_TABLE)
         if recall.empty:
             raise ValueError(f"{path}: no results yet (table {RECALL_TABLE!r} is empty)")
-        recall_runs.append(C.recall_run(str(path), cfg, recall, chance=float(cfg.analysis.chance_factor),
-                                        agreement=_agreement(wd, cfg)))
+        desc = C.dataclasses.replace(desc, missing_units=_missing_recall(desc, recall))
+        recall_runs.append(C.recall_run(desc, recall, agreement=_agreement(wd)))
     return recall_runs, bias_runs
 
 
+# ---------------------------------------------------------------------------------------------- document
+
+def table_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The claims as the markdown table shows them."""
+    def est(r) -> str:
+        return f"{P.g(r.estimate)} [{P.g(r.ci_low)}, {P.g(r.ci_high)}]"
+
+    def need(r) -> str:
+        return "—" if r.verdict != "undecided" else (f"{int(r.seeds_needed)}" if np.isfinite(r.seeds_needed)
+                                                      else "∞" if r.seeds_needed == np.inf else "?")
+    rows = list(table.itertuples())
+    return pd.DataFrame({
+        "paper": table["paper"], "claim": table["statement"], "null": table["null"], "our setting": table["setting"],
+        "estimate [95% CI]": [est(r) for r in rows], "raw": table["verdict_raw"],
+        "verdict (Holm)": table["verdict"].map(P.MARK), "seeds to decide": [need(r) for r in rows],
+        "why": [P.why(r) for r in rows]})
+
+
+_WARNED: set[str] = set()
+
+
+def markdown(claims: pd.DataFrame) -> str:
+    """Deprecated (warns once): the claims as one markdown table; use `claims_markdown` (the document) or
+    `table_view`."""
+    import warnings
+
+    if "markdown" not in _WARNED:
+        _WARNED.add("markdown")
+        warnings.warn("report.claims.markdown is deprecated; use report.claims.claims_markdown or table_view",
+                      DeprecationWarning, stacklevel=2)
+    return W.markdown_table(table_view(claims))
+
+
+def protocol_lines() -> list[str]:
+    """What the verdicts mean (the constants of the protocol, docs/methods.md §14)."""
+    return [
+        f"Seeds are the unit: each row reduces every run to one value per seed and tests those values (t, paired t "
+        f"or Welch; the AUROC by Hanley–McNeil). Verdicts at α = {C.ALPHA:g} after Holm within each paper: "
+        "reproduced (the claimed side), not reproduced (the other side), equivalent (no difference: TOST within "
+        "the claim's margin), undecided (with the seeds per run that would decide the observed effect at 80% "
+        "power). Ratios (α_t, α_t/α_null, UP/MP, harder/easier) are tested on the log scale and equivalent within a "
+        f"factor {np.exp(C.RATIO_MARGIN):g}. High sparsity is a requested sparsity of at least 90%, low at most "
+        "50%; MP, GP and UP networks, flagged (near-chance) networks excluded; random pruning is a control."]
+
+
+def claims_markdown(table: pd.DataFrame, workdirs: Sequence[str | Path] = ()) -> str:
+    """The claims document: banner (partial inputs), sources, protocol, short summary, table, findings."""
+    lines = ["# Claims of the two reference studies, tested on stored results", ""]
+    partial = sorted(set(x for x in table["partial"] if isinstance(x, str) and x))
+    if partial:
+        lines += [f"**Incomplete inputs:** rows marked partial were built on workdirs with missing units "
+                  f"({'; '.join(partial)}).", ""]
+    if workdirs:
+        lines += ["Generated by `experiments.report --claims` from these workdirs:", "",
+                  *[f"- `{p}`" for p in workdirs], ""]
+    lines += protocol_lines() + ["", "## In short", ""] + [f"- {s}" for s in summary_lines(table)] + [""]
+    lines += ["## Table", "", W.markdown_table(table_view(table)), "", "## Findings", ""] + findings_lines(table)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
 def write(workdirs: Sequence[Path], out: Path) -> str:
-    """Build the claims table from the workdirs and write `claims.md` and `tables/claims.csv` into `out`."""
-    from fairprune_jax.analysis import claims as C
-
+    """Build the claims table from the workdirs and write `claims.md`, `tables/claims.csv` and
+    `tables/claims_seeds.csv` (the per-seed values behind each row) into `out`."""
     recall_runs, bias_runs = load(workdirs)
-    table = C.build(recall_runs, bias_runs)
-    text = "\n".join([
-        "# Claims of the two reference studies, tested on stored results", "",
-        *runs.incomplete_lines([results.Workdir.existing(p) for p in workdirs]),
-        "Generated by `experiments.report --claims` from these workdirs:", "",
-        *[f"- `{p}`" for p in workdirs], "",
-        "Estimates are per-seed means with 95% t-intervals (paired or Welch), except the AUROC (Hanley–McNeil). "
-        "High sparsity is a requested sparsity of at least 90%, low at most 50%; MP, GP and UP networks, flagged "
-        "(near-chance) networks excluded; random pruning is a control and tests no claim. Verdict: reproduced when "
-        "the interval lies on the claimed side of the null, not reproduced when on the other side, inconclusive "
-        "otherwise (docs/methods.md §13).", "", markdown(table), ""])
-    W.atomic_write(out / "claims.md", text.encode())
+    table, values = C.build(recall_runs, bias_runs, with_values=True)
+    W.atomic_write(out / "claims.md", claims_markdown(table, workdirs).encode())
     W.atomic_write(out / W.TABLES_DIR / "claims.csv", table.to_csv(index=False).encode())
-    counts = table["verdict"].value_counts().to_dict()
+    W.atomic_write(out / W.TABLES_DIR / "claims_seeds.csv", values.to_csv(index=False).encode())
+    counts = {v: int(n) for v, n in table["verdict"].value_counts().items()}
     return f"claims: {out / 'claims.md'} ({len(table)} rows: {counts})"
-
-
-def _agreement(wd, cfg) -> dict:
-    """Mask agreement between criteria from a one-shot run's saved pruned checkpoints (empty without them)."""
-    from fairprune_jax import checkpoints
-    from fairprune_jax.analysis import claims as C
-
-    if cfg.prune.protocol != "one_shot" or len(cfg.models) != 1:
-        return {}
-    model = cfg.models[0]
-    first = recall_layout.SeedBlock(0, int(cfg.num_seeds))
-    found = {c: recall_layout.pruned_checkpoint(model, c, first) for c in ("mp", "gp", "up")}
-    found = {c: n for c, n in found.items() if checkpoints.exists(wd.path / "checkpoints", n)}
-    if len(found) < 2:
-        return {}
-    spec = C.model_spec(cfg)
-    masks = {c: checkpoints.restore(wd.path / "checkpoints", n)["masks"] for c, n in found.items()}
-    return C.mask_agreement(masks, list(cfg.prune.sparsities), spec.prunable(bool(cfg.exclude_output)))

@@ -59,9 +59,13 @@ def pct(s: float) -> str:
 VERDICT_MARK = {"intensification": "▲", "de-intensification": "▼"}  # anything else (inconclusive): ·
 
 
-def alpha_cell(row: Any) -> str:
-    """E[α_t] of a Tier A row as ``mean [low, high] mark`` (the compact grids of the recall and budget reports)."""
-    return f"{row.mean:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}] {VERDICT_MARK.get(row.verdict, '·')}"
+def alpha_cell(row: Any, adjusted: bool = True) -> str:
+    """E[α_t] of a Tier A row as ``mean [low, high] mark`` (the compact grids of the recall and budget reports).
+    The mark is the Holm-adjusted verdict (`verdict_holm`: Holm over the cells of the call) by default, the raw one
+    with ``adjusted=False`` or for a row without it; the interval is always the unadjusted 95% one."""
+    verdict = getattr(row, "verdict_holm", None) if adjusted else None
+    verdict = row.verdict if verdict is None else verdict
+    return f"{row.mean:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}] {VERDICT_MARK.get(verdict, '·')}"
 
 
 def grid(frame: pd.DataFrame, index: str, columns: str, values: str, *, index_order: Any = None,
