@@ -17,8 +17,8 @@ timed interval.
 
 Baselines in the same run: each row's per-seed cost at S = 8 against its own S = 1 (what training a population in
 one program gains per model), and every model's S = 1 epoch against LeNet-300-100's. Each model runs in its own
-process, so its peak RSS is its own, and within `--timeout` seconds: cells it has not finished by then are shown
-as "> limit". The header states the machine's load average, since other work on the machine inflates walls.
+process, so its peak RSS is its own; a model whose next cell takes more than `--timeout` seconds (compilation
+included) is stopped there, and the cells it did not finish are shown as "> limit". The header states the machine's load average, since other work on the machine inflates walls.
 
     python -m benchmarks.bench_zoo                                  # every model, both datasets
     python -m benchmarks.bench_zoo --models lenet_300_100 mlp_100_30 --datasets mnist
@@ -29,7 +29,9 @@ import argparse
 import itertools
 import json
 import os
+import queue
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -128,31 +130,40 @@ def run_model(model: str, datasets: list[str], tflop: float, lo: int, hi: int, r
 
 
 def measure(model: str, args: argparse.Namespace) -> dict:
-    """Run `model`'s child process, collecting its JSON lines until it exits or `args.timeout` seconds pass."""
+    """Run `model`'s child process and collect its JSON lines; stop it when `args.timeout` seconds pass without a
+    new line (a cell, compilation included, taking longer than the limit)."""
     cmd = [sys.executable, "-m", "benchmarks.bench_zoo", "--child", model, "--datasets", *args.datasets,
            "--tflop", str(args.tflop), "--min-steps", str(args.min_steps), "--max-steps", str(args.max_steps),
            "--repeats", str(args.repeats)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    row: dict = {"model": model, "cells": {}, "complete": False}
+    lines: queue.Queue = queue.Queue()
 
     def read() -> None:
         for line in proc.stdout:
-            record = json.loads(line)
-            if "cell" in record:
-                row["cells"][record.pop("cell")] = record
-            else:
-                row.update(record)
+            lines.put(line)
+        lines.put(None)  # end of output
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    try:
-        proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        print(f"  {model}: stopped at the {args.timeout:.0f} s limit", file=sys.stderr, flush=True)
+    row: dict = {"model": model, "cells": {}, "complete": False}
+    while True:
+        try:
+            line = lines.get(timeout=args.timeout)
+        except queue.Empty:
+            proc.kill()
+            print(f"  {model}: stopped, a cell took more than the {args.timeout:.0f} s limit", file=sys.stderr,
+                  flush=True)
+            break
+        if line is None:
+            break
+        record = json.loads(line)
+        if "cell" in record:
+            row["cells"][record.pop("cell")] = record
+        else:
+            row.update(record)
+    proc.wait()
     reader.join()
-    if proc.returncode not in (0, -9) or "steps" not in row:
+    if proc.returncode not in (0, -signal.SIGKILL) or "steps" not in row:
         raise SystemExit(f"error: {model}: the timing process failed (exit {proc.returncode})")
     row["complete"] = proc.returncode == 0
     return row
@@ -209,7 +220,8 @@ def main() -> None:
     ap.add_argument("--min-steps", type=int, default=1, help="fewest batches of 128 in a slice")
     ap.add_argument("--max-steps", type=int, default=64, help="most batches of 128 in a slice")
     ap.add_argument("--repeats", type=int, default=1, help="timed slice epochs after the compiling one (best kept)")
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds each model may take, all its cells")
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds a cell may take, compilation included, before its model is stopped")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
