@@ -1,6 +1,6 @@
 """Load time of the full MNIST train split through the prepared TFDS ArrayRecord dataset.
 
-Goal (issue 2): under 2 s on a 2-core CPU after the one-time prepare, from disk to normalised float32 on the
+Goal: under 2 s on a 2-core CPU after the one-time prepare, from disk to normalised float32 on the
 device. Baseline measured in the same run: decompressing the original idx .gz files with numpy.
 
     python -m benchmarks.bench_data [--repeats 5] [--name mnist]

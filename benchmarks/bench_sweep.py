@@ -1,4 +1,4 @@
-"""The issue-14 grid (LeNet-300-100 on MNIST, 4 seeds x 10 dense epochs, then MP/random/GP/UP x 5 sparsities x 2
+"""The benchmark grid (LeNet-300-100 on MNIST, 4 seeds x 10 dense epochs, then MP/random/GP/UP x 5 sparsities x 2
 fine-tuning epochs) through the real sweep pipeline, against a FLOP lower bound measured in the same run.
 
 Prints: the exact FLOP count of the grid from the model's kernel shapes (forward and weight-gradient GEMMs of every
@@ -12,7 +12,7 @@ and fewer elementwise passes (the library's masked step against the same step un
 
     python -m benchmarks.bench_sweep                        # 3 interleaved repeats of every variant
     python -m benchmarks.bench_sweep --repeats 1 --variants default one-device --no-fusion-lever
-    git worktree add /tmp/base <rev> && python -m benchmarks.bench_sweep --baseline /tmp/base --default-sweep
+    git worktree add ../base <rev> && python -m benchmarks.bench_sweep --baseline ../base --default-sweep
                                                             # against another revision, and the default sweep
     python -m benchmarks.bench_sweep --levers-only --no-fusion-lever  # only the fewer-passes lever
     python -m benchmarks.bench_sweep --variants default torch-loop --torch-python /path/to/venv-with-torch/bin/python
@@ -316,7 +316,7 @@ def main() -> None:
     ap.add_argument("--default-sweep", action="store_true",
                     help="also time the default MNIST sweep, interleaved, for every variant")
     ap.add_argument("--baseline", type=Path, default=None,
-                    help="another checkout (e.g. `git worktree add /tmp/base <rev>`) run as the 'baseline' variant")
+                    help="another checkout (e.g. `git worktree add ../base <rev>`) run as the 'baseline' variant")
     ap.add_argument("--torch-python", default=None,
                     help="an interpreter with torch: runs benchmarks/torch_loop.py as the 'torch-loop' variant")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("WORKDIR_A", "WORKDIR_B"),

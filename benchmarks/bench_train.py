@@ -2,7 +2,7 @@
 compiled program, against a FLOP lower bound measured on this machine in the same run.
 
 Lower bound: one training step costs ≈ 3× the forward matmul FLOPs, 3 · 2·B·(784·300 + 300·100 + 100·10)
-(the issue's convention; the exact minimum is smaller because the input gradient of the first layer is not
+(the usual convention; the exact minimum is smaller because the input gradient of the first layer is not
 needed: 2·B·(2·784·300 + 3·(300·100 + 100·10)), also printed). The machine's sustained float32 matmul rate is
 measured with a jitted program made of exactly the step's matmuls (3 forward, 5 backward, batched over S like
 the vmapped step), so the bound is "the step's matmuls and nothing else". Each S runs in its own subprocess so

@@ -1,4 +1,4 @@
-"""The issue-14 grid as a plain per-model loop in eager PyTorch: the baseline `bench_sweep.py` times our sweep against.
+"""The benchmark grid as a plain per-model loop in eager PyTorch: the baseline `bench_sweep.py` times our sweep against.
 
 Same protocol as `benchmarks/bench_sweep.py`'s grid: LeNet-300-100 on MNIST, batch 128 (last partial batch dropped),
 SGD lr 0.1, momentum 0.9, coupled weight decay 5e-4, S seeds x 10 dense epochs; then per seed the criteria
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 MEAN, STD = 0.1307, 0.3081
-CRITERIA = ("mp", "random", "gp", "up")  # the defaults: the issue-14 grid (bench_sweep passes its own)
+CRITERIA = ("mp", "random", "gp", "up")  # the defaults: the benchmark grid (bench_sweep passes its own)
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)
 LAMBDA_UP = 5e-4
 

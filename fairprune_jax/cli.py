@@ -353,6 +353,8 @@ def report() -> None:
                                "over every given workdir, recall and bias runs alike, into --out.")
     results = flags.DEFINE_bool("results", False, "Write the results document (e.g. --out=docs/results.md) from "
                                 "the given workdirs' reports (each rebuilt first) and their claims table.")
+    readme = flags.DEFINE_string("readme", None, "With --results: also rewrite this README's generated results "
+                                 "summary (between its results-summary markers) from the claims table.")
     plan = flags.DEFINE_bool("plan", False, "Print the seed plan of the claims over the given workdirs: the seeds "
                              "each undecided claim needs and the command that extends each workdir (also written "
                              "into --out when given).")
@@ -379,7 +381,8 @@ def report() -> None:
             if results.value:
                 if not out.value:
                     raise ValueError("--out is required with --results (the document's file, e.g. docs/results.md)")
-                print(results_doc.write(paths, pathlib.Path(out.value)))
+                print(results_doc.write(paths, pathlib.Path(out.value),
+                                        pathlib.Path(readme.value) if readme.value else None))
                 return
             if plan.value or sequential.value:
                 if sequential.value:

@@ -1,4 +1,4 @@
-"""The FLOP count of benchmarks/bench_sweep.py against a hand computation and the issue's 14.0 TFLOP."""
+"""The FLOP count of benchmarks/bench_sweep.py against a hand computation and the grid's stated 14.0 TFLOP."""
 from __future__ import annotations
 
 from benchmarks import bench_sweep
@@ -16,7 +16,7 @@ def test_kernel_shapes_chain_from_the_input_and_the_grid_flops_are_exact():
     steps = 60000 // 128  # 468, the last partial batch dropped
     assert f["dense"] == 4 * 10 * steps * step and f["finetune"] == 4 * 20 * 2 * steps * step
     assert f["eval"] == 4 * 21 * 10000 * 2 * (784 * 300 + 300 * 100 + 100 * 10)
-    assert abs(f["total"] / 14.0e12 - 1) < 0.005  # the issue's "14.0 TFLOP" (13.95 T here)
+    assert abs(f["total"] / 14.0e12 - 1) < 0.005  # the grid's stated "14.0 TFLOP" (13.95 T here)
 
 
 def test_passes_lever_times_the_same_step_three_ways():

@@ -83,12 +83,19 @@ def test_model_sizes_and_mask_agreement_match_independent_computations(toy_run):
 def test_results_document_equals_what_its_command_generates(toy_run, tmp_path):
     _, wd, _ = toy_run
     out = tmp_path / "docs" / "results.md"
+    readme = tmp_path / "README.md"
+    start, end = results_doc.README_MARKERS
+    readme.write_text(f"# Title\n\n{start}\nwritten by hand\n{end}\n\nafter\n")
     proc = subprocess.run([sys.executable, "-m", "experiments.report", "--results", f"--workdir={wd}",
-                           f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           f"--out={out}", f"--readme={readme}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
-    again, figures = results_doc.build_document([wd], out)
+    again, figures, table = results_doc.build_document([wd], out)
     assert again == text  # the committed document is what the command generates
+    summary = "\n".join(results_doc.readme_summary(table, "docs/results.md"))
+    assert readme.read_text() == f"# Title\n\n{start}\n{summary}\n{end}\n\nafter\n"  # only the block changes
+    assert f"{len(table)} rows" in summary
     assert "fairprune-sweep --config=mnist:smoke" in text and str(tmp_path) not in text  # no machine paths
     report = (wd / "report.md").read_text()
     assert "\n".join(results_doc._demote(results_doc.section(report, "## Summary"))) in text

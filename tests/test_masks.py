@@ -139,7 +139,7 @@ def test_n_zero_is_exact_round_half_even_concrete_and_traced(n):
     even = [int(Fraction(v) * n) + int(Fraction(v) * n) % 2 for v in halves]
     np.testing.assert_array_equal(np.asarray(masks.n_zero(np.asarray(halves), n)), even)
     np.testing.assert_array_equal(np.asarray(traced(jnp.asarray(halves, jnp.float32))), even)
-    if n == 265200:  # the case: round(262142.5017) = 262143 (float32 arithmetic gave 262142)
+    if n == 265200:  # the reported case: round(262142.5017) = 262143 (float32 arithmetic gave 262142)
         assert int(masks.n_zero(0.988471, n)) == 262143 == int(jax.jit(lambda s: masks.n_zero(s, n))(0.988471))
         old = int(np.round(np.float32(0.988471) * np.float32(n)))
         assert old == 262142  # the product in float32 arithmetic is off by one here

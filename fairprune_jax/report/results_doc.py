@@ -11,16 +11,20 @@ named by their folder name, never by where they lie on this machine, so the docu
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shlex
 import tempfile
 from typing import Any, Sequence
 
+import pandas as pd
+
 from fairprune_jax import configs
 from fairprune_jax.config_fingerprint import config_diff
 from fairprune_jax.report import build, runs
 from fairprune_jax.report import claims as claims_report
+from fairprune_jax.report import claims_prose
 from fairprune_jax.report import writer as W
 from fairprune_jax.results import atomic_write
 from fairprune_jax.studies import schema
@@ -31,6 +35,8 @@ SECTIONS = {"recall": ("## Summary",), "budget": ("## Reading (generated from th
             "bias": ("## Reading (generated from the numbers)", "## Metrics against sparsity (τ = 0)")}
 COMMAND = {"recall": "fairprune-sweep", "bias": "fairprune-bias"}
 FIGURES_DIR = "results"
+#: The README's generated summary sits between these markers (`update_readme`).
+README_MARKERS = ("<!-- results-summary:start -->", "<!-- results-summary:end -->")
 
 
 def section(text: str, heading: str) -> list[str]:
@@ -123,8 +129,10 @@ def _demote(lines: list[str]) -> list[str]:
     return ["#" + line if line.startswith("#") else line for line in lines if not line.startswith("![")]
 
 
-def build_document(paths: Sequence[pathlib.Path], out: pathlib.Path) -> tuple[str, dict[pathlib.Path, bytes]]:
-    """(document text, figures to write: path -> bytes) of the workdirs, their reports rebuilt first."""
+def build_document(paths: Sequence[pathlib.Path], out: pathlib.Path
+                   ) -> tuple[str, dict[pathlib.Path, bytes], pd.DataFrame | None]:
+    """(document text, figures to write: path -> bytes, claims table or None) of the workdirs, their reports
+    rebuilt first."""
     runs.check_distinct(paths)
     workdirs = [runs.open_workdir(p) for p in paths]
     names = _names(workdirs)
@@ -157,21 +165,51 @@ def build_document(paths: Sequence[pathlib.Path], out: pathlib.Path) -> tuple[st
                 figures[out.parent / rel] = src.read_bytes()
                 lines += [f"![{name}: {pathlib.Path(image).stem}]({rel})", ""]
     lines += ["## Claims of the two reference studies", ""]
+    table = None
     with tempfile.TemporaryDirectory() as tmp:
         try:
             claims_report.write([pathlib.Path(wd.path) for wd in workdirs], pathlib.Path(tmp))
             claims = (pathlib.Path(tmp) / "claims.md").read_text(encoding="utf-8").splitlines()[1:]
+            table = pd.read_csv(pathlib.Path(tmp) / W.TABLES_DIR / "claims.csv")
             mapping = {p: f"workdirs/{n}" for p, n in names.items()}
             lines += _demote([_relative(line, mapping) for line in claims])
         except ValueError as e:
             lines += [f"No claim could be tested on these workdirs ({e})."]
-    return "\n".join(lines).rstrip("\n") + "\n", figures
+    return "\n".join(lines).rstrip("\n") + "\n", figures, table
 
 
-def write(paths: Sequence[pathlib.Path], out: pathlib.Path) -> str:
-    """Write the document to ``out`` and its figures next to it; returns a one-line summary."""
-    text, figures = build_document(paths, out)
+def readme_summary(table: pd.DataFrame, document: str) -> list[str]:
+    """The README's results summary: the claims table's verdict counts and per-claim verdicts
+    (`claims_prose.summary_lines`), generated, with a link to the document."""
+    return [f"Generated from the claims table of [{document}]({document}) (every claim, setting, estimate and "
+            "interval is there); verdicts after Holm within each paper:", "",
+            *[f"- {line}" for line in claims_prose.summary_lines(table)]]
+
+
+def update_readme(readme: pathlib.Path, lines: Sequence[str]) -> None:
+    """Replace what lies between the README's results-summary markers with ``lines`` (ValueError when the markers
+    are missing or out of order)."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = (text.find(m) for m in README_MARKERS)
+    if not 0 <= start < end:
+        raise ValueError(f"--readme: {readme} has no {README_MARKERS[0]} ... {README_MARKERS[1]} block")
+    head, tail = text[:start + len(README_MARKERS[0])], text[end:]
+    atomic_write(readme, (head + "\n" + "\n".join(lines) + "\n" + tail).encode("utf-8"))
+
+
+def write(paths: Sequence[pathlib.Path], out: pathlib.Path, readme: pathlib.Path | None = None) -> str:
+    """Write the document to ``out`` and its figures next to it, and with ``readme`` the README's generated
+    summary; returns a one-line summary."""
+    if readme is not None and not readme.is_file():
+        raise ValueError(f"--readme: {readme} does not exist")
+    text, figures, table = build_document(paths, out)
     for path, data in figures.items():
         atomic_write(path, data)
     atomic_write(out, text.encode("utf-8"))
-    return f"results: {out} ({len(paths)} workdirs, {len(figures)} figures)"
+    if readme is not None:
+        if table is None:
+            raise ValueError("--readme: no claim could be tested on these workdirs; the README is left as it is")
+        rel = os.path.relpath(out.resolve(), readme.resolve().parent)
+        update_readme(readme, readme_summary(table, pathlib.PurePath(rel).as_posix()))
+    return f"results: {out} ({len(paths)} workdirs, {len(figures)} figures)" + (
+        f"; summary in {readme}" if readme is not None else "")
