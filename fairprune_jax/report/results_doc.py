@@ -88,12 +88,16 @@ def reconstructed_command(wd: Any, name: str) -> str:
                      *(quote(o) for o in overrides), f"--workdir=workdirs/{name}"])
 
 
+_WORKDIR_ARG = re.compile(r"""--workdir(?:=|\s+)(?:'[^']*'|"[^"]*"|\S+)""")
+
+
 def commands(wd: Any, name: str) -> tuple[list[str], bool]:
-    """(command lines, recorded?) of a workdir, with its own path written as ``workdirs/<name>``."""
-    f = pathlib.Path(wd.path) / COMMANDS_FILE
-    if not f.is_file():
+    """(command lines, recorded?) of a workdir, its ``--workdir`` written as ``workdirs/<name>`` (a recorded
+    command names where the workdir was then, which may be another machine's path or a copy's origin)."""
+    recorded = wd.read_json(COMMANDS_FILE)  # verified against its .sha256 when it has one
+    if recorded is None:
         return [c for c in [reconstructed_command(wd, name)] if c], False
-    lines = [e["command"] for e in json.loads(f.read_text())]
+    lines = [_WORKDIR_ARG.sub(f"--workdir=workdirs/{name}", e["command"]) for e in recorded]
     return list(dict.fromkeys(_relative(c, {pathlib.Path(wd.path): f"workdirs/{name}"}) for c in lines)), True
 
 
@@ -180,9 +184,8 @@ def build_document(paths: Sequence[pathlib.Path], out: pathlib.Path
 
 def readme_summary(table: pd.DataFrame, document: str) -> list[str]:
     """The README's results summary: the claims table's verdict counts and per-claim verdicts
-    (`claims_prose.summary_lines`), generated, with a link to the document."""
-    return [f"Generated from the claims table of [{document}]({document}) (every claim, setting, estimate and "
-            "interval is there); verdicts after Holm within each paper:", "",
+    (`claims_prose.summary_lines`), with the document they come from."""
+    return [f"From the claims table of [{document}]({document}):", "",
             *[f"- {line}" for line in claims_prose.summary_lines(table)]]
 
 
