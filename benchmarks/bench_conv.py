@@ -24,7 +24,8 @@ Sections, each printed as it completes:
    (the rule's formulation) under the mesh.
 5. Epoch (not in the default sections): the time of one full epoch per model on the whole training split of
    `--dataset`, S = `--epoch-seeds` models trained as the sweep trains them (`train.fit`, the mesh, the rule), the
-   second of two epochs (the first compiles): what a sweep's budget is planned from.
+   second of two epochs (the first compiles), in wall seconds and in CPU seconds of this process (user + system;
+   less sensitive to other jobs on a shared machine): what a sweep's budget is planned from.
 
     python -m benchmarks.bench_conv                                 # lenet5, S = 1 4 8, 3 rounds
     python -m benchmarks.bench_conv --models lenet5 conv2 resnet20 --seeds 1 4 8 --repeats 3
@@ -292,8 +293,12 @@ def epoch_memory(name: str, spec: Any, s: int, x: jax.Array, y: jax.Array) -> fl
     forced = None if name in ("loop", "pop", "pop-1dev") else population.parse(name)
     with population.override(forced):
         form = population.choose(spec, population.platform_of(mesh))
-    c = train.resolve_chunk(s, None, train.param_bytes(jax.eval_shape(spec.init, jax.random.key(0))["params"]),
-                            mesh)
+    pb = train.param_bytes(jax.eval_shape(spec.init, jax.random.key(0))["params"])
+    chunk = None
+    if form.vectorise == "map":  # as train.run_population does
+        mesh = population.map_mesh(mesh, s)
+        chunk = population.map_chunk(s, pb, mesh)
+    c = train.resolve_chunk(s, chunk, pb, mesh)
     keys = train.as_keys(np.arange(c))
     v = sharding.shard_models(train.init_population(spec, keys), mesh)
     state = train._compiled_init(spec, tx, False)(v, None)
@@ -384,14 +389,20 @@ def epoch_section(model: str, dataset: str, s: int) -> float:
     y = jnp.asarray(split.labels)
     spec = get_model(model, input_shape=tuple(x.shape[1:]))
     cfg = dict(epochs=2, batch_size=B, optimizer=dict(name="sgd", lr=0.05, momentum=0.9))
-    stamps = [time.perf_counter()]
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    stamps = [(time.perf_counter(), cpu())]
     train.fit(spec, cfg, np.arange(s), x, y, mesh=sharding.default_mesh(),
-              progress=lambda _: stamps.append(time.perf_counter()))
-    first, second = stamps[1] - stamps[0], stamps[2] - stamps[1]
+              progress=lambda _: stamps.append((time.perf_counter(), cpu())))
+    first, second = stamps[1][0] - stamps[0][0], stamps[2][0] - stamps[1][0]
+    cpu_s = stamps[2][1] - stamps[1][1]
     fl = step_flops(model_ops(model))["step"] * (int(x.shape[0]) // B)
     print(f"{model:>14} on {dataset} ({x.shape[0]} images), S = {s}, {population.choose(spec)}: "
-          f"{second / s:.1f} s per model-epoch ({fl / 1e12:.3f} TFLOP, {s * fl / second / 1e9:.1f} GFLOP/s); "
-          f"first epoch (compiling) {first:.1f} s; load average {os.getloadavg()}", flush=True)
+          f"{second / s:.1f} s per model-epoch, {cpu_s / s:.1f} CPU-s per model-epoch ({fl / 1e12:.3f} TFLOP, "
+          f"{s * fl / second / 1e9:.1f} GFLOP/s); first epoch (compiling) {first:.1f} s; load average "
+          f"{os.getloadavg()}", flush=True)
     return second / s
 
 
