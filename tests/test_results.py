@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairprune_jax import results
+from fairprune_jax import results, verified
 from fairprune_jax.results import Workdir
 
 
@@ -427,8 +427,8 @@ def flip(path, at: int) -> None:
 @pytest.fixture()
 def notices(monkeypatch) -> list:
     said: list = []
-    monkeypatch.setattr(results, "notify", said.append)
-    monkeypatch.setattr(results, "_told_unverified", set())
+    monkeypatch.setattr(verified, "notify", said.append)
+    monkeypatch.setattr(verified, "_told_unverified", set())
     return said
 
 

@@ -13,7 +13,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
+from fairprune_jax import deprecation
 from fairprune_jax.analysis import decisions as D
 from fairprune_jax.analysis import estimands as E
 from fairprune_jax.analysis import planning
@@ -309,19 +311,10 @@ def hanley_mcneil_se(auc: float, n_pos: int, n_neg: int) -> float:
     return float(np.sqrt(max(var, 0.0)))
 
 
-_WARNED: set[str] = set()
-
-
 def hanley_mcneil(auc: float, n_pos: int, n_neg: int, level: float = D.LEVEL) -> tuple[float, float]:
     """Deprecated (warns once): the normal interval of an AUROC; use `hanley_mcneil_se` (or `decisions.normal_test`)."""
-    import warnings
-
-    from scipy import stats as sps
-
-    if "hanley_mcneil" not in _WARNED:
-        _WARNED.add("hanley_mcneil")
-        warnings.warn("claims.hanley_mcneil is deprecated; use claims.hanley_mcneil_se or decisions.normal_test",
-                      DeprecationWarning, stacklevel=2)
+    deprecation.warn_once("analysis.claims.hanley_mcneil", "analysis.claims.hanley_mcneil is deprecated; use "
+                          "analysis.claims.hanley_mcneil_se or analysis.decisions.normal_test")
     half = sps.norm.isf((1 - level) / 2) * hanley_mcneil_se(auc, n_pos, n_neg)
     return auc - half, auc + half
 

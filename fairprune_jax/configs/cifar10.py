@@ -15,7 +15,12 @@ from fairprune_jax.studies import schema
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if variant in configs.MOVED["cifar10"]:
         return configs.moved("cifar10", variant)
-    c = schema.recall_config("cifar10")
+    return recipe("cifar10", variant)
+
+
+def recipe(dataset: str, variant: str = "") -> ml_collections.ConfigDict:
+    """The reference CIFAR recipe on ``dataset`` (CIFAR-100 uses it as it is)."""
+    c = schema.recall_config(dataset)
     c.data.route = "tfds"
     c.data.download = True
     c.models = ("resnet20",)

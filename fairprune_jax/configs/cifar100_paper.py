@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from fairprune_jax.configs import cifar100
+from fairprune_jax.configs import cifar10_paper, cifar100
 from fairprune_jax.studies import schema
 
 
-def changes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """What this experiment changes in the CIFAR-100 default."""
-    c.models = ("resnet20", "resnet56", "vgg16")
-    c.num_seeds = 11
-    c.prune.protocol = "iterative"
-    c.prune.levels = 15
-    c.prune.fraction = 0.2
-    c.prune.rewind_step = 0
-    c.variant = "paper"
-    return c
+#: The same experiment as `cifar10_paper` (its `changes`), on the CIFAR-100 default.
+changes = cifar10_paper.changes
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

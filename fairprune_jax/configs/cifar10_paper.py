@@ -13,7 +13,7 @@ from fairprune_jax.studies import schema
 
 
 def changes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """What this experiment changes in the CIFAR-10 default."""
+    """What this experiment changes in the CIFAR default."""
     c.models = ("resnet20", "resnet56", "vgg16")
     c.num_seeds = 11
     c.prune.protocol = "iterative"

@@ -9,20 +9,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from fairprune_jax.configs import fashion_mnist
+from fairprune_jax.configs import fashion_mnist, mnist_budget
 from fairprune_jax.studies import schema
 
 
-def changes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """What this experiment changes in the default sweep."""
-    c.prune.protocol = "budget"
-    # fine-tuning settings crossed at fixed masks; epochs are read off one run of max(epochs) per (lr, momentum)
-    c.prune.budget = ml_collections.ConfigDict(dict(epochs=(0, 1, 2, 5), lrs=(0.01, 0.1), momenta=(0.0, 0.9)))
-    c.prune.criteria = ("mp", "up")
-    c.prune.sparsities = (0.5, 0.8, 0.9, 0.95, 0.98)
-    c.finetune.epochs = 5
-    c.variant = "budget"
-    return c
+#: The same experiment as `mnist_budget` (its `changes`), on the Fashion-MNIST default sweep.
+changes = mnist_budget.changes
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

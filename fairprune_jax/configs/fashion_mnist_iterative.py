@@ -8,22 +8,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from fairprune_jax.configs import fashion_mnist
+from fairprune_jax.configs import fashion_mnist, mnist_iterative
 from fairprune_jax.studies import schema
 
 
-def changes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """What this experiment changes in the default sweep."""
-    c.num_seeds = 5
-    c.train.epochs = 10
-    c.train.chunk = 0
-    c.prune.protocol = "iterative"
-    c.prune.criteria = ("mp", "up")
-    c.prune.levels = 15
-    c.prune.fraction = 0.2
-    c.prune.rewind_step = 0
-    c.variant = "iterative"
-    return c
+#: The same experiment as `mnist_iterative` (its `changes`), on the Fashion-MNIST default sweep.
+changes = mnist_iterative.changes
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from fairprune_jax.configs import fashion_mnist
+from fairprune_jax.configs import fashion_mnist, mnist_paper
 from fairprune_jax.studies import schema
 
 
-def changes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """What this experiment changes in the default sweep."""
-    c.num_seeds = 11
-    c.train.epochs = 40
-    c.train.chunk = 0
-    c.prune.protocol = "iterative"
-    c.prune.levels = 15
-    c.prune.fraction = 0.2
-    c.prune.rewind_step = 0
-    c.variant = "paper"
-    return c
+#: The same experiment as `mnist_paper` (its `changes`), on the Fashion-MNIST default sweep.
+changes = mnist_paper.changes
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

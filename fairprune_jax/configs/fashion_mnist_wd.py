@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from fairprune_jax.configs import fashion_mnist
+from fairprune_jax.configs import fashion_mnist, mnist_wd
 from fairprune_jax.studies import schema
 
 
-def changes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """What this experiment changes in the default sweep."""
-    c.num_seeds = 10
-    c.train.optimizer.weight_decay = 5e-4
-    c.finetune.optimizer.weight_decay = 5e-4
-    c.prune.lambda_up = 5e-4
-    c.variant = "wd"
-    return c
+#: The same experiment as `mnist_wd` (its `changes`), on the Fashion-MNIST default sweep.
+changes = mnist_wd.changes
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

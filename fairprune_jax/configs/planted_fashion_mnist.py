@@ -10,22 +10,10 @@ from __future__ import annotations
 import ml_collections
 
 from fairprune_jax import configs
-from fairprune_jax.studies import schema
+from fairprune_jax.configs import planted_mnist
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if variant in configs.MOVED["planted_fashion_mnist"]:
         return configs.moved("planted_fashion_mnist", variant)
-    c = schema.bias_config("planted_fashion_mnist")
-    c.models = ("lenet_300_100",)  # any registered model (sigmoid head)
-    c.num_seeds = 5  # odd: CIEs use modal predictions
-    c.data.planted.p1, c.data.planted.p0 = 0.95, 0.05  # training P(g=1 | a*=1), P(g=1 | a*=0): strong link
-    c.data.planted.test_p1, c.data.planted.test_p0 = 0.5, 0.5  # test planting independent of the labels
-    c.train.epochs = 5
-    c.train.optimizer = schema.optimizer("sgd", 0.05, momentum=0.9)
-    c.prune.protocol = "gmp"
-    c.prune.criteria = ("mp",)
-    c.prune.sparsities = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
-    c.finetune.epochs = 4
-    c.finetune.optimizer = schema.optimizer("adam", 1e-4)  # paper 2's post-training GMP fine-tunes with Adam 1e-4
-    return schema.finish(c, variant)
+    return planted_mnist.study("planted_fashion_mnist", variant)  # the values are in configs/planted_mnist.py

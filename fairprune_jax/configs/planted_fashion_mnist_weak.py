@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from fairprune_jax.configs import planted_fashion_mnist
+from fairprune_jax.configs import planted_fashion_mnist, planted_mnist_weak
 from fairprune_jax.studies import schema
 
 
-def changes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """What this experiment changes in the strong-link default."""
-    c.data.planted.p1, c.data.planted.p0 = 0.65, 0.35
-    c.variant = "weak"
-    return c
+#: The same weak link as `planted_mnist_weak` (its `changes`).
+changes = planted_mnist_weak.changes
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

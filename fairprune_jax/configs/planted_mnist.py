@@ -16,7 +16,12 @@ from fairprune_jax.studies import schema
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if variant in configs.MOVED["planted_mnist"]:
         return configs.moved("planted_mnist", variant)
-    c = schema.bias_config("planted_mnist")
+    return study("planted_mnist", variant)
+
+
+def study(dataset: str, variant: str = "") -> ml_collections.ConfigDict:
+    """The planted bias study's settings on ``dataset`` (planted Fashion-MNIST uses them as they are)."""
+    c = schema.bias_config(dataset)
     c.models = ("lenet_300_100",)  # any registered model (sigmoid head)
     c.num_seeds = 5  # odd: CIEs use modal predictions
     c.data.planted.p1, c.data.planted.p0 = 0.95, 0.05  # training P(g=1 | a*=1), P(g=1 | a*=0): strong link

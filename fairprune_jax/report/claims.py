@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from fairprune_jax import results
+from fairprune_jax import deprecation, results
 from fairprune_jax.analysis import claims as C
 from fairprune_jax.report import claims_prose as P
 from fairprune_jax.report import runs
@@ -160,18 +160,11 @@ def table_view(table: pd.DataFrame) -> pd.DataFrame:
         "why": [P.why(r) for r in rows]})
 
 
-_WARNED: set[str] = set()
-
-
 def markdown(claims: pd.DataFrame) -> str:
     """Deprecated (warns once): the claims as one markdown table; use `claims_markdown` (the document) or
     `table_view`."""
-    import warnings
-
-    if "markdown" not in _WARNED:
-        _WARNED.add("markdown")
-        warnings.warn("report.claims.markdown is deprecated; use report.claims.claims_markdown or table_view",
-                      DeprecationWarning, stacklevel=2)
+    deprecation.warn_once("report.claims.markdown", "report.claims.markdown is deprecated; use "
+                          "report.claims.claims_markdown or report.claims.table_view")
     return W.markdown_table(table_view(claims))
 
 

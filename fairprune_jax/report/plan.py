@@ -85,7 +85,8 @@ def rerun_command(path: str | Path, num_seeds: int) -> str:
     overrides: list[str] = []
     try:
         base = configs.get(*config_name(cfg))
-        ignore = tuple(doc.get("ignore", ())) + ("num_seeds", "variant", "workdir")
+        # fields that never change the stored numbers are left out, except the analysis (it changes the report)
+        ignore = tuple(f for f in doc.get("ignore", ()) if f != "analysis") + ("num_seeds", "variant", "workdir")
         for field, _, new in config_diff(base, cfg.to_dict(), ignore=ignore):
             overrides.append(_quote(f"--config.{field}={_cli_value(new)}"))
     except (OSError, ImportError, AttributeError, ValueError, KeyError):
