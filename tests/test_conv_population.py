@@ -24,7 +24,7 @@ from fairprune_jax.models.layers import CONV_LOWERINGS, conv_lowering, conv_patc
 HERE = Path(__file__).resolve().parent
 CONV_MODELS = ("lenet5", "conv2", "conv4", "conv6", "resnet20", "resnet32", "resnet56", "vgg11", "vgg16",
                "resnet18", "mobilenet_v1")
-FAST = ("lenet5", "conv2", "resnet20")  # the others are marked slow (compiling them takes a while on CPU)
+FAST = ("lenet5", "conv2", "resnet20")  # the others are marked heavy (minutes each to compile on CPU): -m heavy
 # input sizes that keep every model's feature maps non-empty at the least cost
 INPUT = {"vgg11": (16, 16, 1), "vgg16": (16, 16, 1), "resnet18": (16, 16, 1), "mobilenet_v1": (16, 16, 1),
          "resnet20": (14, 14, 1), "resnet32": (14, 14, 1), "resnet56": (14, 14, 1)}
@@ -220,7 +220,7 @@ def _population_vs_alone(name: str, x: jax.Array, y: jax.Array):
     return spec, keys, x, alone, ha, group, hg
 
 
-@pytest.mark.parametrize("name", [pytest.param(m, marks=() if m in FAST else pytest.mark.slow)
+@pytest.mark.parametrize("name", [pytest.param(m, marks=() if m in FAST else pytest.mark.heavy)
                                   for m in CONV_MODELS])
 def test_population_equals_alone_bit_for_bit_for_every_conv_model(name, mnist_slice):
     """Under the CPU rule (a map over the models) a model's training is the program it runs alone: weights,
