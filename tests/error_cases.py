@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shutil
 from typing import Callable
 
 import numpy as np
@@ -87,9 +88,14 @@ def _impossible_recall(wd: pathlib.Path) -> None:
 
 
 def _legacy_truncated_checkpoint(wd: pathlib.Path) -> None:
+    """A dense checkpoint written before manifests, truncated, and the pruned unit gone, so the rerun must restore
+    the dense population from it (a finished run never reads its checkpoints)."""
     ckpt = wd / "checkpoints" / "dense-lenet_300_100"
     (ckpt / "SHA256SUMS").unlink()
     _truncate(_biggest(ckpt), 0.3)
+    shutil.rmtree(wd / "checkpoints" / "pruned-lenet_300_100-mp")
+    for f in (wd / "results" / "recall").glob("lenet_300_100.mp.parquet*"):
+        f.unlink()
 
 
 def _legacy_truncated_npz(wd: pathlib.Path) -> None:
@@ -100,7 +106,7 @@ def _legacy_truncated_npz(wd: pathlib.Path) -> None:
 
 def _flip_sparse_checkpoint_without_logits(wd: pathlib.Path) -> None:
     """A flipped byte in the pruned population's checkpoint, and its logits gone, so the rerun must restore it."""
-    _flip(_biggest(wd / "artifacts" / "ckpt" / "sparse-sparsity=0.9"))
+    _flip(_biggest(wd / "checkpoints" / "sparse-sparsity=0.9"))
     for f in (wd / "artifacts" / "logits").glob("sparsity=0.9.npz*"):
         f.unlink()
 

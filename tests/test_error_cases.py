@@ -127,4 +127,4 @@ def test_smoke_studies_survive_an_oversubscribed_core(tmp_path):
     for p, (_, err) in zip(runs, outs):
         assert p.returncode == 0, err[-3000:]
         assert "Traceback" not in err and "rendezvous" not in err.lower()
-    assert "models spread over 2 cpu devices" in outs[0][0]
+    assert "models spread over 2 cpu devices" in outs[0][1]  # the run's step lines go to stderr

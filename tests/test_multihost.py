@@ -225,7 +225,10 @@ def test_killed_process_0_ends_the_run_with_the_launchers_line_only(tmp_path):
     assert proc.returncode == 137 and "Traceback" not in err
     assert lines[-1] == ("error: process 0 was killed by signal 9; stopped the other processes (rerun the same "
                          "command to resume)")
-    assert all(line.startswith("[p1] error:") for line in lines[:-1]) and len(lines) <= 2, err
+    # before it: process 0's own step lines from before it died, and at most a survivor's error line; no C++
+    # coordination errors, crash dumps or interrupted lines
+    noise = [line for line in lines[:-1] if not line.startswith(("[p0] ", "[p1] error:"))]
+    assert noise == [] and sum(line.startswith("[p1]") for line in lines) <= 1, err
 
 
 def test_relay_drops_what_survivors_print_after_a_failure(capsys):

@@ -206,8 +206,9 @@ def test_more_seeds_on_a_workdir_train_only_the_new_seeds(tmp_path):
     grown = pipeline.run(_small(3), workdir=wd, log=lambda s: None)
     assert grown.computed == {"dense": 1, "evaluate": 1, "prune": 1}  # the new block only
     assert {p.name: p.read_bytes() for p in parts.iterdir() if p.name in before} == before
-    assert sorted(set(p.name for p in parts.iterdir()) - set(before)) == [
-        "lenet_300_100.dense.seeds=2-2.parquet", "lenet_300_100.mp.seeds=2-2.parquet"]
+    assert sorted(set(p.name for p in parts.iterdir()) - set(before)) == [  # each part with its .sha256
+        "lenet_300_100.dense.seeds=2-2.parquet", "lenet_300_100.dense.seeds=2-2.parquet.sha256",
+        "lenet_300_100.mp.seeds=2-2.parquet", "lenet_300_100.mp.seeds=2-2.parquet.sha256"]
     assert (wd / "seed_blocks.json").read_text().split() == ["[", "[", "0,", "2", "],", "[", "2,", "3", "]", "]"]
     assert "mean over 3 seeds" in (wd / "report.md").read_text()
     alone = pipeline.run(_small(1, seed=2), workdir=tmp_path / "alone", log=lambda s: None, report=False)
