@@ -159,7 +159,7 @@ CASES: list[Case] = [
     Case("sweep rerun: truncated checkpoint written before manifests", "recall", "legacy truncated checkpoint",
          SWEEP, 2, r"^error: \S+dense-lenet_300_100 is corrupt: orbax cannot read it \(.*\); moved it to "
                    r"dense-lenet_300_100\.corrupt-\S+; rerun the same command to recompute it$",
-         writes="recompute"),
+         writes="recompute", max_lines=3),  # the run's data line and the unverified-checkpoint note come first
     Case("bias rerun: truncated logits are predicted again", "bias", "truncated logits", BIAS, 0, r"",
          notice=r"warning: \S+sparsity=0\.9\.npz is corrupt \(its SHA-256 does not match", writes="recompute"),
     Case("bias rerun: truncated logits written before checksums (BadZipFile)", "bias", "legacy truncated logits",
