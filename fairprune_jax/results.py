@@ -51,7 +51,7 @@ from fairprune_jax.files import CHECKSUM_SUFFIX, CORRUPT_TAG, CorruptFileError, 
     fsync_dir, make_key, read_checked, remove_stale_temp_files, validate_key, validate_relpath, \
     write_checked
 from fairprune_jax.verified import _data_file, _first_line, _note_unverified, _set_aside, decode_part, load_npz, \
-    save_npz, verified_file
+    save_npz, usable, verified_file
 
 __all__ = [
     "DEFAULT_IGNORE",
@@ -295,16 +295,7 @@ class Workdir:
         verification is moved aside (one line says so) and counts as missing, so the unit is recomputed;
         ``repair=False`` raises its :class:`CorruptFileError` instead."""
         path = self.part_path(name, key)
-        if not path.is_file():
-            return False
-        try:
-            self._read_part(name, path)
-        except CorruptFileError as e:
-            if not repair:
-                raise
-            _set_aside(path, e)
-            return False
-        return True
+        return path.is_file() and usable(path, lambda: self._read_part(name, path), repair=repair)
 
     def read_part(self, name: str, key: str) -> pd.DataFrame:
         """The rows of one committed part, verified (checksum, decoding, range rules): a

@@ -105,13 +105,15 @@ def verified_file(path: str | os.PathLike, *, repair: bool = True) -> bool:
     files are also decoded). One that fails is moved aside with a one-line notice and reported missing
     (``repair=False``: the :class:`CorruptFileError` is raised instead)."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        return False
+    return path.is_file() and usable(path, (lambda: load_npz(path)) if path.suffix == ".npz"
+                                     else (lambda: read_checked(path)), repair=repair)
+
+
+def usable(path: pathlib.Path, read: Callable[[], Any], *, repair: bool = True) -> bool:
+    """Whether ``read()`` (a verified read of ``path``) succeeds; a :class:`CorruptFileError` moves ``path`` aside
+    with a one-line notice and answers False (``repair=False``: the error is raised instead)."""
     try:
-        if path.suffix == ".npz":
-            load_npz(path)
-        else:
-            read_checked(path)
+        read()
     except CorruptFileError as e:
         if not repair:
             raise
