@@ -36,11 +36,9 @@ def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
     return node
 
 
-def _plural(cfg: Any, plural: str, singular: str) -> tuple[str, ...]:
-    """A list field under its plural name, or the bias study's older singular one."""
-    v = _get(cfg, plural)
-    if v is None:
-        v = _get(cfg, singular)
+def _plural(cfg: Any, field: str) -> tuple[str, ...]:
+    """A list field (the bias study's older singular names are upgraded by `runs.config_of`)."""
+    v = _get(cfg, field)
     if v is None:
         return ()
     return (str(v),) if isinstance(v, str) else tuple(str(x) for x in v)
@@ -51,8 +49,8 @@ def describe_run(name: str, wd: Any) -> C.RunDescription:
     `model_sizes` table (a run without that table says so in `sizes_note`), missing units from its tables."""
     cfg = runs.config_of(wd)  # today's names, also for workdirs of earlier versions
     study = str(_get(cfg, "study", "recall"))
-    models = _plural(cfg, "models", "model")
-    criteria = _plural(cfg, "prune.criteria", "prune.criterion")
+    models = _plural(cfg, "models")
+    criteria = _plural(cfg, "prune.criteria")
     desc = dict(name=name, study=study, dataset=str(cfg.dataset), models=models,
                 protocol=str(_get(cfg, "prune.protocol", "")), criteria=criteria,
                 sparsities=tuple(float(s) for s in _get(cfg, "prune.sparsities", ())),
