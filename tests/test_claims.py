@@ -297,6 +297,47 @@ def test_partial_workdirs_and_mask_agreement_from_tables(tmp_path):
     assert "Incomplete inputs" in R.claims_markdown(table)
 
 
+def test_a_sweep_of_several_models_is_one_run_per_model(tmp_path):
+    """A workdir of two models loads as two runs (`<workdir> [<model>]`, each with its parameter count and missing
+    units); the model-size rows compare them by Welch, and the plan lists their rows under the workdir."""
+    from fairprune_jax.report import plan
+
+    cfg = ml_collections.ConfigDict(dict(study="recall", dataset="fashion_mnist", models=["small", "large"],
+                                         num_seeds=4, prune=dict(protocol="one_shot", criteria=["mp", "gp", "up"],
+                                                                 sparsities=[0.3, 0.5, 0.9, 0.95]),
+                                         train=dict(epochs=1, optimizer=dict(weight_decay=0.0)),
+                                         finetune=dict(epochs=1, optimizer=dict(lr=0.01)),
+                                         analysis=dict(chance_factor=1.5)))
+    wd = results.Workdir.open(tmp_path / "wd", cfg)
+    growth = {"mp": 2.0, "gp": 1.6, "up": 1.3}
+    small = _recall_rows("fashion_mnist", "small", seeds=4, r0=R_EASY, growth=growth, noise=0.002, seed=3)
+    large = _recall_rows("fashion_mnist", "large", seeds=4, r0=R_EASY, growth={k: v / 2 for k, v in growth.items()},
+                         noise=0.002, seed=4)
+    large = large[~((large["criterion"] == "up") & (large["seed"] == 2))]
+    rec = pd.concat([small, large]).reset_index(drop=True)
+    wd.append_table("recall", "all", rec.assign(recall=rec["recall"].clip(0, 1)))
+    wd.append_table("model_sizes", "all", pd.DataFrame({"model": ["small", "large"], "n_params": [1000, 4000],
+                                                        "n_prunable": [900, 3900]}))
+    runs, _ = R.load([tmp_path / "wd"])
+    assert [r.name for r in runs] == [f"{tmp_path / 'wd'} [small]", f"{tmp_path / 'wd'} [large]"]
+    assert [r.run.models for r in runs] == [("small",), ("large",)]
+    assert [r.run.n_params for r in runs] == [{"small": 1000}, {"large": 4000}]
+    assert [r.run.missing_units for r in runs] == [(), ("large.up seed 2",)]
+    assert [set(r.alpha["model"]) for r in runs] == [{"small"}, {"large"}]
+    table = C.build(runs, [])
+    smaller = table[table["claim"] == "smaller"].iloc[0]
+    assert smaller["setting"].startswith("small (1,000 parameters) vs large (4,000)")
+    sv, lv = (_independent(r, "smaller", C.STRUCTURED, 0.9, 1.0).iloc[:, 0] for r in runs)
+    assert smaller["p"] == pytest.approx(sps.ttest_ind(sv, lv, equal_var=False).pvalue)
+    assert smaller["estimate"] == pytest.approx(np.exp(sv.mean() - lv.mean()))
+    assert smaller["partial"] == f"{tmp_path / 'wd'} [large]: large.up seed 2"
+    text = plan.plan_markdown(table, [tmp_path / "wd"], command=lambda p, n: f"extend {n}")
+    assert f"## `{tmp_path / 'wd'}`" in text
+    listed = text.split(f"## `{tmp_path / 'wd'}`")[1]
+    assert len(text.split("## ")) == 2  # one section: the workdir, with the rows of both its models
+    assert listed.count(C.CLAIMS["smaller"].statement) == 1 and listed.count(C.CLAIMS["high"].statement) == 2
+
+
 def test_analysis_reads_stored_tables_only():
     """The claims analysis imports neither JAX nor a model (it works from stored tables and a run description)."""
     import subprocess as sp

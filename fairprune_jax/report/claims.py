@@ -74,12 +74,14 @@ def _model_sizes(wd: Any, models: Sequence[str], dataset: str) -> tuple[dict[str
                 "the table).")
 
 
-def _agreement(wd: Any) -> dict[tuple[str, str], float]:
+def _agreement(wd: Any, model: str | None = None) -> dict[tuple[str, str], float]:
     """Mean mask agreement over seeds and high-sparsity grid points per pair of criteria, from the run's
-    `mask_agreement` table (empty when the run has none)."""
+    `mask_agreement` table (of `model` alone when given; empty when the run has none)."""
     if "mask_agreement" not in wd.tables():
         return {}
     t = wd.read_table("mask_agreement")
+    if model is not None and "model" in t:
+        t = t[t["model"] == model]
     if t.empty:
         return {}
     t = t[t["requested_sparsity"].between(*C.HIGH)]
@@ -136,8 +138,21 @@ def load(workdirs: Sequence[Path]):
         if recall.empty:
             raise ValueError(f"{path}: no results yet (table {RECALL_TABLE!r} is empty)")
         desc = C.dataclasses.replace(desc, missing_units=_missing_recall(desc, recall))
-        recall_runs.append(C.recall_run(desc, recall, agreement=_agreement(wd)))
+        if len(desc.models) == 1:
+            recall_runs.append(C.recall_run(desc, recall, agreement=_agreement(wd)))
+            continue
+        for model, part in per_model(desc):  # claims are about one model: a sweep of several is one run per model
+            recall_runs.append(C.recall_run(part, recall[recall["model"] == model], agreement=_agreement(wd, model)))
     return recall_runs, bias_runs
+
+
+def per_model(desc: C.RunDescription) -> list[tuple[str, C.RunDescription]]:
+    """A run of several models as one description per model, named ``<workdir> [<model>]``: each keeps the run's
+    design, its own parameter count and its own missing units. The model-size claims (RQ3) then compare a sweep's
+    models with each other like separate runs."""
+    return [(m, C.dataclasses.replace(
+        desc, name=f"{desc.name} [{m}]", models=(m,), n_params={k: v for k, v in desc.n_params.items() if k == m},
+        missing_units=tuple(u for u in desc.missing_units if u.startswith(f"{m}.")))) for m in desc.models]
 
 
 # ---------------------------------------------------------------------------------------------- document

@@ -102,7 +102,7 @@ def plan_markdown(table: pd.DataFrame, workdirs: Sequence[str | Path], *, max_se
              "observed per-seed spread, at the level Holm would give it next (docs/methods.md §14). A plan rests on "
              "estimates; `--sequential` adds seeds in looks with error control instead.", ""]
     for wd in map(str, workdirs):
-        rows = table[table["workdirs"].str.split(" | ", regex=False).apply(lambda ws: wd in ws)]
+        rows = table[table["workdirs"].str.split(" | ", regex=False).apply(lambda ws: any(_of(w, wd) for w in ws))]
         if rows.empty:
             continue
         seeds_now = int(rows["seeds"].max())
@@ -124,6 +124,11 @@ def plan_markdown(table: pd.DataFrame, workdirs: Sequence[str | Path], *, max_se
             lines += [f"- {beyond} undecided row(s) would need more than {max_seeds} seeds (or cannot be planned).",
                       ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _of(name: str, workdir: str) -> bool:
+    """Whether a claims row's run name is the workdir or one model of it (``<workdir> [<model>]``)."""
+    return name == workdir or name.startswith(f"{workdir} [")
 
 
 def _need(x: float) -> str:
