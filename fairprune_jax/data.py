@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import io
@@ -278,8 +279,6 @@ def prepare_offline(name: str, *, source_dir: str | os.PathLike | None = None,
                     log: Callable[[str], None] = _stderr):
     """Prepare the ArrayRecord dataset once from verified idx files (local folder, else downloaded from `mirror`,
     see `idx_sources.mirror_base`); returns the prepared builder. Preparing says so in one line (``log``)."""
-    import tensorflow_datasets as tfds
-
     with quiet_tfds():
         builder = idx_builder(name, tfds_dir_=tfds_dir_)
         if builder.is_prepared():
@@ -288,6 +287,34 @@ def prepare_offline(name: str, *, source_dir: str | os.PathLike | None = None,
     work = tfds_dir(tfds_dir_) / "downloads" / name  # per-dataset download/extract folders
     # Fail before TFDS creates anything: a corrupted local file or a refused download stops here.
     files = local_idx_files(name, folder) or download_idx(name, work, mirror=mirror, looked_in=folder)
+    with _preparing(name, tfds_dir_):  # one process prepares; the others wait, then read what it wrote
+        with quiet_tfds():
+            builder = idx_builder(name, tfds_dir_=tfds_dir_)
+            if builder.is_prepared():
+                return builder
+        return _prepare(name, folder, work, files, tfds_dir_, log)
+
+
+@contextlib.contextmanager
+def _preparing(name: str, tfds_dir_: str | os.PathLike | None) -> Iterator[None]:
+    """A blocking ``flock`` on ``<tfds_dir>/<name>_idx.lock``, held while a dataset is prepared: two processes
+    started together on a fresh machine (two sweeps, the processes of one launch) never write one folder at once.
+    The kernel drops it when the holder dies."""
+    root = tfds_dir(tfds_dir_)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / f"{name}_idx.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _prepare(name: str, folder: Path, work: Path, files: Mapping[str, Any], tfds_dir_: str | os.PathLike | None,
+             log: Callable[[str], None]):
+    """Write the prepared dataset from verified idx `files` (`prepare_offline` holds the lock)."""
+    import tensorflow_datasets as tfds
+
     log(f"preparing {name} once: {sum(_SPLIT_SIZES.values())} checksum-verified images from "
         f"{Path(next(iter(files.values()))).parent} into {tfds_dir(tfds_dir_) / (name + '_idx')} (seconds; later "
         "runs reuse it)")

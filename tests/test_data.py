@@ -86,6 +86,23 @@ def test_datasets_have_separate_folders(tmp_path, mnist_files):
     assert not (tf_dir / "fashion_mnist_idx").exists()
 
 
+def test_two_processes_preparing_at_once_share_one_preparation(tmp_path, mnist_files):
+    """Two processes started together on an unprepared folder: one prepares (under the folder's lock), the other
+    waits and reads what it wrote; both load the same test split."""
+    import subprocess
+
+    code = ("import sys, numpy as np; from fairprune_jax import data; "
+            "s = data.load_split('mnist', 'test', source_dir=sys.argv[1], tfds_dir_=sys.argv[2]); "
+            "print(int(s.labels.sum()), int(s.images.sum(dtype=np.int64)))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(mnist_files.parent), str(tmp_path / "tfds")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    assert outs[0][0] == outs[1][0] != ""
+    assert sum(e.count("preparing mnist once") for _, e in outs) == 1  # the other found it prepared
+    assert (tmp_path / "tfds" / "mnist_idx.lock").is_file()
+
+
 def test_corrupted_local_file_is_refused_not_downloaded(tmp_path, mnist_files):
     folder = tmp_path / "mnist"
     shutil.copytree(mnist_files, folder)
