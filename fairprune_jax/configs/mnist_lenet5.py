@@ -13,18 +13,21 @@ from fairprune_jax.studies import schema
 
 def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The conv sweeps' recipe, sized to a budget of about 30 minutes per sweep on 2 CPU cores: a LeNet-5 model-epoch
-    on the full 60,000 images takes about 35 s here, so the sweeps train on a 12,000-image prefix and fine-tune once."""
+    on the full 60,000 images takes about 35 s here, so the sweeps train on a 12,000-image prefix (small batches:
+    more steps for the same images) and fine-tune once. Dense LeNet-5 reaches about 97% on MNIST, 85% on
+    Fashion-MNIST."""
     c.num_seeds = 5
     c.data.max_train_examples = 12000
-    c.train.epochs = 4
-    c.train.batch_size = 128
-    c.train.optimizer = schema.sgd(0.05, momentum=0.9)
+    c.train.epochs = 6
+    c.train.batch_size = 32
+    c.train.optimizer = schema.sgd(0.01, momentum=0.9)
     c.prune.protocol = "one_shot"
     c.prune.criteria = ("mp", "gp", "up", "random")
     c.prune.sparsities = (0.5, 0.9, 0.98)  # one low-sparsity cell, two high (docs/methods.md §14's regimes)
     c.prune.lambda_up = 5e-4
     c.finetune.epochs = 1
-    c.finetune.optimizer = schema.sgd(0.005, momentum=0.9)  # a tenth of the training learning rate
+    c.finetune.batch_size = 32
+    c.finetune.optimizer = schema.sgd(0.001, momentum=0.9)  # a tenth of the training learning rate
     c.variant = "lenet5"
     return c
 
