@@ -27,7 +27,7 @@ def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.prune.lambda_up = 5e-4
     c.finetune.epochs = 1
     c.finetune.batch_size = 32
-    c.finetune.optimizer = schema.sgd(0.001, momentum=0.9)  # a tenth of the training learning rate
+    c.finetune.optimizer = schema.sgd(0.01, momentum=0.9)  # the training rate: at a tenth, one epoch leaves 98% at ~45%
     c.variant = "lenet5"
     return c
 
