@@ -4,6 +4,7 @@ computations; the results document equals what its command generates."""
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,9 @@ def test_results_document_equals_what_its_command_generates(toy_run, tmp_path):
     assert "\n".join(results_doc._demote(results_doc.section(report, "## Summary"))) in text
     assert all(p.is_file() and p.read_bytes() == data for p, data in figures.items())
     assert "## Claims of the two reference studies" in text
+    # the budget beside the numbers: the runs' whole wall time, from timings.json read here by hand
+    timings = json.loads((wd / "timings.json").read_text())
+    total = sum(a["seconds"] for a in timings["total_this_run"]) / 60
+    dense = sum(a["seconds"] for k, v in timings.items() if k.split(".")[0] == "dense" for a in v) / 60
+    assert f"Compute: {total:.1f} min of wall time recorded in its `timings.json` (" in text
+    assert f"dense {dense:.1f}" in text or dense < 0.05

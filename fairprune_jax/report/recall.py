@@ -21,6 +21,7 @@ from fairprune_jax.report import budget as budget_report
 from fairprune_jax.report import runs
 from fairprune_jax.report import writer as W
 from fairprune_jax.studies import recall_layout
+from fairprune_jax.studies.layout import TOTAL_STAGE
 
 RECALL_TABLE = recall_layout.RECALL
 
@@ -188,7 +189,7 @@ EXTENSION_NOTES = (
 )
 
 
-UNREPORTED_STAGES = ("analysis+report", "total_this_run")  # still running while the report is written
+UNREPORTED_STAGES = ("analysis+report", TOTAL_STAGE)  # still running while the report is written
 
 
 def timings_table(stage_seconds: dict[str, float]) -> pd.DataFrame:

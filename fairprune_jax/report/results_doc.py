@@ -28,7 +28,7 @@ from fairprune_jax.report import claims_prose
 from fairprune_jax.report import writer as W
 from fairprune_jax.results import atomic_write
 from fairprune_jax.studies import schema
-from fairprune_jax.studies.layout import COMMANDS_FILE
+from fairprune_jax.studies.layout import COMMANDS_FILE, TOTAL_STAGE
 
 #: The report sections a document quotes, per kind of report (by their headings).
 SECTIONS = {"recall": ("## Summary",), "budget": ("## Reading (generated from the numbers below)",),
@@ -101,6 +101,22 @@ def commands(wd: Any, name: str) -> tuple[list[str], bool]:
     return list(dict.fromkeys(_relative(c, {pathlib.Path(wd.path): f"workdirs/{name}"}) for c in lines)), True
 
 
+def compute_lines(wd: Any) -> list[str]:
+    """The budget a workdir's numbers cost: wall time per kind of stage (``dense``, ``prune`` ...) summed over every
+    recorded attempt in its ``timings.json``, on the machine that ran it (none when nothing was recorded)."""
+    per: dict[str, float] = {}
+    for stage, seconds in wd.stage_seconds().items():
+        kind = stage.split(".")[0]
+        per[kind] = per.get(kind, 0.0) + seconds
+    whole = per.pop(TOTAL_STAGE, 0.0)  # each run's wall time, stages and all in between
+    total = whole or sum(per.values())
+    if not total:
+        return []
+    parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.05 * 60)
+    return [f"Compute: {total / 60:.1f} min of wall time recorded in its `timings.json` ({parts} min), summed over "
+            "every run of the commands above (resumes included).", ""]
+
+
 def _relative(text: str, names: dict[pathlib.Path, str]) -> str:
     """``text`` with every workdir path replaced by its name (longest paths first)."""
     for path in sorted(names, key=lambda p: -len(str(p))):
@@ -157,6 +173,7 @@ def build_document(paths: Sequence[pathlib.Path], out: pathlib.Path
         if made:
             lines += [("Made by:" if recorded else "Made by an earlier version, which did not record its command; "
                        "this command gives its config:"), "", "```", *made, "```", ""]
+        lines += compute_lines(wd)
         missing = runs.missing_units(wd)
         if missing:
             lines += [f"> **Incomplete run: {len(missing)} units missing** ({', '.join(missing)}).", ""]

@@ -8,6 +8,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 COMMANDS_FILE = "commands.json"  # every workdir: the command lines of its runs, oldest first
+TOTAL_STAGE = "total_this_run"  # timings.json: each run's whole wall time
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ import ml_collections
 
 from fairprune_jax import multihost, results
 from fairprune_jax.studies import schema, spine
-from fairprune_jax.studies.layout import COMMANDS_FILE, Registry
+from fairprune_jax.studies.layout import COMMANDS_FILE, TOTAL_STAGE, Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +174,7 @@ def run(study: Study | str, config: Any, *, workdir: str | os.PathLike | None = 
             computed[unit.stage] += 1
             seconds[unit.stage] += time.perf_counter() - t0
         wd.mark_done("run")
-        wd.record_timing("total_this_run", time.perf_counter() - t_start)
+        wd.record_timing(TOTAL_STAGE, time.perf_counter() - t_start)
     summary = RunSummary(wd.path, study.name, dict(computed), dict(skipped), dict(seconds))
     log(summary.line())
     return summary
