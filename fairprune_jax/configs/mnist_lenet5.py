@@ -13,7 +13,7 @@ from fairprune_jax.studies import schema
 
 def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The conv sweeps' recipe, sized to a budget of about 30 minutes per sweep on 2 CPU cores: a LeNet-5 model-epoch
-    on the full 60,000 images takes about 35 s here, so the sweeps train on a 12,000-image prefix (small batches:
+    on the full 60,000 images takes about 40 s here, so the sweeps train on a 12,000-image prefix (small batches:
     more steps for the same images) and fine-tune once. Dense LeNet-5 reaches about 97% on MNIST, 85% on
     Fashion-MNIST."""
     c.num_seeds = 10
