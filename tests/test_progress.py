@@ -2,6 +2,7 @@
 or the caller's callback."""
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -22,6 +23,8 @@ def small():
 
 def test_library_bars_name_models_and_epochs_from_one(small, monkeypatch, capsys):
     monkeypatch.setattr(progress, "DELAY", 0.0)  # show every bar at once (quick calls stay quiet by default)
+    # print every update (tqdm skips redraws within 0.1 s, so a fast chunk's postfix might never be drawn)
+    monkeypatch.setattr(progress, "tqdm", functools.partial(progress.tqdm, mininterval=0, miniters=1))
     x, y = small
     spec = get_model("mlp_100_30")
     cfg = dict(epochs=2, batch_size=100, optimizer=dict(name="sgd", lr=0.05))

@@ -2,6 +2,7 @@
 errors and Ctrl-C from the entry points, incomplete-run warnings, and the refactor's same-science check."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -212,13 +213,20 @@ def test_user_errors_are_one_line(args, fragment):
 def test_ctrl_c_prints_one_line_exits_130_and_marks_the_stage(tmp_path):
     wd = tmp_path / "wd"
     proc = subprocess.Popen([sys.executable, "-m", "experiments.sweep", "--config=configs/mnist.py:smoke",
-                             f"--workdir={wd}", "--config.progress=False", "--config.train.epochs=3"],
+                             f"--workdir={wd}", "--config.progress=False", "--config.train.epochs=40"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def dense_running() -> bool:  # dense training (40 epochs: minutes) has started and is not finished
+        try:
+            timings = json.loads((wd / "timings.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return any(a.get("status") == "running" for k, v in timings.items() if k.startswith("dense") for a in v)
+
     deadline = time.time() + 300
-    while time.time() < deadline and "running" not in (wd / "timings.json").read_text() if (wd / "timings.json").exists() \
-            else time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None and not dense_running():
         time.sleep(0.1)
-    time.sleep(1.0)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
