@@ -214,7 +214,9 @@ def test_ctrl_c_prints_one_line_exits_130_and_marks_the_stage(tmp_path):
     wd = tmp_path / "wd"
     proc = subprocess.Popen([sys.executable, "-m", "experiments.sweep", "--config=configs/mnist.py:smoke",
                              f"--workdir={wd}", "--config.progress=False", "--config.train.epochs=40"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: a suite started in the background inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def dense_running() -> bool:  # dense training (40 epochs: minutes) has started and is not finished
         try:
