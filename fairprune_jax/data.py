@@ -279,20 +279,22 @@ def prepare_offline(name: str, *, source_dir: str | os.PathLike | None = None,
                     log: Callable[[str], None] = _stderr):
     """Prepare the ArrayRecord dataset once from verified idx files (local folder, else downloaded from `mirror`,
     see `idx_sources.mirror_base`); returns the prepared builder. Preparing says so in one line (``log``)."""
-    with quiet_tfds():
-        builder = idx_builder(name, tfds_dir_=tfds_dir_)
-        if builder.is_prepared():
-            return builder
+    builder = _prepared(name, tfds_dir_)
+    if builder is not None:
+        return builder
     folder = source_folder(name, source_dir)
     work = tfds_dir(tfds_dir_) / "downloads" / name  # per-dataset download/extract folders
     # Fail before TFDS creates anything: a corrupted local file or a refused download stops here.
     files = local_idx_files(name, folder) or download_idx(name, work, mirror=mirror, looked_in=folder)
     with _preparing(name, tfds_dir_):  # one process prepares; the others wait, then read what it wrote
-        with quiet_tfds():
-            builder = idx_builder(name, tfds_dir_=tfds_dir_)
-            if builder.is_prepared():
-                return builder
-        return _prepare(name, folder, work, files, tfds_dir_, log)
+        return _prepared(name, tfds_dir_) or _prepare(name, folder, work, files, tfds_dir_, log)
+
+
+def _prepared(name: str, tfds_dir_: str | os.PathLike | None):
+    """The idx builder of `name` when its dataset is prepared already, else None."""
+    with quiet_tfds():
+        builder = idx_builder(name, tfds_dir_=tfds_dir_)
+        return builder if builder.is_prepared() else None
 
 
 @contextlib.contextmanager
