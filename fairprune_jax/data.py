@@ -286,7 +286,7 @@ def prepare_offline(name: str, *, source_dir: str | os.PathLike | None = None,
     work = tfds_dir(tfds_dir_) / "downloads" / name  # per-dataset download/extract folders
     # Fail before TFDS creates anything: a corrupted local file or a refused download stops here.
     files = local_idx_files(name, folder) or download_idx(name, work, mirror=mirror, looked_in=folder)
-    with _preparing(name, tfds_dir_):  # one process prepares; the others wait, then read what it wrote
+    with _preparing(name, tfds_dir_, log):  # one process prepares; the others wait, then read what it wrote
         return _prepared(name, tfds_dir_) or _prepare(name, folder, work, files, tfds_dir_, log)
 
 
@@ -298,15 +298,20 @@ def _prepared(name: str, tfds_dir_: str | os.PathLike | None):
 
 
 @contextlib.contextmanager
-def _preparing(name: str, tfds_dir_: str | os.PathLike | None) -> Iterator[None]:
+def _preparing(name: str, tfds_dir_: str | os.PathLike | None, log: Callable[[str], None]) -> Iterator[None]:
     """A blocking ``flock`` on ``<tfds_dir>/<name>_idx.lock``, held while a dataset is prepared: two processes
     started together on a fresh machine (two sweeps, the processes of one launch) never write one folder at once.
-    The kernel drops it when the holder dies."""
+    A process that has to wait says so in one line (``log``). The kernel drops the lock when the holder dies."""
     root = tfds_dir(tfds_dir_)
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / f"{name}_idx.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = root / f"{name}_idx.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process preparing {name} (it holds {lock})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

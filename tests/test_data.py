@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 
 import jax
 import numpy as np
@@ -100,7 +101,31 @@ def test_two_processes_preparing_at_once_share_one_preparation(tmp_path, mnist_f
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
     assert outs[0][0] == outs[1][0] != ""
     assert sum(e.count("preparing mnist once") for _, e in outs) == 1  # the other found it prepared
+    # a process that finds the lock held says that it waits, then reads what the holder prepared
+    waited = [e for _, e in outs if "waiting for another process preparing mnist" in e]
+    assert all(f"(it holds {tmp_path / 'tfds' / 'mnist_idx.lock'})" in e for e in waited)
     assert (tmp_path / "tfds" / "mnist_idx.lock").is_file()
+
+
+def test_a_process_finding_the_preparation_lock_held_says_it_waits(tmp_path, mnist_files):
+    """The lock held (as by another process preparing): one line says so, and the call prepares once it is free."""
+    import fcntl
+    import threading
+
+    lock = tmp_path / "tfds" / "mnist_idx.lock"
+    lock.parent.mkdir()
+    lines: list[str] = []
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        call = threading.Thread(target=lambda: data.prepare_offline("mnist", source_dir=mnist_files.parent,
+                                                                    tfds_dir_=tmp_path / "tfds", log=lines.append))
+        call.start()
+        deadline = time.time() + 120
+        while not lines and time.time() < deadline:
+            time.sleep(0.05)
+        assert lines == [f"waiting for another process preparing mnist (it holds {lock})"]
+    call.join(timeout=600)
+    assert lines[1].startswith("preparing mnist once") and (tmp_path / "tfds" / "mnist_idx" / "3.0.1").is_dir()
 
 
 def test_corrupted_local_file_is_refused_not_downloaded(tmp_path, mnist_files):
